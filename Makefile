@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Each sets itself up (idempotently) first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+AZURITE := node_modules/.bin/azurite
+# pip's index configuration on some machines names folders that do not exist; keep that noise out of the log.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP) $(AZURITE)
+
+$(STAMP): requirements.txt requirements-local.txt requirements-dev.txt pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q -r requirements-dev.txt 2>&1 | $(QUIET_PIP)
+	$(VPY) -m pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
+	touch $@
+
+$(AZURITE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(VPY) -m chatft_local demo
+
+test: setup
+	$(VPY) -m pytest -q
+
+bench: setup
+	$(VPY) bench/cold_start.py
+
+clean:
+	rm -rf $(VENV) node_modules .chatft .pytest_cache .hypothesis

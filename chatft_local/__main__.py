@@ -1,0 +1,5 @@
+import sys
+
+from chatft_local.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""The ML backend port: what the app's functions need from a machine-learning workspace.
+
+Two adapters implement it: `shared.ml.azureml.AzureMLBackend` (Azure Machine Learning) and
+`chatft_local.workspace.LocalWorkspace` (this machine). Every method returns at once: long-running work is
+begun, and its progress read later (`get_job`, `get_endpoint`, `get_deployment`). No SDK import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+# Azure ML job statuses the app acts on (RunStatusChanged `runStatus` uses the same words).
+JOB_ACTIVE = frozenset({"NotStarted", "Starting", "Provisioning", "Preparing", "Queued", "Running", "Finalizing",
+                        "CancelRequested"})
+JOB_DONE = frozenset({"Completed", "Failed", "Canceled"})
+
+# Provisioning states of endpoints and deployments.
+PROVISIONING_DONE = frozenset({"Succeeded", "Failed", "Canceled"})
+
+# Tags that mark an endpoint as this app's (values: APP_ID setting, run id, ISO created-at).
+TAG_APP = "chatft-app"
+TAG_RUN = "chatft-run"
+TAG_CREATED = "chatft-created"
+TAG_KEEP = "chatft-keep"
+
+
+class MLBackendError(Exception):
+    """A backend call failed. `permanent` says whether retrying can help."""
+
+    permanent = False
+
+
+class TransientError(MLBackendError):
+    """Worth retrying: throttling, a network blip, a service hiccup."""
+
+
+class PermanentError(MLBackendError):
+    """Retrying will not help: bad configuration, an archived model, a refused compute size, bad input."""
+
+    permanent = True
+
+
+class NotFound(PermanentError):
+    """The named job, model, endpoint or deployment does not exist."""
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    name: str
+    version: str
+    id: str  # what the pipeline's `mlflow_model_path` takes (an azureml:// registry id, or a local path)
+    tags: dict[str, str] = field(default_factory=dict)
+    archived: bool = False
+
+
+@dataclass(frozen=True)
+class Compute:
+    name: str
+    vm_size: str
+    gpus_per_node: int
+    nodes: int = 1
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One fine-tuning job. `params` are already merged (notebook defaults < model tags < upload overrides)."""
+
+    job_name: str
+    run_id: str
+    experiment_name: str
+    base_model: BaseModel
+    compute: Compute
+    train_path: str  # path inside RUNS_CONTAINER, e.g. "<run_id>/train.jsonl"
+    test_path: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    status: str  # NotStarted, Queued, Running, Completed, Failed, Canceled, ...
+    error: str = ""  # a one-line summary when Failed/Canceled
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status in JOB_DONE
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    provisioning_state: str  # Creating, Updating, Succeeded, Failed, Deleting
+    scoring_uri: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    traffic: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    endpoint_name: str
+    name: str
+    provisioning_state: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ScoringTarget:
+    """Where and how to send a scoring request. The key is a secret: never log it, never persist it."""
+
+    endpoint_name: str
+    scoring_uri: str
+    key: str
+    deployment_name: str = ""
+
+    def __repr__(self) -> str:  # keep the key out of logs and tracebacks
+        return (f"ScoringTarget(endpoint_name={self.endpoint_name!r}, scoring_uri={self.scoring_uri!r}, "
+                f"deployment_name={self.deployment_name!r}, key=<hidden>)")
+
+
+@runtime_checkable
+class MLBackend(Protocol):
+    """What the app needs from an ML workspace. All calls return promptly."""
+
+    def resolve_base_model(self, name: str) -> BaseModel:
+        """The base model by name, latest version. Raises NotFound, or PermanentError if archived."""
+
+    def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
+        """The training compute, checked as the notebook does; PermanentError says what is wrong."""
+
+    def submit_job(self, request: JobRequest) -> str:
+        """Submit (or find, when a job of that name exists) the fine-tuning job; returns its name."""
+
+    def get_job(self, job_name: str) -> JobStatus:
+        """The job's status; NotFound if no such job."""
+
+    def cancel_job(self, job_name: str) -> None:
+        """Ask the job to stop; no-op if it is done."""
+
+    def register_model(self, job_name: str, name: str, version: str, description: str = "",
+                       tags: dict[str, str] | None = None) -> RegisteredModel:
+        """Register the job's trained MLflow model; registering the same job twice returns the existing one."""
+
+    def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
+        """Begin creating a key-auth online endpoint; no-op if it exists."""
+
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        """The endpoint, or None if it does not exist (or is gone)."""
+
+    def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
+                                instance_type: str, instance_count: int) -> None:
+        """Begin creating the deployment of `model` on the endpoint; no-op if it exists."""
+
+    def get_deployment(self, endpoint_name: str, deployment_name: str) -> Deployment | None:
+        """The deployment, or None."""
+
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> None:
+        """Begin routing traffic (percent per deployment)."""
+
+    def get_scoring_target(self, endpoint_name: str) -> ScoringTarget:
+        """Scoring URI and primary key; NotFound if the endpoint is gone."""
+
+    def list_endpoints(self) -> list[Endpoint]:
+        """Every endpoint of the workspace with its tags (the idle policy decides which are this app's)."""
+
+    def begin_delete_endpoint(self, name: str) -> None:
+        """Begin deleting the endpoint and its deployments; no-op if it is gone."""
+
+    def requests_since(self, endpoint_name: str, since_iso: str) -> int | None:
+        """Scoring requests the endpoint served since then per its metrics, or None where unknown."""

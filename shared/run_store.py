@@ -1,0 +1,143 @@
+"""The run store: one Table Storage entity per run, changed only by ETag compare-and-swap."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Callable, Iterable
+
+from .runs import Run, State
+
+log = logging.getLogger(__name__)
+
+PARTITION = "run"
+_CHUNK = 30000  # a table string property holds 64 KiB of UTF-16: 32K characters; keep a margin
+_MAX_CHUNKS = 30  # 900K characters: under the 1 MiB entity limit
+
+
+class RunConflict(Exception):
+    """A compare-and-swap kept losing: another writer changed the run each time."""
+
+
+class RunNotFound(KeyError):
+    """No run with that id."""
+
+
+Change = Callable[[Run], "Run | None"]
+
+
+def _to_entity(run: Run) -> dict:
+    doc = json.dumps(run.to_dict(), separators=(",", ":"))
+    chunks = [doc[i:i + _CHUNK] for i in range(0, len(doc), _CHUNK)]
+    if len(chunks) > _MAX_CHUNKS:
+        raise ValueError(f"run {run.run_id} is too large to store ({len(doc)} characters)")
+    entity = {
+        "PartitionKey": PARTITION,
+        "RowKey": run.run_id,
+        "state": run.state.value,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "job_name": run.job_name,
+        "model_name": run.model_name,
+        "endpoint_name": run.endpoint_name,
+        "chunks": len(chunks),
+    }
+    for i, chunk in enumerate(chunks):
+        entity[f"doc{i}"] = chunk
+    return entity
+
+
+def _from_entity(entity) -> Run:
+    doc = "".join(entity[f"doc{i}"] for i in range(int(entity["chunks"])))
+    return Run.from_dict(json.loads(doc), etag=entity.metadata["etag"])
+
+
+class RunStore:
+    """Runs in a table. Every update re-reads and re-applies on a lost race; nothing is overwritten blindly."""
+
+    def __init__(self, connection_string: str, table_name: str, max_attempts: int = 8):
+        self._conn = connection_string
+        self._table_name = table_name
+        self._max_attempts = max_attempts
+        self._table = None
+        self._lock = threading.Lock()
+
+    def _client(self):
+        with self._lock:
+            if self._table is None:
+                from azure.data.tables import TableClient
+
+                table = TableClient.from_connection_string(self._conn, self._table_name)
+                try:
+                    table.create_table()
+                except Exception as exc:  # already there
+                    from azure.core.exceptions import ResourceExistsError
+
+                    if not isinstance(exc, ResourceExistsError):
+                        raise
+                self._table = table
+            return self._table
+
+    def create(self, run: Run) -> tuple[Run, bool]:
+        """Insert `run` unless a run with its id exists; returns (the stored run, whether it was created)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            meta = self._client().create_entity(_to_entity(run))
+        except ResourceExistsError:
+            return self.get(run.run_id), False
+        run.etag = meta["etag"]
+        return run, True
+
+    def get(self, run_id: str) -> Run:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return _from_entity(self._client().get_entity(PARTITION, run_id))
+        except ResourceNotFoundError:
+            raise RunNotFound(run_id) from None
+
+    def find(self, run_id: str) -> Run | None:
+        try:
+            return self.get(run_id)
+        except RunNotFound:
+            return None
+
+    def list(self, states: Iterable[State] | None = None, limit: int | None = None) -> list[Run]:
+        """Runs newest first, optionally only those in `states`."""
+        table = self._client()
+        wanted = list(states or [])
+        if wanted:
+            # State values are fixed enum words, never user input: safe inside the OData filter.
+            query = " or ".join(f"state eq '{s.value}'" for s in wanted)
+            entities = table.query_entities(f"PartitionKey eq '{PARTITION}' and ({query})")
+        else:
+            entities = table.query_entities(f"PartitionKey eq '{PARTITION}'")
+        runs = [_from_entity(e) for e in entities]
+        runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        return runs[:limit] if limit else runs
+
+    def update(self, run_id: str, change: Change) -> Run:
+        """Apply `change` to the current run and write it if the run did not change meanwhile.
+
+        `change` gets a fresh copy each attempt and returns the new run, or None when there is nothing to
+        do (the run is returned unchanged). Exceptions from `change` (e.g. IllegalTransition) propagate.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+
+        for _attempt in range(self._max_attempts):
+            current = self.get(run_id)
+            changed = change(current)
+            if changed is None:
+                return current
+            try:
+                meta = self._client().update_entity(_to_entity(changed), mode="replace", etag=current.etag,
+                                                    match_condition=MatchConditions.IfNotModified)
+            except ResourceModifiedError:
+                log.info("run %s changed while updating; re-reading", run_id)
+                continue
+            changed.etag = meta["etag"]
+            return changed
+        raise RunConflict(f"run {run_id} kept changing; gave up after {self._max_attempts} attempts")

@@ -1,0 +1,225 @@
+"""The run: one upload's way from data to a deployed model. Pure: no SDK, no I/O.
+
+A run moves through `State`s along `TRANSITIONS` only; every move is timestamped into `history`. Handlers
+change runs through `RunStore.update`, which applies a change by compare-and-swap, so duplicate or
+out-of-order triggers meet an up-to-date run and either move it legally or find nothing left to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+class State(str, enum.Enum):
+    RECEIVED = "Received"
+    VALIDATING = "Validating"
+    REJECTED = "Rejected"
+    QUEUED = "Queued"
+    SUBMITTED = "Submitted"
+    TRAINING = "Training"
+    TRAINED = "Trained"
+    REGISTERED = "Registered"
+    DEPLOYING = "Deploying"
+    DEPLOYED = "Deployed"
+    RETIRED = "Retired"
+    FAILED = "Failed"
+
+    def __str__(self) -> str:  # so f-strings and JSON show "Queued", not "State.QUEUED"
+        return self.value
+
+
+S = State
+TRANSITIONS: dict[State, frozenset[State]] = {
+    S.RECEIVED: frozenset({S.VALIDATING, S.REJECTED, S.FAILED}),
+    S.VALIDATING: frozenset({S.QUEUED, S.REJECTED, S.FAILED}),
+    S.REJECTED: frozenset(),
+    S.QUEUED: frozenset({S.SUBMITTED, S.FAILED}),
+    # A Completed event may overtake Running: Submitted goes straight to Trained.
+    S.SUBMITTED: frozenset({S.TRAINING, S.TRAINED, S.FAILED}),
+    S.TRAINING: frozenset({S.TRAINED, S.FAILED}),
+    S.TRAINED: frozenset({S.REGISTERED, S.FAILED}),
+    S.REGISTERED: frozenset({S.DEPLOYING, S.FAILED}),
+    S.DEPLOYING: frozenset({S.DEPLOYED, S.FAILED, S.RETIRED}),
+    S.DEPLOYED: frozenset({S.RETIRED, S.FAILED}),
+    # A retired model, or one whose deployment failed after registration, can be deployed again.
+    S.RETIRED: frozenset({S.DEPLOYING}),
+    S.FAILED: frozenset({S.DEPLOYING}),
+}
+
+# Position along the happy path; used to tell a stale trigger (its target is behind the run) from a new one.
+PROGRESS: dict[State, int] = {
+    S.RECEIVED: 0, S.VALIDATING: 1, S.QUEUED: 2, S.SUBMITTED: 3, S.TRAINING: 4, S.TRAINED: 5,
+    S.REGISTERED: 6, S.DEPLOYING: 7, S.DEPLOYED: 8, S.RETIRED: 9, S.REJECTED: 10, S.FAILED: 10,
+}
+TERMINAL = frozenset({S.REJECTED})
+
+
+class IllegalTransition(Exception):
+    """A run was asked to move where `TRANSITIONS` does not allow."""
+
+    def __init__(self, run_id: str, current: State, target: State):
+        super().__init__(f"run {run_id}: {current} -> {target} is not allowed")
+        self.run_id, self.current, self.target = run_id, current, target
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass
+class Transition:
+    state: State
+    at: str
+    detail: str = ""
+
+
+@dataclass
+class Failure:
+    stage: str  # the state the run was in when it failed, or a named step ("submit", "deploy", ...)
+    reason: str
+
+
+@dataclass
+class Run:
+    """Everything the app knows of one run. Fields after `history` are filled in as the run advances."""
+
+    run_id: str
+    state: State
+    created_at: str
+    history: list[Transition] = field(default_factory=list)
+    upload: dict[str, Any] = field(default_factory=dict)  # container, blob, etag, size
+    overrides: dict[str, Any] = field(default_factory=dict)  # typed per-upload overrides from blob metadata
+    report: dict[str, Any] = field(default_factory=dict)  # validation summary (ok, records, counts, path)
+    train_path: str = ""  # path of train.jsonl inside RUNS_CONTAINER
+    test_path: str = ""
+    job_name: str = ""
+    job_status: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
+    model_version: str = ""
+    endpoint_name: str = ""
+    deployment_name: str = ""
+    scoring_uri: str = ""
+    deploy_started_at: str = ""
+    deploy_checks: int = 0
+    last_used_at: str = ""
+    keep: bool = False
+    failure: Failure | None = None
+    etag: str | None = field(default=None, compare=False)  # the store's version; never serialized
+
+    @property
+    def updated_at(self) -> str:
+        return self.history[-1].at if self.history else self.created_at
+
+    def entered_at(self, state: State) -> str | None:
+        """When the run last entered `state`, if it did."""
+        for t in reversed(self.history):
+            if t.state == state:
+                return t.at
+        return None
+
+    def can_move_to(self, target: State) -> bool:
+        return target in TRANSITIONS[self.state]
+
+    def is_past(self, target: State) -> bool:
+        """True when the run is already at or beyond `target` on the happy path: a trigger for it is stale."""
+        return PROGRESS[self.state] >= PROGRESS[target]
+
+    def advance(self, target: State, at: datetime, detail: str = "", **changes: Any) -> "Run":
+        """Move to `target` (raises `IllegalTransition`), record it, and set `changes` on the run."""
+        if not self.can_move_to(target):
+            raise IllegalTransition(self.run_id, self.state, target)
+        for name in changes:
+            if not hasattr(self, name) or name in ("run_id", "state", "history", "etag"):
+                raise AttributeError(f"Run has no settable field {name!r}")
+        moved = dataclasses.replace(self, state=target, history=[*self.history, Transition(target, iso(at), detail)],
+                                    **changes)
+        moved.etag = self.etag
+        return moved
+
+    def fail(self, stage: str, reason: str, at: datetime) -> "Run":
+        """Move to Failed with the stage and a reason a user can act on."""
+        return self.advance(State.FAILED, at, detail=reason, failure=Failure(stage=stage, reason=reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("etag")
+        data["state"] = self.state.value
+        data["history"] = [{"state": t.state.value, "at": t.at, "detail": t.detail} for t in self.history]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], etag: str | None = None) -> "Run":
+        data = dict(data)
+        data["state"] = State(data["state"])
+        data["history"] = [Transition(State(t["state"]), t["at"], t.get("detail", "")) for t in data.get("history", [])]
+        if data.get("failure"):
+            data["failure"] = Failure(**data["failure"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        run = cls(**{k: v for k, v in data.items() if k in known})
+        run.etag = etag
+        return run
+
+
+def new_run(run_id: str, at: datetime, **fields_: Any) -> Run:
+    """A run just received."""
+    return Run(run_id=run_id, state=State.RECEIVED, created_at=iso(at),
+               history=[Transition(State.RECEIVED, iso(at), "")], **fields_)
+
+
+_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    """Lower-case letters, digits and single hyphens: safe in paths, job names and endpoint names."""
+    s = _UNSAFE.sub("-", text.lower()).strip("-")
+    s = re.sub(r"-{2,}", "-", s)
+    return s[:max_len].strip("-")
+
+
+def run_id_for(container: str, blob_name: str, etag: str) -> str:
+    """Deterministic run id for one version of one upload: the same blob version always maps to the same run.
+
+    A readable prefix from the blob name (sanitised) and a hash of container, name and ETag.
+    """
+    digest = hashlib.sha256(f"{container}\n{blob_name}\n{etag.strip(chr(34))}".encode()).hexdigest()[:12]
+    stem = blob_name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    prefix = slug(stem, 20) or "upload"
+    if not prefix[0].isalpha():
+        prefix = "r" + prefix
+    return f"{prefix}-{digest}"[:40]
+
+
+def job_name_for(run_id: str) -> str:
+    """The fine-tuning job's name; derived so a resubmission finds the existing job."""
+    return f"chatft-{run_id}"
+
+
+def run_id_from_job_name(job_name: str) -> str | None:
+    return job_name[len("chatft-"):] if job_name.startswith("chatft-") else None
+
+
+def endpoint_name_for(run_id: str, attempt: int = 0) -> str:
+    """A valid online endpoint name (3-32 chars, starts with a letter, letters/digits/hyphens) from the run.
+
+    Ends with the run's hash so names stay unique; `attempt` gives a fresh name for a redeployment, since a
+    deleted endpoint's name can stay reserved for a while.
+    """
+    digest = run_id.rsplit("-", 1)[-1][:8]
+    suffix = f"-{digest}" + (f"-{attempt}" if attempt else "")
+    head = slug(run_id.rsplit("-", 1)[0], 32 - len("ft-") - len(suffix)) or "run"
+    return f"ft-{head}{suffix}"[:32].strip("-")

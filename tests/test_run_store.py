@@ -1,0 +1,110 @@
+"""The run store against a real Azurite table: create-if-absent, listing, and compare-and-swap updates."""
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from shared.run_store import RunConflict, RunNotFound, RunStore
+from shared.runs import IllegalTransition, State, new_run
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(azurite, unique):
+    return RunStore(azurite, f"{unique}runs")
+
+
+def test_create_is_if_absent(store):
+    run, created = store.create(new_run("r1", T0))
+    assert created and run.etag
+    again, created = store.create(new_run("r1", T0 + timedelta(hours=1)))
+    assert not created and again.created_at == run.created_at
+
+
+def test_get_unknown_raises(store):
+    with pytest.raises(RunNotFound):
+        store.get("nope")
+    assert store.find("nope") is None
+
+
+def test_list_newest_first_with_state_filter(store):
+    for i in range(3):
+        store.create(new_run(f"r{i}", T0 + timedelta(minutes=i)))
+    store.update("r1", lambda r: r.advance(State.VALIDATING, T0))
+    assert [r.run_id for r in store.list()] == ["r2", "r1", "r0"]
+    assert [r.run_id for r in store.list(states=[State.VALIDATING])] == ["r1"]
+    assert [r.run_id for r in store.list(states=[State.RECEIVED], limit=1)] == ["r2"]
+
+
+def test_large_runs_are_stored_in_chunks(store):
+    run = new_run("big", T0, report={"errors": [{"line": i, "message": "x" * 100} for i in range(2000)]})
+    store.create(run)
+    assert store.get("big").report == run.report
+
+
+def test_update_returns_unchanged_when_nothing_to_do(store):
+    created, _ = store.create(new_run("r1", T0))
+    same = store.update("r1", lambda r: None)
+    assert same.etag == created.etag
+
+
+def test_illegal_transition_propagates_and_writes_nothing(store):
+    store.create(new_run("r1", T0))
+    with pytest.raises(IllegalTransition):
+        store.update("r1", lambda r: r.advance(State.DEPLOYED, T0))
+    assert store.get("r1").state == State.RECEIVED
+
+
+def test_concurrent_writers_lose_no_update(store):
+    store.create(new_run("r1", T0))
+    writers, per_writer = 4, 5
+    barrier = threading.Barrier(writers)
+
+    def bump(name):
+        barrier.wait()
+        for i in range(per_writer):
+            store.update("r1", lambda r: _with_metric(r, f"{name}-{i}"))
+
+    threads = [threading.Thread(target=bump, args=(f"w{n}",)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.get("r1").metrics) == writers * per_writer
+
+
+def _with_metric(run, key):
+    import dataclasses
+
+    changed = dataclasses.replace(run, metrics={**run.metrics, key: 1})
+    changed.etag = run.etag
+    return changed
+
+
+def test_stale_etag_write_is_refused_and_reapplied(store):
+    store.create(new_run("r1", T0))
+    calls = []
+
+    def change(run):
+        calls.append(run.state)
+        if len(calls) == 1:  # another writer moves the run between our read and our write
+            store.update("r1", lambda r: r.advance(State.VALIDATING, T0))
+        return run.advance(State.REJECTED, T0) if run.state == State.RECEIVED else run.advance(State.QUEUED, T0)
+
+    result = store.update("r1", change)
+    assert calls == [State.RECEIVED, State.VALIDATING]
+    assert result.state == State.QUEUED
+
+
+def test_gives_up_with_conflict_when_always_losing(azurite, unique):
+    store = RunStore(azurite, f"{unique}runs", max_attempts=3)
+    store.create(new_run("r1", T0))
+
+    def change(run):
+        store.update("r1", lambda r: _with_metric(r, str(len(r.metrics))))
+        return _with_metric(run, "mine")
+
+    with pytest.raises(RunConflict):
+        store.update("r1", change)
