@@ -2,9 +2,9 @@
 
 import azure.functions as func
 
-from functions import health
+from functions import deployments, health, ingest, job_events, submit
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for blueprint in (health.bp,):
-    app.register_functions(blueprint)
+for module in (health, ingest, submit, job_events, deployments):
+    app.register_functions(module.bp)

@@ -112,7 +112,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("TEST_FRACTION", 0.1, "float",
                 "Fraction of valid records split into `test.jsonl` (stable hash of prompt_id, else the record)."),
         # Deployment follow-up and cleanup
-        Setting("DEPLOY_CHECK_SECONDS", 30, "int", "First delay of a deployment check; doubles up to 5 minutes."),
+        Setting("MAX_DELIVERY_COUNT", 10, "int",
+                "Deliveries of a queue message before it is dead-lettered: the Service Bus queue's "
+                "maxDeliveryCount (host.json `extensions.queues.maxDequeueCount` locally). On the last one a "
+                "still-failing run is marked Failed."),
+        Setting("DEPLOY_CHECK_SECONDS", 5, "int", "First delay of a deployment check; doubles up to 5 minutes."),
         Setting("DEPLOY_TIMEOUT_MINUTES", 90, "int",
                 "A deployment not ready after this is Failed and its endpoint deleted."),
         Setting("ENDPOINT_IDLE_HOURS", 24.0, "float",
@@ -171,7 +175,8 @@ class Settings:
     validation_max_record_bytes: int = 1048576
     validation_report_max_issues: int = 100
     test_fraction: float = 0.1
-    deploy_check_seconds: int = 30
+    max_delivery_count: int = 10
+    deploy_check_seconds: int = 5
     deploy_timeout_minutes: int = 90
     endpoint_idle_hours: float = 24.0
     cleanup_schedule: str = "0 0 2 * * *"

@@ -111,6 +111,7 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
     model_version: str = ""
+    model_id: str = ""
     endpoint_name: str = ""
     deployment_name: str = ""
     scoring_uri: str = ""

@@ -1,0 +1,157 @@
+"""`chatft prepare-data`: the notebook's `download-dataset.py` for this app.
+
+Writes the first `--split-pc` percent of each split of a dataset (a Hugging Face hub id such as
+HuggingFaceH4/ultrachat_200k, or a local JSONL/parquet file or folder of them, one file per split) as
+`<out>/<split>.jsonl` in the ultrachat record shape `{prompt, messages, prompt_id}`; `--upload` then drops the
+training split into the watched container, which starts a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from shared.runs import slug
+
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TRAIN_SPLITS = ("train_sft", "train")  # the split uploaded by --upload: the first present
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="HuggingFaceH4/ultrachat_200k",
+                        help="hub dataset id, or a local .jsonl/.parquet file or folder of them (one per split)")
+    parser.add_argument("--split-pc", type=float, default=5.0, metavar="PC",
+                        help="percentage of each split to keep, from its start (default 5)")
+    parser.add_argument("--out", default="data", metavar="DIR", help="where to write <split>.jsonl (default data)")
+    parser.add_argument("--upload", action="store_true",
+                        help="upload the training split (train_sft, else train) to TRAINING_CONTAINER")
+    parser.add_argument("--blob-name", help="blob name for --upload (default <dataset>-<split>.jsonl)")
+    parser.add_argument("--cache-dir", help="datasets cache for hub downloads (default: the datasets default)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not 0 < args.split_pc <= 100:
+        return _fail("--split-pc must be above 0 and at most 100")
+    local = Path(args.dataset)
+    try:
+        with tempfile.TemporaryDirectory(prefix="chatft-prepare-") as scratch:
+            if local.exists():
+                splits = _local_splits(local, cache_dir=scratch)  # local files need no lasting cache
+            else:
+                splits = _hub_splits(args.dataset, args.cache_dir)
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            written = {}
+            for name, dataset in splits:
+                if "messages" not in dataset.column_names:
+                    return _fail(f"split {name} has no 'messages' column (columns: {', '.join(dataset.column_names)})")
+                keep = int(len(dataset) * args.split_pc / 100)
+                path = out / f"{name}.jsonl"
+                with open(path, "wb") as stream:
+                    for row in dataset.select(range(keep)):
+                        stream.write(orjson.dumps(ultrachat_record(row)) + b"\n")
+                written[name] = path
+                print(f"{path}: {keep} of {len(dataset)} records")
+    except _DatasetError as exc:
+        return _fail(str(exc))
+    if not args.upload:
+        return 0
+    train = next((written[s] for s in TRAIN_SPLITS if s in written), None)
+    if train is None:
+        return _fail(f"no {' or '.join(TRAIN_SPLITS)} split to upload (splits: {', '.join(written)})")
+    blob_name = args.blob_name or f"{slug(Path(args.dataset).stem) or 'dataset'}-{slug(train.stem)}.jsonl"
+    return upload(train, blob_name)
+
+
+def ultrachat_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A row in ultrachat's shape: messages as {content, role}; prompt and prompt_id derived when absent."""
+    messages = row["messages"]
+    if isinstance(messages, list):
+        messages = [{"content": m.get("content"), "role": m.get("role")} if isinstance(m, dict) else m
+                    for m in messages]
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str):
+        first_user = next((m["content"] for m in messages or () if isinstance(m, dict) and m["role"] == "user"), "")
+        prompt = first_user if isinstance(first_user, str) else ""
+    prompt_id = row.get("prompt_id") or hashlib.sha256(prompt.encode()).hexdigest()  # ultrachat's own rule
+    return {"prompt": prompt, "messages": messages, "prompt_id": prompt_id}
+
+
+def upload(path: Path, blob_name: str) -> int:
+    """Stream `path` into TRAINING_CONTAINER as `blob_name` (connection from the settings)."""
+    from azure.core.exceptions import AzureError, ResourceExistsError
+    from azure.storage.blob import BlobServiceClient, ContentSettings
+
+    from shared.config import SettingError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except SettingError as exc:
+        return _fail(str(exc))
+    try:
+        service = BlobServiceClient.from_connection_string(settings.storage_connection)
+        container = service.get_container_client(settings.training_container)
+        try:
+            container.create_container()
+        except ResourceExistsError:
+            pass
+        with open(path, "rb") as data:
+            container.upload_blob(blob_name, data, overwrite=True,
+                                  content_settings=ContentSettings(content_type="application/jsonl"))
+    except (AzureError, ValueError) as exc:  # ValueError: a malformed connection string
+        print(f"chatft prepare-data: upload failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+              file=sys.stderr)
+        return 1
+    print(f"uploaded {path} to {settings.training_container}/{blob_name}")
+    return 0
+
+
+class _DatasetError(Exception):
+    pass
+
+
+def _local_splits(path: Path, cache_dir: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    files = sorted(p for p in path.iterdir() if p.suffix in LOCAL_BUILDERS) if path.is_dir() else [path]
+    builders = {LOCAL_BUILDERS.get(p.suffix) for p in files}
+    if not files or None in builders:
+        raise _DatasetError(f"{path}: expected .jsonl, .json or .parquet files")
+    if len(builders) > 1:
+        raise _DatasetError(f"{path}: mixes JSON and parquet files; keep one kind per folder")
+    data_files = {p.stem: str(p) for p in files}
+    for name in data_files:
+        try:
+            yield name, datasets.load_dataset(builders.pop() if builders else _builder(files), data_files=data_files,
+                                              split=name, cache_dir=cache_dir)
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:
+            raise _DatasetError(f"{path}: cannot read split {name}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _builder(files: list[Path]) -> str:
+    return LOCAL_BUILDERS[files[0].suffix]
+
+
+def _hub_splits(dataset_id: str, cache_dir: str | None) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        names = datasets.get_dataset_split_names(dataset_id, cache_dir=cache_dir)
+    except Exception as exc:  # the hub client raises many kinds (offline, not found, gated)
+        raise _DatasetError(f"{dataset_id}: not a local path, and the hub has no such dataset or cannot be "
+                            f"reached ({type(exc).__name__})") from None
+    for name in names:
+        print(f"loading split {name} of {dataset_id}", flush=True)
+        yield name, datasets.load_dataset(dataset_id, split=name, cache_dir=cache_dir)
+
+
+def _fail(message: str) -> int:
+    print(f"chatft prepare-data: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,79 @@
+"""`chatft runs [RUN_ID] [--json]`: a table of runs, or one run in detail."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", nargs="?", help="show this run in detail")
+    parser.add_argument("--state", action="append", default=[], help="only runs in this state (repeatable)")
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def describe(run) -> list[str]:
+    """The lines of one run's detail view."""
+    lines = [f"run {run.run_id}: {run.state}"]
+    up = run.upload
+    if up:
+        lines.append(f"  upload     {up.get('container')}/{up.get('blob')} ({up.get('size', '?')} bytes, etag {up.get('etag')})")
+    lines.append("  states")
+    for t in run.history:
+        lines.append(f"    {t.at}  {t.state.value:<10} {t.detail}")
+    rep = run.report
+    if rep:
+        lines.append(f"  validation {'ok' if rep.get('ok') else 'REJECTED'}: {rep.get('valid_records', 0)} valid of "
+                     f"{rep.get('records', 0)} records; split {rep.get('split', {})}; report {rep.get('report_path', '')}")
+        for e in rep.get("errors", []):
+            lines.append(f"    line {e.get('line')}: {e.get('code')}: {e.get('message')}")
+    if run.overrides:
+        lines.append(f"  overrides  {run.overrides}")
+    if run.job_name:
+        lines.append(f"  job        {run.job_name} {run.job_status}")
+    if run.metrics:
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in run.metrics.items()}
+        lines.append(f"  metrics    {shown}")
+    if run.model_name:
+        lines.append(f"  model      {run.model_name} version {run.model_version}")
+    if run.endpoint_name:
+        lines.append(f"  endpoint   {run.endpoint_name} / {run.deployment_name} {run.scoring_uri}")
+    if run.last_used_at:
+        lines.append(f"  last used  {run.last_used_at}")
+    if run.failure:
+        lines.append(f"  failure    at {run.failure.stage}: {run.failure.reason}")
+    return lines
+
+
+def main(args: argparse.Namespace) -> int:
+    from shared.config import Settings
+    from shared.run_store import RunNotFound, RunStore
+    from shared.runs import State
+
+    settings = Settings.from_env()
+    store = RunStore(settings.storage_connection, settings.runs_table)
+    try:
+        if args.run_id:
+            run = store.get(args.run_id)
+            print(json.dumps(run.to_dict(), indent=2) if args.json else "\n".join(describe(run)))
+            return 0
+        states = [State(s.capitalize()) for s in args.state]
+        runs = store.list(states=states or None, limit=args.limit)
+    except RunNotFound:
+        print(f"chatft runs: no run {args.run_id}")
+        return 1
+    except ValueError as exc:
+        print(f"chatft runs: {exc}")
+        return 2
+    except Exception as exc:
+        print(f"chatft runs: run table unreachable ({type(exc).__name__}); is the local host running?")
+        return 1
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs], indent=2))
+        return 0
+    print(f"{'RUN':<34} {'STATE':<10} {'UPDATED':<25} {'RECORDS':>7}  MODEL / ENDPOINT")
+    for r in runs:
+        target = r.endpoint_name or r.model_name or (r.failure.reason[:40] if r.failure else "")
+        print(f"{r.run_id:<34} {r.state.value:<10} {r.updated_at:<25} {r.report.get('valid_records', ''):>7}  {target}")
+    return 0

@@ -1,0 +1,192 @@
+"""Service Bus queue triggers served from Azurite Storage Queues of the same names.
+
+Peek-lock is the visibility timeout: a received message stays hidden while its function runs (renewed for long
+runs); success deletes it; an exception makes it visible again after a short delay; after `maxDequeueCount`
+failed deliveries (host.json `extensions.queues`, default 10, like Service Bus's maxDeliveryCount) it moves to
+`<queue>-deadletter`. A scheduled message was sent invisible, so it is not delivered before its time. Messages
+carry the envelope of `shared.messaging`; its `messageId` becomes the message's `message_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.functions.servicebus import ServiceBusMessage
+from azure.storage.queue import QueueClient, QueueMessage
+
+from shared.messaging import decode_envelope
+
+from .indexing import FunctionSpec, IndexingError
+from .invoker import Invoker
+
+log = logging.getLogger("chatft.host")
+
+DEADLETTER_SUFFIX = "-deadletter"
+
+
+@dataclass
+class _Lease:
+    """A message being processed; `lock` serialises renewal and settlement, which both change the pop receipt."""
+
+    message: QueueMessage
+    pop_receipt: str
+    renew_at: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    settled: bool = False
+
+
+class QueueListener:
+    """Serves one Service Bus queue-triggered function."""
+
+    def __init__(self, spec: FunctionSpec, connection: str, invoker: Invoker, *, max_dequeue_count: int,
+                 lock_seconds: int, retry_seconds: int, poll_seconds: float, max_in_flight: int = 16):
+        self.spec = spec
+        if spec.trigger.get("cardinality", "one") != "one":
+            raise IndexingError(f"function {spec.name}: the local host delivers Service Bus messages one at a time")
+        self.queue_name = spec.trigger["queueName"]
+        self._queue = QueueClient.from_connection_string(connection, self.queue_name)
+        self._deadletter = QueueClient.from_connection_string(connection, self.queue_name + DEADLETTER_SUFFIX)
+        self._invoker = invoker
+        self._max_dequeue = max_dequeue_count
+        self._lock_seconds = lock_seconds
+        self._retry_seconds = retry_seconds
+        self._poll_seconds = poll_seconds
+        self._max_in_flight = max_in_flight
+        self._leases: dict[str, _Lease] = {}  # queue message id -> lease, so a message never runs twice at once
+        self._leases_lock = threading.Lock()
+        self._wake = threading.Event()  # set by a finished message (a free slot) and by stop()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"queue-{spec.name}", daemon=True)
+
+    def start(self) -> None:
+        for client in (self._queue, self._deadletter):
+            try:
+                client.create_queue()
+            except ResourceExistsError:
+                pass
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        # Poll fast while there is work and back off to `poll_seconds` when idle: latency stays low without
+        # hammering storage.
+        idle = 0.02
+        failing = False
+        while not self._stopping:
+            try:
+                self._renew_due()
+                received = self._receive()
+                failing = False
+            except Exception as e:  # storage unreachable for a moment: keep the host up, say it once
+                if not failing:
+                    log.warning("queue trigger %s: polling %s failed: %s", self.spec.name, self.queue_name, e)
+                failing, received = True, 0
+            idle = 0.02 if received else min(idle * 2, self._poll_seconds)
+            if not received:
+                self._wake.wait(idle)
+                self._wake.clear()
+
+    def _receive(self) -> int:
+        with self._leases_lock:
+            free = self._max_in_flight - len(self._leases)
+        if free <= 0:
+            return 0
+        count = 0
+        for message in self._queue.receive_messages(max_messages=free, visibility_timeout=self._lock_seconds):
+            count += 1
+            with self._leases_lock:
+                held = self._leases.get(message.id)
+                if held is not None:
+                    # Its lock ran out while it still runs: the new receipt is a fresh lock on the same run.
+                    with held.lock:
+                        held.pop_receipt = message.pop_receipt
+                        held.renew_at = time.monotonic() + self._lock_seconds / 2
+                    continue
+                lease = _Lease(message, message.pop_receipt, time.monotonic() + self._lock_seconds / 2)
+                self._leases[message.id] = lease
+            if message.dequeue_count > self._max_dequeue:  # the host died during its earlier deliveries
+                self._invoker.submit(self._settle_failed, lease)
+            else:
+                self._invoker.submit(self._deliver, lease)
+        return count
+
+    def _renew_due(self) -> None:
+        now = time.monotonic()
+        with self._leases_lock:
+            due = [lease for lease in self._leases.values() if lease.renew_at <= now]
+        for lease in due:
+            with lease.lock:
+                if lease.settled:
+                    continue
+                try:
+                    updated = self._queue.update_message(lease.message.id, lease.pop_receipt,
+                                                         visibility_timeout=self._lock_seconds)
+                    lease.pop_receipt = updated.pop_receipt
+                except ResourceNotFoundError:
+                    log.warning("queue trigger %s: lost the lock on message %s", self.spec.name, lease.message.id)
+                lease.renew_at = now + self._lock_seconds / 2
+
+    def _deliver(self, lease: _Lease) -> None:
+        message = lease.message
+        message_id, body = decode_envelope(message.content)
+        message_id = message_id or message.id
+        try:
+            self._invoker.call(self.spec, self._value(message, message_id, body), message_id)
+        except Exception:
+            self._settle_failed(lease)
+        else:
+            self._settle(lease, lambda: self._queue.delete_message(message.id, lease.pop_receipt))
+
+    def _settle_failed(self, lease: _Lease) -> None:
+        message = lease.message
+        if message.dequeue_count >= self._max_dequeue:
+            log.error("queue trigger %s: message %s failed %d deliveries; moved to %s%s", self.spec.name,
+                      message.id, message.dequeue_count, self.queue_name, DEADLETTER_SUFFIX)
+
+            def deadletter() -> None:
+                self._deadletter.send_message(message.content)
+                self._queue.delete_message(message.id, lease.pop_receipt)
+
+            self._settle(lease, deadletter)
+        else:
+            self._settle(lease, lambda: self._queue.update_message(
+                message.id, lease.pop_receipt, visibility_timeout=self._retry_seconds))
+
+    def _settle(self, lease: _Lease, action) -> None:
+        try:
+            with lease.lock:
+                lease.settled = True
+                action()
+        except Exception as e:  # it becomes visible again when its lock runs out
+            log.warning("queue trigger %s: settling message %s failed: %s", self.spec.name, lease.message.id, e)
+        finally:
+            with self._leases_lock:
+                self._leases.pop(lease.message.id, None)
+            self._wake.set()
+
+    def _value(self, message: QueueMessage, message_id: str, body: bytes) -> Any:
+        if self.spec.arg_type is bytes:
+            return body
+        if self.spec.arg_type is str:
+            return body.decode()
+        return ServiceBusMessage(
+            body=body,
+            message_id=message_id,
+            delivery_count=message.dequeue_count,
+            content_type="application/json",
+            enqueued_time_utc=message.inserted_on,
+            locked_until=datetime.now(timezone.utc) + timedelta(seconds=self._lock_seconds),
+            lock_token=message.id,
+            application_properties={},
+            user_properties={},
+        )

@@ -1,0 +1,128 @@
+"""An upload's first minute: validate it in one streaming pass, split it, record the run, queue it.
+
+Bad data never reaches a GPU: a rejected upload ends as a Rejected run with a report naming each bad line.
+The upload itself is only read, never modified, moved or deleted; reports go to RUNS_CONTAINER.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .bootstrap import Services
+from .overrides import OverrideError, parse_overrides
+from .runs import Run, State, new_run, run_id_for
+from .storage import read_chunks
+from .validation import Validator, split_of
+
+log = logging.getLogger(__name__)
+
+TRAINING_SUFFIX = ".jsonl"
+SUMMARY_ISSUES = 5  # errors kept on the run itself; the full list is in validation.json
+
+
+def is_training_upload(blob_name: str) -> bool:
+    return blob_name.lower().endswith(TRAINING_SUFFIX)
+
+
+def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: Any) -> Run | None:
+    """Validate and split one upload (one blob version) and queue or reject its run. Safe to repeat."""
+    if not is_training_upload(blob_name):
+        log.info("ingest: %s is not a .jsonl upload; left alone", blob_name)
+        return None
+    props = blob_client.get_blob_properties()
+    etag = str(props.etag)
+    run_id = run_id_for(container, blob_name, etag)
+    upload = {"container": container, "blob": blob_name, "etag": etag.strip('"'), "size": props.size}
+    run, created = svc.runs.create(new_run(run_id, svc.clock(), upload=upload))
+    if not created:
+        log.info("ingest: run %s exists (%s) for %s", run_id, run.state, blob_name)
+    if run.state == State.QUEUED:
+        _queue(svc, run)  # a crash after Queued but before sending: sending again is harmless
+        return run
+    if run.state not in (State.RECEIVED, State.VALIDATING):
+        return run
+    if run.state == State.RECEIVED:
+        run = svc.runs.update(run_id, lambda r: r.advance(State.VALIDATING, svc.clock())
+                              if r.state == State.RECEIVED else None)
+
+    report_path = f"{run_id}/validation.json"
+    try:
+        overrides = parse_overrides(dict(props.metadata or {}))
+    except OverrideError as exc:
+        report = {"ok": False, "records": 0, "valid_records": 0, "errors": exc.problems,
+                  "error_counts": {p["code"]: 1 for p in exc.problems}, "warnings": [],
+                  "message": "blob metadata holds overrides the app does not accept"}
+        svc.blobs.write_json(svc.settings.runs_container, report_path, report)
+        return _reject(svc, run_id, report, report_path)
+
+    report, counts = _validate_and_split(svc, blob_client, etag, run_id, overrides)
+    report["split"] = counts
+    svc.blobs.write_json(svc.settings.runs_container, report_path, report)
+    if not report["ok"]:
+        return _reject(svc, run_id, report, report_path)
+
+    summary = _summary(report, report_path)
+    train_path = f"{run_id}/train.jsonl"
+    test_path = f"{run_id}/test.jsonl" if counts["test"] else ""
+    run = svc.runs.update(run_id, lambda r: r.advance(
+        State.QUEUED, svc.clock(), f"{counts['train']} train / {counts['test']} test records",
+        report=summary, overrides=overrides, train_path=train_path, test_path=test_path,
+        keep=bool(overrides.get("keep", False))) if r.state == State.VALIDATING else None)
+    if run.state == State.QUEUED:
+        _queue(svc, run)
+    return run
+
+
+def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
+                        overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    s = svc.settings
+    test_fraction = float(overrides.get("test_fraction", s.test_fraction))
+    validator = Validator(max_record_bytes=s.validation_max_record_bytes,
+                          max_issues=s.validation_report_max_issues,
+                          max_invalid_fraction=s.validation_max_invalid_fraction)
+    writers = {"train": svc.blobs.writer(s.runs_container, f"{run_id}/train.jsonl"),
+               "test": svc.blobs.writer(s.runs_container, f"{run_id}/test.jsonl")}
+    counts = {"train": 0, "test": 0}
+    for valid in validator.records(read_chunks(blob_client, etag=etag)):
+        part = split_of(valid.record, test_fraction)
+        writers[part].write(valid.raw)
+        writers[part].write(b"\n")
+        counts[part] += 1
+    report = validator.report()
+    if report["ok"] and counts["train"] == 0:
+        report["ok"] = False
+        report.setdefault("errors", []).append({"line": None, "code": "too_few_records",
+                                                "message": "every valid record fell into the test split"})
+    if report["ok"]:
+        for writer in writers.values():
+            writer.close()
+    return report, counts
+
+
+def _summary(report: dict[str, Any], report_path: str) -> dict[str, Any]:
+    return {
+        "ok": report["ok"],
+        "records": report.get("records", 0),
+        "valid_records": report.get("valid_records", 0),
+        "invalid_records": report.get("invalid_records", 0),
+        "error_counts": report.get("error_counts", {}),
+        "warning_counts": report.get("warning_counts", {}),
+        "errors": report.get("errors", [])[:SUMMARY_ISSUES],
+        "split": report.get("split", {}),
+        "report_path": report_path,
+    }
+
+
+def _reject(svc: Services, run_id: str, report: dict[str, Any], report_path: str) -> Run:
+    summary = _summary(report, report_path)
+    first = summary["errors"][0] if summary["errors"] else {}
+    where = f"line {first['line']}: " if first.get("line") else ""
+    detail = f"{where}{first.get('code', 'invalid')}: {first.get('message', '')}".strip()
+    log.info("ingest: run %s rejected (%s)", run_id, detail)
+    return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, svc.clock(), detail, report=summary)
+                           if r.state == State.VALIDATING else None)
+
+
+def _queue(svc: Services, run: Run) -> None:
+    svc.messages.send(svc.settings.runs_queue, {"run_id": run.run_id}, message_id=run.run_id)

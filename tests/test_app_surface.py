@@ -1,0 +1,68 @@
+"""The app as the Functions host sees it: bindings, settings documentation, and a light cold start."""
+
+import json
+import subprocess
+import sys
+
+from shared.config import SETTINGS, Settings, SettingError
+
+from .conftest import PROJECT_ROOT
+
+HEAVY = ("azure.ai.ml", "mlflow", "torch", "transformers", "pandas", "datasets")
+
+
+def test_importing_function_app_loads_nothing_heavy():
+    code = ("import sys, function_app; heavy = %r; "
+            "print([m for m in heavy if m in sys.modules or any(k.startswith(m + '.') for k in sys.modules)])"
+            % (HEAVY,))
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_bindings_read_names_from_settings():
+    out = subprocess.run([sys.executable, "-c", (
+        "import json, function_app\n"
+        "fs = function_app.app.get_functions()\n"
+        "print(json.dumps({f.get_function_name(): [json.loads(b.get_binding_json() if hasattr(b, 'get_binding_json')"
+        " else json.dumps(b.get_dict_repr(), default=str)) for b in f.get_bindings()] for f in fs}, default=str))")],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    functions = json.loads(out.stdout)
+    assert functions["ingest"][0]["path"] == "%TRAINING_CONTAINER%/{name}"
+    assert functions["ingest"][0]["source"] == "EventGrid"
+    assert functions["submit"][0]["queueName"] == "%RUNS_QUEUE%"
+    assert functions["deployments"][0]["queueName"] == "%DEPLOY_QUEUE%"
+    assert functions["job_events"][0]["type"] == "eventGridTrigger"
+    for name, bindings in functions.items():
+        for b in bindings:
+            if b["type"] == "httpTrigger" and name != "health":
+                assert "function" in str(b.get("authLevel", "function")).lower(), name
+
+
+def test_every_setting_is_documented_in_readme_and_example():
+    example = json.loads((PROJECT_ROOT / "local.settings.json.example").read_text())["Values"]
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for name, setting in SETTINGS.items():
+        assert name in example, f"{name} missing from local.settings.json.example"
+        assert f"`{name}`" in readme, f"{name} missing from the README's settings table"
+    assert Settings.from_env(example)  # the example's values are valid as they stand
+
+
+def test_host_json_dequeue_count_matches_the_delivery_setting():
+    host = json.loads((PROJECT_ROOT / "host.json").read_text())
+    assert host["extensions"]["queues"]["maxDequeueCount"] == SETTINGS["MAX_DELIVERY_COUNT"].default
+
+
+def test_malformed_settings_are_named():
+    for env, fragment in [({"DEPLOY_TIMEOUT_MINUTES": "soon"}, "DEPLOY_TIMEOUT_MINUTES must be an integer"),
+                          ({"ML_BACKEND": "sagemaker"}, "ML_BACKEND must be one of azureml, local"),
+                          ({"TEST_FRACTION": "1.5"}, "TEST_FRACTION"),
+                          ({"CLEANUP_DRY_RUN": "maybe"}, "CLEANUP_DRY_RUN must be true or false"),
+                          ({"ML_BACKEND": "azureml"}, "AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AML_WORKSPACE"),
+                          ({"MESSAGING": "servicebus"}, "ServiceBusConnection__fullyQualifiedNamespace")]:
+        try:
+            Settings.from_env(env)
+        except SettingError as exc:
+            assert fragment in str(exc)
+        else:
+            raise AssertionError(f"{env} was accepted")
+

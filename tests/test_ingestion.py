@@ -1,0 +1,133 @@
+"""ingest, service level, against Azurite: validate, split, record the run, queue it — once per blob version."""
+
+import json
+
+import pytest
+
+from shared.bootstrap import bootstrap
+from shared.messaging import decode_envelope
+from shared.runs import State
+from tests.fakes import FakeMLBackend
+
+
+def record(i, **extra):
+    r = {"prompt": f"q{i}", "prompt_id": f"id-{i}",
+         "messages": [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"answer {i}."}]}
+    r.update(extra)
+    return json.dumps(r)
+
+
+def valid_lines(n=40):
+    return [record(i) for i in range(n)]
+
+
+@pytest.fixture
+def svc(settings):
+    return bootstrap(settings, ml=FakeMLBackend())
+
+
+def upload(svc, name, lines, metadata=None):
+    blob = svc.blobs.blob(svc.settings.training_container, name)
+    blob.upload_blob(("\n".join(lines) + "\n").encode(), overwrite=True, metadata=metadata)
+    return blob
+
+
+def queued_messages(svc, queue):
+    from azure.storage.queue import QueueClient
+
+    client = QueueClient.from_connection_string(svc.settings.storage_connection, queue)
+    try:
+        return [decode_envelope(m.content) for m in client.peek_messages(max_messages=32)]
+    except Exception:
+        return []
+
+
+def ingest(svc, blob):
+    from shared.ingestion import ingest_upload
+
+    return ingest_upload(svc, blob.container_name, blob.blob_name, blob)
+
+
+def read_lines(svc, path):
+    data = svc.blobs.blob(svc.settings.runs_container, path).download_blob().readall()
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def test_valid_upload_is_split_reported_and_queued(svc):
+    blob = upload(svc, "team/ultra chat.jsonl", valid_lines(60))
+    run = ingest(svc, blob)
+    assert run.state == State.QUEUED
+    train, test = read_lines(svc, run.train_path), read_lines(svc, run.test_path)
+    assert len(train) + len(test) == 60 and 0 < len(test) < 20
+    assert {r["prompt_id"] for r in train}.isdisjoint({r["prompt_id"] for r in test})
+    report = svc.blobs.read_json(svc.settings.runs_container, f"{run.run_id}/validation.json")
+    assert report["ok"] and report["valid_records"] == 60
+    assert queued_messages(svc, svc.settings.runs_queue) == [(run.run_id, json.dumps({"run_id": run.run_id},
+                                                                                      separators=(",", ":")).encode())]
+    assert run.upload["blob"] == "team/ultra chat.jsonl" and "/" not in run.run_id
+
+
+def test_split_is_deterministic_across_uploads(svc):
+    a = ingest(svc, upload(svc, "a.jsonl", valid_lines(50)))
+    b = ingest(svc, upload(svc, "b.jsonl", valid_lines(50)))
+    assert read_lines(svc, a.test_path) == read_lines(svc, b.test_path)
+
+
+def test_same_blob_version_twice_is_one_run_and_one_message(svc):
+    blob = upload(svc, "data.jsonl", valid_lines())
+    first, second = ingest(svc, blob), ingest(svc, blob)
+    assert first.run_id == second.run_id
+    assert len(svc.runs.list()) == 1
+    assert second.history == first.history or second.state == State.QUEUED
+    # A redelivery of a queued run sends its message again; the message id lets Service Bus drop the copy.
+    assert {m[0] for m in queued_messages(svc, svc.settings.runs_queue)} == {first.run_id}
+
+
+def test_new_blob_version_is_a_new_run(svc):
+    first = ingest(svc, upload(svc, "data.jsonl", valid_lines()))
+    second = ingest(svc, upload(svc, "data.jsonl", valid_lines(30)))
+    assert first.run_id != second.run_id
+
+
+def test_invalid_upload_is_rejected_with_lines_named_and_nothing_queued(svc):
+    lines = valid_lines(20)
+    lines[4] = '{"messages": [{"role": "user", "content": "only a question"}], "prompt_id": "x"}'
+    lines[9] = "not json"
+    blob = upload(svc, "bad.jsonl", lines)
+    run = ingest(svc, blob)
+    assert run.state == State.REJECTED
+    report = svc.blobs.read_json(svc.settings.runs_container, run.report["report_path"])
+    assert {(e["line"], e["code"]) for e in report["errors"]} >= {(5, "too_few_messages"), (10, "invalid_json")}
+    assert "line 5" in run.history[-1].detail
+    assert queued_messages(svc, svc.settings.runs_queue) == []
+    assert blob.download_blob().readall().decode().splitlines()[9] == "not json", "the upload is left as it was"
+
+
+def test_unknown_override_rejects_with_report(svc):
+    run = ingest(svc, upload(svc, "o.jsonl", valid_lines(), metadata={"epochz": "3"}))
+    assert run.state == State.REJECTED
+    report = svc.blobs.read_json(svc.settings.runs_container, run.report["report_path"])
+    assert report["errors"][0]["code"] == "unknown_key" and "epochz" in report["errors"][0]["message"]
+
+
+def test_overrides_are_typed_onto_the_run(svc):
+    run = ingest(svc, upload(svc, "o.jsonl", valid_lines(), metadata={"epochs": "2", "keep": "true"}))
+    assert run.state == State.QUEUED
+    assert run.overrides["num_train_epochs"] == 2 and run.keep is True
+
+
+def test_non_jsonl_upload_is_left_alone(svc):
+    assert ingest(svc, upload(svc, "notes.txt", ["hello"])) is None
+    assert svc.runs.list() == []
+
+
+def test_crash_mid_validation_is_completed_by_redelivery(svc):
+    blob = upload(svc, "data.jsonl", valid_lines())
+    from shared.runs import new_run, run_id_for
+
+    props = blob.get_blob_properties()
+    run_id = run_id_for(blob.container_name, blob.blob_name, props.etag)
+    stuck = new_run(run_id, svc.clock()).advance(State.VALIDATING, svc.clock())
+    svc.runs.create(stuck)
+    run = ingest(svc, blob)
+    assert run.run_id == run_id and run.state == State.QUEUED
