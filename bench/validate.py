@@ -1,10 +1,11 @@
 """Benchmark: the streaming validator against what the notebook does (`pandas.read_json(lines=True)`) and against
 an orjson parse-only loop (the ceiling), on generated ultrachat-shaped uploads.
 
-Each contender runs in its own subprocess; its peak RSS comes from `os.wait4` (that child alone). Throughput is
-the upload's size over the contender's own processing time (interpreter start and imports excluded).
+Each contender runs in its own subprocess, `--repeat` times; its peak RSS comes from `os.wait4` (that child
+alone). Throughput is the upload's size over the contender's median processing time (interpreter start and
+imports excluded).
 
-    .venv/bin/python bench/validate.py [--sizes 200,1000] [--dir /tmp]
+    .venv/bin/python bench/validate.py [--sizes 200,1000] [--repeat 3] [--dir /tmp]
 
 Targets: validator >= 10x pandas' throughput, >= 0.5x the parse-only ceiling, peak RSS < 100 MB at every size.
 The last line printed is a JSON object of the figures and ratios.
@@ -18,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,30 +107,38 @@ def contend(name: str, path: str) -> dict:
     return {"seconds": time.perf_counter() - started, "records": records}
 
 
-def measure(name: str, path: Path, size_bytes: int) -> dict:
-    """Run a contender in a child process; its throughput, wall time and peak RSS (or why it failed)."""
-    started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, __file__, "--contender", name, str(path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # wait4 gives this child's own rusage; RUSAGE_CHILDREN would report the largest child so far.
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    out, err = child.stdout.read(), child.stderr.read()
-    child.stdout.close()
-    child.stderr.close()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    figures = {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "wall_s": round(wall, 2)}
-    if child.returncode != 0:
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {child.returncode}"]
-        return {**figures, "failed": tail[0][:200]}
-    result = json.loads(out.decode().strip().splitlines()[-1])
-    return {**figures, "seconds": round(result["seconds"], 3), "records": result["records"],
-            "mb_per_s": round(size_bytes / 1e6 / result["seconds"], 1)}
+def _child(name: str, path: Path) -> tuple[int, bytes, bytes, float]:
+    """Run one contender in a child; (exit status, stdout, stderr, peak RSS in MB of that child alone)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([sys.executable, __file__, "--contender", name, str(path)], stdout=out, stderr=err)
+        # wait4 gives this child's own rusage; RUSAGE_CHILDREN would report the largest child so far.
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return child.returncode, out.read(), err.read(), usage.ru_maxrss / 1024
+
+
+def measure(name: str, path: Path, size_bytes: int, repeat: int) -> dict:
+    """Median throughput and largest peak RSS of `repeat` runs of a contender (or why it failed)."""
+    seconds, peak = [], 0.0
+    for _ in range(repeat):
+        status, out, err, rss = _child(name, path)
+        peak = max(peak, rss)
+        if status != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {status}"]
+            return {"peak_rss_mb": round(peak, 1), "failed": tail[0][:200]}
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        seconds.append(result["seconds"])
+    median = statistics.median(seconds)
+    return {"peak_rss_mb": round(peak, 1), "seconds": round(median, 3), "runs_s": [round(x, 3) for x in seconds],
+            "records": result["records"], "mb_per_s": round(size_bytes / 1e6 / median, 1)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="200,1000", help="upload sizes in MB, comma-separated")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender; the median counts")
     parser.add_argument("--dir", default=None, help="where to write the generated uploads (deleted after)")
     parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("file", nargs="?", help=argparse.SUPPRESS)
@@ -149,7 +159,7 @@ def main() -> int:
                   f"{time.perf_counter() - started:.1f} s", flush=True)
             row: dict = {"bytes": size_bytes, "records": records}
             for name in CONTENDERS:
-                row[name] = measure(name, path, size_bytes)
+                row[name] = measure(name, path, size_bytes, args.repeat)
                 print(f"  {name:<11} {json.dumps(row[name])}", flush=True)
             v, p, c = row["validator"], row["pandas"], row["parse_only"]
             if "mb_per_s" in v:

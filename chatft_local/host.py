@@ -12,6 +12,7 @@ process, for tests that kill and restart the host.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -23,10 +24,11 @@ from typing import Any, Callable, Mapping
 
 from aiohttp import web
 
+from chatft_local.azurite import ensure_azurite
 from chatft_local.hosting.blobs import BlobListener
 from chatft_local.hosting.http import EVENTGRID_PATH, aiohttp_paths, build_http_app
-from chatft_local.hosting.indexing import (FunctionSpec, IndexingError, app_directory, binding_lookup, index_app,
-                                           read_host_json, read_local_settings)
+from chatft_local.hosting.indexing import (FunctionSpec, HostOptions, IndexingError, app_directory, binding_lookup,
+                                           index_app, read_host_json, read_local_settings)
 from chatft_local.hosting.invoker import Invoker
 from chatft_local.hosting.keys import function_key
 from chatft_local.hosting.process import HostProcess
@@ -37,7 +39,7 @@ __all__ = ["LocalHost", "HostProcess", "IndexingError"]
 
 log = logging.getLogger("chatft.host")
 
-DEFAULT_HOST_ID = "chatft-local"
+HOST_ID = "chatft-local"  # the <hostId> of blob receipt paths
 SERVICES_MODULE = "chatft_local.services"
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
@@ -47,22 +49,22 @@ class LocalHost:
 
     Settings: `env` is put into os.environ while the host runs (restored by `stop()`), then `local.settings.json`
     beside the app module (or `settings_file`) fills what is still unset. `state_dir` and `port` default to the
-    CHATFT_STATE_DIR and CHATFT_HOST_PORT settings; port 0 picks a free port (see `base_url`).
+    CHATFT_STATE_DIR and CHATFT_HOST_PORT settings; port 0 picks a free port (see `base_url`). The app's host.json
+    gives the retry delay (`queue_retry_seconds` overrides it), dead-letter count, concurrency and route prefix.
     """
 
     def __init__(self, app_module: str = "function_app", *, state_dir: str | os.PathLike | None = None,
                  port: int | None = None, env: Mapping[str, str] | None = None,
-                 settings_file: str | os.PathLike | None = None, services: bool = True, azurite: bool = True,
-                 host_id: str = DEFAULT_HOST_ID, blob_scan_seconds: float = 1.0, queue_poll_seconds: float = 0.25,
-                 queue_retry_seconds: int = 1, lock_seconds: int = 300, shutdown_grace_seconds: float = 30.0):
+                 settings_file: str | os.PathLike | None = None, services: bool = True,
+                 blob_scan_seconds: float = 1.0, queue_poll_seconds: float = 0.25,
+                 queue_retry_seconds: int | None = None, lock_seconds: int = 300,
+                 shutdown_grace_seconds: float = 30.0):
         self.app_module = app_module
         self._state_dir_arg = state_dir
         self._port_arg = port
         self._env = dict(env or {})
         self._settings_file = settings_file
         self._use_services = services
-        self._use_azurite = azurite
-        self.host_id = host_id
         self._blob_scan_seconds = blob_scan_seconds
         self._queue_poll_seconds = queue_poll_seconds
         self._queue_retry_seconds = queue_retry_seconds
@@ -172,27 +174,26 @@ class LocalHost:
         self.settings = Settings.from_env()
         self.state_dir = Path(self._state_dir_arg or self.settings.chatft_state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self._use_azurite:
-            from chatft_local.azurite import ensure_azurite
-
-            self._azurite = await asyncio.to_thread(ensure_azurite, self.state_dir)
+        self._azurite = await asyncio.to_thread(ensure_azurite, self.state_dir)
+        log.info("Azurite: %s", f"started, data in {self.state_dir / 'azurite'}" if self._azurite.started_here
+                 else "reusing the one listening on 127.0.0.1:10000-10002")
         self.function_key = function_key(self.state_dir)
 
         lookup = binding_lookup(os.environ)
         indexed = index_app(self.app_module, lookup)
         self.functions = indexed.functions
-        host_json = read_host_json(indexed.directory)
-        extensions = host_json.get("extensions") or {}
+        options = HostOptions.from_host_json(read_host_json(indexed.directory))
+        if self._queue_retry_seconds is not None:
+            options = dataclasses.replace(options, retry_seconds=self._queue_retry_seconds)
         self._invoker = Invoker(self._loop, str(indexed.directory))
-        listeners = [x for x in (self._listener(spec, lookup, extensions) for spec in self.functions) if x]
+        listeners = [x for x in (self._listener(spec, lookup, options) for spec in self.functions) if x]
 
-        # Bind first so services (and the ready line) know the URL; requests wait until the site starts.
+        # Bind first so services (and the ready line) know the URL; connections are refused until the site starts.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.settings.chatft_host_port if self._port_arg is None else self._port_arg))
         self.port = sock.getsockname()[1]
-        route_prefix = str((extensions.get("http") or {}).get("routePrefix", "api"))
-        app = build_http_app(self.functions, self._invoker, self.function_key, route_prefix,
+        app = build_http_app(self.functions, self._invoker, self.function_key, options.route_prefix,
                              self.settings.max_request_bytes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         try:
@@ -205,9 +206,9 @@ class LocalHost:
         for listener in listeners:
             await asyncio.to_thread(listener.start)
             self._listeners.append(listener)
-        self._log_functions(route_prefix)
+        self._log_functions(options.route_prefix)
 
-    def _listener(self, spec: FunctionSpec, lookup: Callable[[str], str | None], extensions: dict) -> Any:
+    def _listener(self, spec: FunctionSpec, lookup: Callable[[str], str | None], options: HostOptions) -> Any:
         kind = spec.trigger_type
         if kind in ("httpTrigger", "eventGridTrigger"):
             return None  # served by the HTTP app
@@ -215,14 +216,13 @@ class LocalHost:
             return TimerListener(spec, self._invoker)
         if kind == "blobTrigger":
             return BlobListener(spec, _connection(spec, spec.trigger.get("connection"), lookup), self._invoker,
-                                self.host_id, self._blob_scan_seconds, self._queue_retry_seconds)
+                                HOST_ID, self._blob_scan_seconds, options.retry_seconds)
         if kind == "serviceBusTrigger":
             # Locally Storage Queues stand in for Service Bus, so the storage connection carries them.
-            queues = extensions.get("queues") or {}
             return QueueListener(spec, _connection(spec, STORAGE_CONNECTION, lookup), self._invoker,
-                                 max_dequeue_count=int(queues.get("maxDequeueCount", 10)),
-                                 lock_seconds=self._lock_seconds, retry_seconds=self._queue_retry_seconds,
-                                 poll_seconds=self._queue_poll_seconds)
+                                 max_dequeue_count=options.max_dequeue_count, lock_seconds=self._lock_seconds,
+                                 retry_seconds=options.retry_seconds, poll_seconds=self._queue_poll_seconds,
+                                 max_in_flight=options.max_concurrent_calls)
         raise IndexingError(f"function {spec.name}: the local host serves HTTP, blob, Service Bus queue, Event Grid "
                             f"and timer triggers, not {kind}")
 

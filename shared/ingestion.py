@@ -52,7 +52,8 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     except OverrideError as exc:
         report = {"ok": False, "records": 0, "valid_records": 0, "errors": exc.problems,
                   "error_counts": {p["code"]: 1 for p in exc.problems}, "warnings": [],
-                  "message": "blob metadata holds overrides the app does not accept"}
+                  "reason": "blob metadata holds overrides the app does not accept: "
+                            + "; ".join(p["message"] for p in exc.problems)}
         svc.blobs.write_json(svc.settings.runs_container, report_path, report)
         return _reject(svc, run_id, report, report_path)
 
@@ -92,8 +93,8 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     report = validator.report()
     if report["ok"] and counts["train"] == 0:
         report["ok"] = False
-        report.setdefault("errors", []).append({"line": None, "code": "too_few_records",
-                                                "message": "every valid record fell into the test split"})
+        report["reason"] = "every valid record fell into the test split; lower TEST_FRACTION"
+        report["errors"].insert(0, {"line": 0, "code": "too_few_records", "message": report["reason"]})
     if report["ok"]:
         for writer in writers.values():
             writer.close()
@@ -108,6 +109,7 @@ def _summary(report: dict[str, Any], report_path: str) -> dict[str, Any]:
         "invalid_records": report.get("invalid_records", 0),
         "error_counts": report.get("error_counts", {}),
         "warning_counts": report.get("warning_counts", {}),
+        "reason": report.get("reason", ""),
         "errors": report.get("errors", [])[:SUMMARY_ISSUES],
         "split": report.get("split", {}),
         "report_path": report_path,
@@ -118,7 +120,9 @@ def _reject(svc: Services, run_id: str, report: dict[str, Any], report_path: str
     summary = _summary(report, report_path)
     first = summary["errors"][0] if summary["errors"] else {}
     where = f"line {first['line']}: " if first.get("line") else ""
-    detail = f"{where}{first.get('code', 'invalid')}: {first.get('message', '')}".strip()
+    first_error = f"{where}{first.get('code', 'invalid')}: {first.get('message', '')}".strip()
+    reason = report.get("reason", "")
+    detail = f"{reason}; first error {first_error}" if reason and first.get("line") else reason or first_error
     log.info("ingest: run %s rejected (%s)", run_id, detail)
     return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, svc.clock(), detail, report=summary)
                            if r.state == State.VALIDATING else None)

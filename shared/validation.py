@@ -33,13 +33,10 @@ WARNING_CODES = ("blank_line", "unexpected_key", "trailing_user_message", "roles
 
 
 class ValidRecord(NamedTuple):
-    """A record that passed: its 1-based line, its line's bytes (no line break, no BOM) and the parsed object.
-
-    `raw` is a read-only view into the chunk it came in (no copy): write it as is, or take `bytes(raw)`.
-    """
+    """A record that passed: its 1-based line, its line's bytes (no line break, no BOM) and the parsed object."""
 
     line: int
-    raw: memoryview
+    raw: bytes
     record: dict[str, Any]
 
 
@@ -231,8 +228,10 @@ class Validator:
                     else:
                         seen.add(key)
                 valid += 1
-                # tuple.__new__ skips the NamedTuple constructor's Python-level call (a third of a microsecond).
-                yield new(ValidRecord, (line_no, line[:-1] if line[-1] == 13 else line, record))
+                # The line is parsed from a view of its chunk; only a valid one is copied out, so the caller holds
+                # no view that would keep a whole chunk alive. tuple.__new__ skips NamedTuple's Python-level
+                # constructor (a third of a microsecond a record).
+                yield new(ValidRecord, (line_no, bytes(line[:-1] if line[-1] == 13 else line), record))
             self._finished = True
         finally:
             self._line_count, self._valid = line_no, valid
@@ -295,15 +294,12 @@ class Validator:
         }
 
     def _lines(self, chunks: Iterable[bytes]) -> Iterator[memoryview | None]:
-        """Each complete line (line break removed) as a view into its chunk, so no line is copied; None stands
-        for a line over the limit, whose bytes are dropped as they arrive rather than buffered."""
+        """Each complete line (line break removed) as a view into its chunk, so parsing copies nothing; None
+        stands for a line over the limit, whose bytes are dropped as they arrive rather than buffered."""
         limit = self.max_record_bytes
         tail = bytearray()  # the unfinished line, carried to the next chunk
         skipping = False  # inside a line already known to be too long: drop bytes until its end
-        for chunk in _without_bom(chunks):
-            if type(chunk) is not bytes:
-                chunk = bytes(chunk)  # a view must not see its buffer change under it
-            self._bytes += len(chunk)
+        for chunk in _without_bom(self._counted(chunks)):
             start = 0
             if skipping or tail:
                 end = chunk.find(b"\n")
@@ -334,6 +330,13 @@ class Validator:
             yield None
         elif tail:
             yield _within(memoryview(bytes(tail)), limit)
+
+    def _counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if type(chunk) is not bytes:
+                chunk = bytes(chunk)  # a line's view must not see its buffer change under it
+            self._bytes += len(chunk)
+            yield chunk
 
     def _unparsed(self, line_no: int, line: bytes, exc: orjson.JSONDecodeError) -> None:
         """Classify a line orjson refused: blank, not UTF-8, or not JSON (with the reason in plain words)."""

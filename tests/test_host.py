@@ -5,9 +5,12 @@ delivery, timers. The app records each invocation as a file; tests wait for thos
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,8 @@ from azure.storage.queue import QueueClient
 
 from chatft_local.host import HostProcess, IndexingError, LocalHost
 from chatft_local.hosting.blobs import MAX_ATTEMPTS, POISON_QUEUE, RECEIPTS_CONTAINER
-from chatft_local.hosting.http import aiohttp_paths
-from chatft_local.hosting.indexing import binding_lookup, resolve
+from chatft_local.hosting.http import aiohttp_paths, build_http_app
+from chatft_local.hosting.indexing import FunctionSpec, HostOptions, binding_lookup, resolve
 from shared.messaging import StorageQueueSender, decode_envelope
 
 APP = "tests.host_app.function_app"
@@ -50,7 +53,7 @@ def upload(connection: str, container: str, name: str, data: bytes) -> str:
     client = BlobServiceClient.from_connection_string(connection).get_container_client(container)
     if not client.exists():
         client.create_container()
-    return client.get_blob_client(name).upload_blob(data, overwrite=True)["etag"]
+    return client.get_blob_client(name).upload_blob(data, overwrite=True)["etag"].strip('"')
 
 
 @pytest.fixture
@@ -67,11 +70,12 @@ def app_env(azurite, unique, tmp_path):
 
 @pytest.fixture
 def start_host(app_env, tmp_path):
-    """Start an in-process LocalHost on a free port (fast scans, immediate redelivery); all stopped at the end."""
+    """Start an in-process LocalHost on a free port with fast blob scans; all stopped at the end. Its host.json
+    retries at once and dead-letters after 3 deliveries."""
     hosts: list[LocalHost] = []
 
     def start(env: dict | None = None, **options) -> LocalHost:
-        options = {"blob_scan_seconds": 0.2, "queue_retry_seconds": 0, **options}
+        options = {"blob_scan_seconds": 0.2, **options}
         host = LocalHost(APP, state_dir=tmp_path / "state", port=0, env={**app_env, **(env or {})},
                          services=False, **options)
         hosts.append(host)
@@ -245,10 +249,12 @@ def test_failing_blob_is_tried_five_times_then_poisoned_and_receipted(host, app_
     wait_for(lambda: len(records(app_env, "on_upload")) == MAX_ATTEMPTS + 1, "the marker")
     assert [r["name"] for r in records(app_env, "on_upload")].count("a-bad.jsonl") == MAX_ATTEMPTS
 
-    poison = QueueClient.from_connection_string(azurite, POISON_QUEUE)
-    mine = [json.loads(m.content) for m in poison.receive_messages(max_messages=32, visibility_timeout=1)]
-    assert {"ContainerName": container, "BlobName": "a-bad.jsonl", "ETag": etag}.items() <= \
-        next(m for m in mine if m["ContainerName"] == container).items()
+    poison = QueueClient.from_connection_string(azurite, POISON_QUEUE)  # shared by every test: take ours only
+    mine = [m for m in poison.receive_messages(visibility_timeout=10)
+            if json.loads(m.content)["ContainerName"] == container]
+    assert len(mine) == 1
+    assert {"BlobName": "a-bad.jsonl", "ETag": etag}.items() <= json.loads(mine[0].content).items()
+    poison.delete_message(mine[0])
 
 
 def test_input_stream_binding_and_path_pattern(host, app_env, azurite):
@@ -300,13 +306,26 @@ def test_scheduled_message_is_not_delivered_early(host, app_env, azurite):
 def test_long_run_keeps_its_lock_and_runs_once(start_host, app_env, azurite):
     start_host(lock_seconds=2)
     sender, queue = StorageQueueSender(azurite), app_env["HOSTAPP_QUEUE"]
-    sender.send(queue, {"sleep": 5}, message_id="slow")
+    sender.send(queue, {"sleep": 4}, message_id="slow")
     wait_for(lambda: records(app_env, "on_message"), "the slow message to start")
     queue_client = QueueClient.from_connection_string(azurite, queue)
-    wait_for(lambda: queue_client.get_queue_properties().approximate_message_count == 0, "the slow message to end")
+    visible, deadline = [], time.monotonic() + WAIT  # a lock that runs out shows the message while it runs
+    while queue_client.get_queue_properties().approximate_message_count:
+        assert time.monotonic() < deadline, "the slow message never ended"
+        visible += queue_client.peek_messages()
+        time.sleep(0.02)
+    assert visible == []
     sender.send(queue, {}, message_id="marker")
     wait_for(lambda: len(records(app_env, "on_message")) == 2, "the marker")
     assert [r["message_id"] for r in records(app_env, "on_message")] == ["slow", "marker"]
+
+
+def test_messages_run_concurrently(host, app_env, azurite):
+    sender = StorageQueueSender(azurite)
+    for i in range(3):
+        sender.send(app_env["HOSTAPP_QUEUE"], {"sleep": 1}, message_id=f"m{i}")
+    got = wait_for(lambda: len(records(app_env, "on_message")) == 3 and records(app_env, "on_message"), "3 runs")
+    assert max(r["at"] for r in got) < min(r["at"] for r in got) + 1  # all started before the first one ended
 
 
 # -- timers ----------------------------------------------------------------------------------------------------
@@ -325,6 +344,44 @@ def test_run_on_startup(start_host, app_env):
     first.stop()
     start_host()
     wait_for(lambda: len(records(app_env, "on_startup")) == 2, "the startup run of the second host")
+
+
+# -- logging and the services hook ----------------------------------------------------------------------------
+
+def test_each_invocation_is_logged_in_one_line_without_keys_or_payloads(host, app_env, azurite, caplog):
+    caplog.set_level(logging.INFO, logger="chatft.host")
+    assert requests.get(f"{host.base_url}/api/items/7?code={host.function_key}").status_code == 200
+    StorageQueueSender(azurite).send(app_env["HOSTAPP_QUEUE"], {"secret": "s3cr3t-body"}, message_id="run-log")
+    wait_for(lambda: records(app_env, "on_message"), "the message")
+    wait_for(lambda: any("run-log" in r.getMessage() for r in caplog.records), "the message's log line")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executed")]
+    assert any(line.startswith("Executed get_item (GET /api/items/7) in ") and line.endswith("ms: Succeeded")
+               for line in lines)
+    assert any(line.startswith("Executed on_message (run-log) in ") for line in lines)
+    assert host.function_key not in caplog.text and "s3cr3t-body" not in caplog.text
+
+
+def test_services_start_after_storage_and_before_serving_and_stop_at_shutdown(app_env, tmp_path, monkeypatch):
+    calls = []
+
+    def start(settings, host):
+        calls.append(("start", settings.chatft_state_dir, host.function_key, host.base_url))
+        # Not serving yet: the port is bound (so the URL is known) but refuses connections until start() returns.
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(host.base_url + "/api/health", timeout=0.3)
+
+    services = types.ModuleType("chatft_local.services")
+    services.start = start
+    services.stop = lambda: calls.append(("stop",))
+    monkeypatch.setitem(sys.modules, "chatft_local.services", services)
+    env = {**app_env, "CHATFT_STATE_DIR": str(tmp_path / "state")}
+    host = LocalHost(APP, port=0, env=env, services=True).start()
+    try:
+        assert calls == [("start", str(tmp_path / "state"), host.function_key, host.base_url)]
+        assert host.state_dir == tmp_path / "state"
+    finally:
+        host.stop()
+    assert calls[-1] == ("stop",)
 
 
 # -- settings, bindings, keys ----------------------------------------------------------------------------------
@@ -378,8 +435,22 @@ def test_binding_expressions_fall_back_to_setting_defaults():
         resolve("%NOT_A_SETTING%", lookup, "f")
 
 
+def test_host_json_options():
+    project = json.loads((Path(__file__).parent.parent / "host.json").read_text())
+    options = HostOptions.from_host_json(project)
+    assert options.route_prefix == "api"
+    assert options.max_dequeue_count == project["extensions"]["queues"].get("maxDequeueCount", 10)
+    assert HostOptions.from_host_json({}) == HostOptions()
+    parsed = HostOptions.from_host_json({"extensions": {"http": {"routePrefix": ""}, "queues": {
+        "maxDequeueCount": 3, "visibilityTimeout": "1.00:02:05"}, "serviceBus": {"maxConcurrentCalls": 2}}})
+    assert parsed == HostOptions(route_prefix="", max_dequeue_count=3, retry_seconds=86525, max_concurrent_calls=2)
+    with pytest.raises(IndexingError, match="TimeSpan"):
+        HostOptions.from_host_json({"extensions": {"queues": {"visibilityTimeout": "5s"}}})
+
+
 @pytest.mark.parametrize("route, paths", [
     ("health", ["/api/health"]),
+    ("", ["/api"]),
     ("runs/{id}", ["/api/runs/{id}"]),
     ("score/{model?}", ["/api/score", "/api/score/{model}"]),
     ("items/{n:int}", [r"/api/items/{n:-?\d+}"]),
@@ -387,3 +458,15 @@ def test_binding_expressions_fall_back_to_setting_defaults():
 ])
 def test_route_templates(route, paths):
     assert aiohttp_paths("api", route) == paths
+
+
+def test_conflicting_or_unsupported_routes_are_indexing_errors():
+    def spec(name, route, methods=None):
+        return FunctionSpec(name, lambda req: None, {"type": "httpTrigger", "route": route, "methods": methods},
+                            "req", None, False)
+
+    with pytest.raises(IndexingError, match="function b: .*GET is already registered"):
+        build_http_app([spec("a", "x", ["GET"]), spec("b", "x", ["GET", "POST"])], None, "key", "api", 10)
+    with pytest.raises(IndexingError, match="function c: .*not supported"):
+        build_http_app([spec("c", "x/{a}{b}")], None, "key", "api", 10)
+    build_http_app([spec("a", "x", ["GET"]), spec("b", "x", ["POST"])], None, "key", "api", 10)  # methods split

@@ -21,7 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from chatft_local.host import LocalHost
-    from chatft_local.hosting.indexing import IndexingError
     from shared.config import SettingError
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -36,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
                      blob_scan_seconds=args.blob_scan_seconds)
     try:
         host.run(on_ready=ready)
-    except (IndexingError, SettingError, OSError) as e:
+    except (RuntimeError, SettingError, OSError) as e:  # RuntimeError: IndexingError, Azurite failing to start
         print(f"chatft host: {e}", file=sys.stderr)
         return 1
     return 0

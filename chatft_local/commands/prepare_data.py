@@ -1,9 +1,9 @@
 """`chatft prepare-data`: the notebook's `download-dataset.py` for this app.
 
-Writes the first `--split-pc` percent of each split of a dataset (a Hugging Face hub id such as
-HuggingFaceH4/ultrachat_200k, or a local JSONL/parquet file or folder of them, one file per split) as
-`<out>/<split>.jsonl` in the ultrachat record shape `{prompt, messages, prompt_id}`; `--upload` then drops the
-training split into the watched container, which starts a run.
+Writes the first `--split-pc` percent of each split (`<split>[0%:<pc>%]`, as the notebook does) of a dataset — a
+Hugging Face hub id such as HuggingFaceH4/ultrachat_200k, or a local JSONL/parquet file or folder of them, one file
+per split — as `<out>/<split>.jsonl` in the ultrachat record shape `{prompt, messages, prompt_id}`. `--upload`
+then drops the training split into the watched container, which starts a run.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ TRAIN_SPLITS = ("train_sft", "train")  # the split uploaded by --upload: the fir
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="HuggingFaceH4/ultrachat_200k",
                         help="hub dataset id, or a local .jsonl/.parquet file or folder of them (one per split)")
-    parser.add_argument("--split-pc", type=float, default=5.0, metavar="PC",
-                        help="percentage of each split to keep, from its start (default 5)")
+    parser.add_argument("--subset", help="hub dataset configuration, if it has several")
+    parser.add_argument("--split-pc", type=int, default=5, metavar="PC",
+                        help="percentage of each split to keep, from its start (1-100, default 5)")
     parser.add_argument("--out", default="data", metavar="DIR", help="where to write <split>.jsonl (default data)")
     parser.add_argument("--upload", action="store_true",
                         help="upload the training split (train_sft, else train) to TRAINING_CONTAINER")
@@ -36,28 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not 0 < args.split_pc <= 100:
-        return _fail("--split-pc must be above 0 and at most 100")
+    if not 1 <= args.split_pc <= 100:
+        return _fail("--split-pc must be from 1 to 100")
     local = Path(args.dataset)
     try:
         with tempfile.TemporaryDirectory(prefix="chatft-prepare-") as scratch:
+            part = f"[0%:{args.split_pc}%]"
             if local.exists():
-                splits = _local_splits(local, cache_dir=scratch)  # local files need no lasting cache
+                splits = _local_splits(local, part, cache_dir=scratch)  # local files need no lasting cache
             else:
-                splits = _hub_splits(args.dataset, args.cache_dir)
+                splits = _hub_splits(args.dataset, args.subset, part, args.cache_dir)
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             written = {}
             for name, dataset in splits:
                 if "messages" not in dataset.column_names:
-                    return _fail(f"split {name} has no 'messages' column (columns: {', '.join(dataset.column_names)})")
-                keep = int(len(dataset) * args.split_pc / 100)
+                    columns = ", ".join(dataset.column_names)
+                    return _fail(f"split {name} has no 'messages' column (columns: {columns})")
                 path = out / f"{name}.jsonl"
                 with open(path, "wb") as stream:
-                    for row in dataset.select(range(keep)):
+                    for row in dataset:
                         stream.write(orjson.dumps(ultrachat_record(row)) + b"\n")
                 written[name] = path
-                print(f"{path}: {keep} of {len(dataset)} records")
+                print(f"{path}: {len(dataset)} records ({args.split_pc}% of split {name})")
     except _DatasetError as exc:
         return _fail(str(exc))
     if not args.upload:
@@ -72,13 +74,14 @@ def main(args: argparse.Namespace) -> int:
 def ultrachat_record(row: dict[str, Any]) -> dict[str, Any]:
     """A row in ultrachat's shape: messages as {content, role}; prompt and prompt_id derived when absent."""
     messages = row["messages"]
+    prompt = row.get("prompt")
     if isinstance(messages, list):
         messages = [{"content": m.get("content"), "role": m.get("role")} if isinstance(m, dict) else m
                     for m in messages]
-    prompt = row.get("prompt")
+        if not isinstance(prompt, str):
+            prompt = next((m["content"] for m in messages if isinstance(m, dict) and m["role"] == "user"), None)
     if not isinstance(prompt, str):
-        first_user = next((m["content"] for m in messages or () if isinstance(m, dict) and m["role"] == "user"), "")
-        prompt = first_user if isinstance(first_user, str) else ""
+        prompt = ""
     prompt_id = row.get("prompt_id") or hashlib.sha256(prompt.encode()).hexdigest()  # ultrachat's own rule
     return {"prompt": prompt, "messages": messages, "prompt_id": prompt_id}
 
@@ -116,7 +119,7 @@ class _DatasetError(Exception):
     pass
 
 
-def _local_splits(path: Path, cache_dir: str) -> Iterator[tuple[str, Any]]:
+def _local_splits(path: Path, part: str, cache_dir: str) -> Iterator[tuple[str, Any]]:
     import datasets
 
     datasets.disable_progress_bars()
@@ -126,30 +129,26 @@ def _local_splits(path: Path, cache_dir: str) -> Iterator[tuple[str, Any]]:
         raise _DatasetError(f"{path}: expected .jsonl, .json or .parquet files")
     if len(builders) > 1:
         raise _DatasetError(f"{path}: mixes JSON and parquet files; keep one kind per folder")
-    data_files = {p.stem: str(p) for p in files}
+    builder, data_files = builders.pop(), {p.stem: str(p) for p in files}
     for name in data_files:
         try:
-            yield name, datasets.load_dataset(builders.pop() if builders else _builder(files), data_files=data_files,
-                                              split=name, cache_dir=cache_dir)
-        except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:
-            raise _DatasetError(f"{path}: cannot read split {name}: {str(exc).splitlines()[0][:200]}") from None
+            yield name, datasets.load_dataset(builder, data_files=data_files, split=name + part, cache_dir=cache_dir)
+        except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as exc:
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise _DatasetError(f"{path}: cannot read split {name}: {first_line[:200]}") from None
 
 
-def _builder(files: list[Path]) -> str:
-    return LOCAL_BUILDERS[files[0].suffix]
-
-
-def _hub_splits(dataset_id: str, cache_dir: str | None) -> Iterator[tuple[str, Any]]:
+def _hub_splits(dataset_id: str, subset: str | None, part: str, cache_dir: str | None) -> Iterator[tuple[str, Any]]:
     import datasets
 
     try:
-        names = datasets.get_dataset_split_names(dataset_id, cache_dir=cache_dir)
+        names = datasets.get_dataset_split_names(dataset_id, subset, cache_dir=cache_dir)
     except Exception as exc:  # the hub client raises many kinds (offline, not found, gated)
         raise _DatasetError(f"{dataset_id}: not a local path, and the hub has no such dataset or cannot be "
                             f"reached ({type(exc).__name__})") from None
     for name in names:
         print(f"loading split {name} of {dataset_id}", flush=True)
-        yield name, datasets.load_dataset(dataset_id, split=name, cache_dir=cache_dir)
+        yield name, datasets.load_dataset(dataset_id, subset, split=name + part, cache_dir=cache_dir)
 
 
 def _fail(message: str) -> int:

@@ -1,10 +1,10 @@
 """Blob triggers: scan the container on an interval and keep blob receipts in storage, as the Functions host does.
 
 A receipt is the blob `blobreceipts/<hostId>/<function>/<container>/<blob name>` in container
-`azure-webjobs-hosts` holding the ETag that was processed, so a blob at a given ETag runs the function once, also
-across host restarts, and an overwrite (new ETag) runs it again. `source=EventGrid` triggers are served the same
-way. A failing invocation is tried up to 5 times; then the blob goes to the `webjobs-blobtrigger-poison` queue
-and the receipt is written so it is not retried forever.
+`azure-webjobs-hosts` holding the ETag (unquoted) that was processed, so a blob at a given ETag runs the function
+once, also across host restarts, and an overwrite (new ETag) runs it again. `source=EventGrid` triggers are served
+the same way. A failing invocation is tried up to 5 times, host.json's `queues.visibilityTimeout` apart; then the
+blob goes to the `webjobs-blobtrigger-poison` queue and the receipt is written so it is not retried forever.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class BlobListener:
         for blob in blobs:
             if self._stop.is_set():
                 return
-            name, etag = blob.name, blob.etag
+            name, etag = blob.name, blob.etag.strip('"')  # listings and uploads disagree on the quotes
             with self._lock:
                 if self._done.get(name) == etag or name in self._in_flight:
                     continue
@@ -134,8 +134,11 @@ class BlobListener:
         try:
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
-                    self._invoker.call(self.spec, self._value(self._service, self.path.container, name),
-                                       trigger_id)
+                    value = self._value(self._service, self.path.container, name)
+                except ResourceNotFoundError:
+                    return  # deleted since the scan: nothing to process
+                try:
+                    self._invoker.call(self.spec, value, trigger_id)
                     break
                 except Exception:
                     if attempt == MAX_ATTEMPTS:

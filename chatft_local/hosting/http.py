@@ -16,7 +16,7 @@ from typing import Any
 import azure.functions as func
 from aiohttp import web
 
-from .indexing import FunctionSpec
+from .indexing import FunctionSpec, IndexingError
 from .invoker import Invoker
 from .keys import key_matches
 
@@ -169,10 +169,14 @@ def build_http_app(functions: list[FunctionSpec], invoker: Invoker, key: str, ro
             continue
         handler = HttpFunction(spec, invoker, key, max_request_bytes)
         methods = [m.upper() for m in spec.trigger.get("methods") or ALL_METHODS]
-        for path in aiohttp_paths(route_prefix, spec.trigger.get("route") or spec.name):
-            resource = resources.get(path) or resources.setdefault(path, app.router.add_resource(path))
-            for method in methods:
-                resource.add_route(method, handler)
+        try:
+            for path in aiohttp_paths(route_prefix, spec.trigger.get("route") or spec.name):
+                if path not in resources:
+                    resources[path] = app.router.add_resource(path)
+                for method in methods:
+                    resources[path].add_route(method, handler)
+        except (ValueError, RuntimeError) as e:  # an unsupported template, or a route another function has
+            raise IndexingError(f"function {spec.name}: {e}") from None
     grid = [f for f in functions if f.trigger_type == "eventGridTrigger"]
     if grid:
         app.router.add_post(EVENTGRID_PATH, EventGridWebhook(grid, invoker, key, max_request_bytes))

@@ -78,6 +78,38 @@ def read_host_json(directory: str | os.PathLike) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@dataclass(frozen=True)
+class HostOptions:
+    """What the local host takes from host.json (other keys are Azure-only or not emulated)."""
+
+    route_prefix: str = "api"  # extensions.http.routePrefix
+    max_dequeue_count: int = 10  # extensions.queues.maxDequeueCount: deliveries before dead-lettering
+    retry_seconds: int = 1  # extensions.queues.visibilityTimeout: delay before a failed message or blob retries
+    max_concurrent_calls: int = 16  # extensions.serviceBus.maxConcurrentCalls: messages in flight per function
+
+    @classmethod
+    def from_host_json(cls, data: Mapping[str, Any]) -> "HostOptions":
+        extensions = data.get("extensions") or {}
+        http, queues, bus = (extensions.get(k) or {} for k in ("http", "queues", "serviceBus"))
+        default = cls()
+        return cls(
+            route_prefix=str(http.get("routePrefix", default.route_prefix)),
+            max_dequeue_count=int(queues.get("maxDequeueCount", default.max_dequeue_count)),
+            retry_seconds=(timespan_seconds(queues["visibilityTimeout"]) if "visibilityTimeout" in queues
+                           else default.retry_seconds),
+            max_concurrent_calls=int(bus.get("maxConcurrentCalls", default.max_concurrent_calls)),
+        )
+
+
+def timespan_seconds(text: str) -> int:
+    """Whole seconds of a .NET TimeSpan as host.json writes it: `hh:mm:ss` or `d.hh:mm:ss`."""
+    found = re.fullmatch(r"(?:(\d+)\.)?(\d+):(\d+):(\d+)(?:\.\d+)?", str(text).strip())
+    if found is None:
+        raise IndexingError(f"host.json: {text!r} is not a TimeSpan like 00:00:05")
+    days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 def binding_lookup(env: Mapping[str, str]) -> Callable[[str], str | None]:
     """App-setting lookup for `%NAME%`: the environment first, then the defaults of `shared.config`."""
     from shared.config import Settings

@@ -1,10 +1,11 @@
 """Service Bus queue triggers served from Azurite Storage Queues of the same names.
 
 Peek-lock is the visibility timeout: a received message stays hidden while its function runs (renewed for long
-runs); success deletes it; an exception makes it visible again after a short delay; after `maxDequeueCount`
-failed deliveries (host.json `extensions.queues`, default 10, like Service Bus's maxDeliveryCount) it moves to
-`<queue>-deadletter`. A scheduled message was sent invisible, so it is not delivered before its time. Messages
-carry the envelope of `shared.messaging`; its `messageId` becomes the message's `message_id`.
+runs); success deletes it; an exception makes it visible again after host.json's `queues.visibilityTimeout`;
+after `queues.maxDequeueCount` failed deliveries (default 10, like Service Bus's maxDeliveryCount) it moves to
+`<queue>-deadletter`. At most `serviceBus.maxConcurrentCalls` messages of one function run at once. A scheduled
+message was sent invisible, so it is not delivered before its time. Messages carry the envelope of
+`shared.messaging`; its `messageId` becomes the message's `message_id`.
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ class QueueListener:
                 message.id, lease.pop_receipt, visibility_timeout=self._retry_seconds))
 
     def _settle(self, lease: _Lease, action) -> None:
+        # Forget the lease before the action: once a retry makes the message visible, receiving it again is a new
+        # delivery, not the lock renewal of a run in progress.
+        with self._leases_lock:
+            self._leases.pop(lease.message.id, None)
         try:
             with lease.lock:
                 lease.settled = True
@@ -170,8 +175,6 @@ class QueueListener:
         except Exception as e:  # it becomes visible again when its lock runs out
             log.warning("queue trigger %s: settling message %s failed: %s", self.spec.name, lease.message.id, e)
         finally:
-            with self._leases_lock:
-                self._leases.pop(lease.message.id, None)
             self._wake.set()
 
     def _value(self, message: QueueMessage, message_id: str, body: bytes) -> Any:

@@ -46,15 +46,13 @@ class TimerListener:
     def _run(self) -> None:
         if self.run_on_startup:
             self._fire(past_due=False, trigger_id="startup")
-        due = None
         while True:
-            now = datetime.now(timezone.utc)
-            # From the later of now and the last occurrence: a wake-up a hair early must not run it twice.
-            due = self.schedule.next_after(now if due is None else max(now, due))
-            if self._stop.wait((due - now).total_seconds()):
-                return
-            late = (datetime.now(timezone.utc) - due).total_seconds()
-            self._fire(past_due=late > PAST_DUE_SECONDS, trigger_id=due.isoformat(timespec="seconds"))
+            due = self.schedule.next_after(datetime.now(timezone.utc))  # runs never start early, so never twice
+            # Event.wait keeps monotonic time; loop until the wall clock, which the schedule is in, reaches `due`.
+            while (remaining := (due - datetime.now(timezone.utc)).total_seconds()) > 0:
+                if self._stop.wait(remaining):
+                    return
+            self._fire(past_due=-remaining > PAST_DUE_SECONDS, trigger_id=due.isoformat(timespec="seconds"))
 
     def _fire(self, past_due: bool, trigger_id: str) -> None:
         try:

@@ -64,7 +64,9 @@ class Compute:
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One fine-tuning job. `params` are already merged (notebook defaults < model tags < upload overrides)."""
+    """One fine-tuning job. `params` are the upload's overrides, keyed by pipeline parameter name; the backend
+    merges them over the notebook's defaults and the base model's `model_specific_defaults`, types them and drops
+    keys the pipeline does not take (`shared.ml.training_params.finetune_parameters`)."""
 
     job_name: str
     run_id: str

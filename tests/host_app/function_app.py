@@ -17,8 +17,10 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 def record(function: str, **fields) -> None:
     folder = os.path.join(os.environ["HOSTAPP_RECORDS"], function)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, uuid.uuid4().hex + ".json"), "w") as f:
+    path = os.path.join(folder, uuid.uuid4().hex)
+    with open(path + ".tmp", "w") as f:
         json.dump({"at": time.time(), **fields}, f)
+    os.replace(path + ".tmp", path + ".json")  # tests never read half a record
 
 
 @app.blob_trigger(arg_name="client", path="%HOSTAPP_CONTAINER%/{name}", connection="AzureWebJobsStorage",
@@ -31,7 +33,7 @@ def on_upload(client: blob.BlobClient) -> None:
 
 
 @app.blob_trigger(arg_name="stream", path="%HOSTAPP_STREAM_CONTAINER%/in/{name}", connection="AzureWebJobsStorage")
-def on_stream(stream: func.InputStream) -> None:
+async def on_stream(stream: func.InputStream) -> None:  # async: run on the host's loop from a listener thread
     record("on_stream", name=stream.name, length=stream.length, content=stream.read().decode())
 
 

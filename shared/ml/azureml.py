@@ -1,0 +1,498 @@
+"""The Azure Machine Learning adapter of the ML backend port: the notebook's steps, one call at a time.
+
+azure-ai-ml is imported inside the functions that use it (about 1.2 s and 110 MB): importing this module stays
+cheap. Every call returns at once: long operations are begun (`begin_*`) and never waited on, and a job is never
+streamed. Azure errors become the port's: not found -> NotFound; throttling, 5xx and network failures ->
+TransientError; other 4xx and SDK validation errors -> PermanentError naming what failed.
+
+Archived base models: azure-ai-ml's `Model` entity drops the service's `isArchived` flag (`Model._from_rest_object`
+does not read it), so the adapter reads what the entity does expose: `stage` ("Archived") and the azureml-assets
+tag `FinetuneRetirementDate` (Phi-3-mini-4k-instruct: 2025-08-30). A model the registry hides once archived
+surfaces as not found, and that message says so too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Iterable, Iterator, Mapping
+
+from ..config import Settings
+from .port import (JOB_DONE, TAG_APP, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus,
+                   MLBackendError, NotFound, PermanentError, RegisteredModel, ScoringTarget, TransientError)
+from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
+                              check_inference_instance_type, display_name, finetune_parameters, gpus_per_node)
+
+log = logging.getLogger(__name__)
+
+# On the job and the registered model: the base model's registry id, so a deployment can be checked against the
+# base model's `inference_compute_allow_list`.
+TAG_BASE_MODEL = "chatft-base-model"
+ENDPOINT_METRICS_NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
+_REGISTRY_MODEL_ID = re.compile(r"azureml://registries/(?P<registry>[^/]+)/models/(?P<name>[^/]+)"
+                                r"/versions/(?P<version>[^/]+)")
+
+
+# ------------------------------------------------------------------------------------ pure builders
+
+
+def datastore_uri(datastore: str, path: str) -> str:
+    """The `azureml://` URI of a file on a workspace datastore (AML_DATASTORE over RUNS_CONTAINER)."""
+    return f"azureml://datastores/{datastore}/paths/{path.lstrip('/')}"
+
+
+def training_data_uris(settings: Settings, train_path: str, test_path: str) -> tuple[str, str]:
+    """Datastore URIs of a run's train and test files (paths inside RUNS_CONTAINER); an empty path stays empty."""
+    return (datastore_uri(settings.aml_datastore, train_path) if train_path else "",
+            datastore_uri(settings.aml_datastore, test_path) if test_path else "")
+
+
+def component_inputs(component: Any) -> dict[str, InputSpec]:
+    """The loaded component's inputs as `InputSpec`s: what parameters are typed and filtered against."""
+    specs = {}
+    for name, spec in component.inputs.items():
+        enum = tuple(str(e) for e in (getattr(spec, "enum", None) or ()))
+        specs[name] = InputSpec(str(spec.type), enum, getattr(spec, "min", None))
+    return specs
+
+
+def model_name_from_id(model_id: str) -> str:
+    """The model name in a registry model id (`azureml://registries/<r>/models/<name>/versions/<v>`), else the id."""
+    match = _REGISTRY_MODEL_ID.search(model_id)
+    return match.group("name") if match else model_id
+
+
+def build_pipeline_job(component: Any, *, model_id: str, model_tags: Mapping[str, Any] | None, compute: str,
+                       gpus_per_node: int, train_path: str, test_path: str, params: Mapping[str, Any] | None,
+                       job_name: str, experiment_name: str, model_name: str | None = None,
+                       dataset: str = "ultrachat", tags: Mapping[str, str] | None = None) -> Any:
+    """The notebook's pipeline job (steps 5-6), offline: `component` called with the base model, the four computes,
+    the train/test files (full `azureml://` paths), the GPUs per node and the merged, typed parameters; output
+    `trained_model`; force_rerun, no continue on step failure; named `job_name`."""
+    from azure.ai.ml import Input
+    from azure.ai.ml.dsl import pipeline
+
+    values = finetune_parameters(model_tags, params, component_inputs(component))
+    data = {"train_file_path": Input(type="uri_file", path=train_path)}
+    if test_path:  # without a test file the pipeline's preprocess step splits the training data itself
+        data["test_file_path"] = Input(type="uri_file", path=test_path)
+
+    @pipeline()
+    def create_pipeline():
+        chat_completion_pipeline = component(
+            mlflow_model_path=Input(type="mlflow_model", path=model_id),
+            compute_model_import=compute,
+            compute_preprocess=compute,
+            compute_finetune=compute,
+            compute_model_evaluation=compute,
+            number_of_gpu_to_use_finetuning=gpus_per_node,
+            **data,
+            **values,
+        )
+        return {"trained_model": chat_completion_pipeline.outputs.mlflow_model_folder}
+
+    job = create_pipeline()
+    job.settings.force_rerun = True
+    job.settings.continue_on_step_failure = False
+    job.name = job_name
+    job.display_name = display_name(model_name or model_name_from_id(model_id), values, gpus_per_node, dataset)
+    job.experiment_name = experiment_name
+    job.tags = dict(tags or {})
+    return job
+
+
+def build_endpoint(name: str, *, tags: Mapping[str, str], description: str = "") -> Any:
+    """The notebook's endpoint (step 8): key auth, with the app's ownership tags."""
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    return ManagedOnlineEndpoint(name=name, auth_mode="key", description=description, tags=dict(tags))
+
+
+def build_deployment(endpoint_name: str, deployment_name: str, *, model_id: str, instance_type: str,
+                     instance_count: int) -> Any:
+    """The notebook's deployment (step 8): the registered model on `instance_type`, liveness probe after 600 s
+    (MLflow chat models load slowly), 90 s request timeout."""
+    from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
+
+    return ManagedOnlineDeployment(name=deployment_name, endpoint_name=endpoint_name, model=model_id,
+                                   instance_type=instance_type, instance_count=instance_count,
+                                   liveness_probe=ProbeSettings(initial_delay=600),
+                                   request_settings=OnlineRequestSettings(request_timeout_ms=90000))
+
+
+def base_model_from_entity(model: Any, registry: str, today: date | None = None) -> BaseModel:
+    """The port's BaseModel from the registry's `Model`; an archived one is refused (PermanentError)."""
+    tags = {str(k): str(v) for k, v in (model.tags or {}).items()}
+    reason = archive_reason(getattr(model, "stage", None), tags, today or datetime.now(timezone.utc).date())
+    if reason:
+        raise archived_model_error(model.name, registry, reason)
+    return BaseModel(name=model.name, version=str(model.version), id=model.id, tags=tags)
+
+
+def compute_from_entities(compute: Any, sizes: Iterable[Any], base_model_tags: Mapping[str, Any] | None) -> Compute:
+    """The notebook's compute checks (step 3) on the workspace's compute and VM size entities."""
+    vm_size = getattr(compute, "size", None)
+    if not vm_size:
+        raise PermanentError(f"compute {compute.name} has no VM size; fine-tuning needs a GPU compute cluster")
+    check_finetune_compute(compute.name, vm_size, compute.provisioning_state, base_model_tags)
+    gpus = gpus_per_node(compute.name, vm_size, ((s.name, s.gpus) for s in sizes))
+    return Compute(name=compute.name, vm_size=vm_size, gpus_per_node=gpus)
+
+
+def job_error_summary(job: Any) -> str:
+    """One line on why a job failed or was canceled: its error if the entity has one, else an error-looking
+    property, else where to look in the studio."""
+    error = getattr(job, "error", None)
+    text = getattr(error, "message", None) or (error if isinstance(error, str) else "")
+    if not text:
+        for key, value in (getattr(job, "properties", None) or {}).items():
+            if "error" in key.lower() and value:
+                text = str(value)
+                break
+    if not text and getattr(job, "studio_url", None):
+        text = f"see {job.studio_url}"
+    return _one_line(text)
+
+
+def requests_total(results: Iterable[Any]) -> int:
+    """Sum of the `Total` aggregation over every series of Azure Monitor metrics query results."""
+    return int(sum(point.total or 0 for result in results for metric in result.metrics
+                   for series in metric.timeseries for point in series.data))
+
+
+def endpoint_from_entity(endpoint: Any) -> Endpoint:
+    return Endpoint(name=endpoint.name, provisioning_state=str(endpoint.provisioning_state or ""),
+                    scoring_uri=endpoint.scoring_uri or "", tags=dict(endpoint.tags or {}),
+                    traffic={k: int(v) for k, v in (endpoint.traffic or {}).items()})
+
+
+# ------------------------------------------------------------------------------------- error mapping
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+    first = str(text or "").strip().splitlines()
+    return first[0][:limit] if first else ""
+
+
+def _status(exc: BaseException) -> int | None:
+    return getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+
+
+class Conflict(PermanentError):
+    """Azure answered 409: what was being created exists already (another attempt made it)."""
+
+
+def translate(exc: BaseException, what: str, not_found: str | None = None) -> Exception:
+    """The port's error for an exception an Azure call raised; other exceptions are returned unchanged."""
+    from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
+                                       ResourceExistsError, ResourceNotFoundError, ServiceRequestError,
+                                       ServiceResponseError)
+
+    detail = _one_line(getattr(exc, "message", None) or exc)
+    status = _status(exc)
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return NotFound(not_found or f"{what}: not found")
+    if isinstance(exc, ResourceExistsError) or status == 409:
+        return Conflict(f"{what}: it exists already ({detail})")
+    if isinstance(exc, ClientAuthenticationError):
+        return PermanentError(f"{what}: Azure refused the app's credentials ({detail}); check the identity and its "
+                              f"role assignments on the workspace and registry")
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return TransientError(f"{what}: network error ({detail})")
+    if isinstance(exc, HttpResponseError):
+        if status is None or status in (408, 429) or status >= 500:
+            return TransientError(f"{what}: Azure answered {status or 'no status'} ({detail})")
+        return PermanentError(f"{what}: Azure answered {status} ({detail})")
+    if type(exc).__module__.startswith("azure.ai.ml"):  # SDK validation: bad input that retrying cannot fix
+        return PermanentError(f"{what}: {detail}")
+    if isinstance(exc, AzureError):
+        return TransientError(f"{what}: {detail}")
+    return exc
+
+
+@contextlib.contextmanager
+def azure_call(what: str, not_found: str | None = None) -> Iterator[None]:
+    """Run Azure calls, raising the port's errors (`what` names the call in the message)."""
+    try:
+        yield
+    except MLBackendError:
+        raise
+    except Exception as exc:
+        mapped = translate(exc, what, not_found)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+# ------------------------------------------------------------------------------------------ adapter
+
+
+class AzureMLBackend:
+    """`MLBackend` over an Azure ML workspace and registry. Clients are created on first use and reused."""
+
+    def __init__(self, settings: Settings, credential: Any = None, ml_client: Any = None,
+                 registry_client: Any = None):
+        self.settings = settings
+        self._credential = credential
+        self._workspace = ml_client
+        self._registry = registry_client
+        self._component: Any = None
+        self._lock = threading.Lock()
+
+    # --- clients
+
+    @property
+    def credential(self) -> Any:
+        with self._lock:
+            if self._credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                # Managed identity in Azure; never an interactive browser prompt on a server.
+                self._credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+            return self._credential
+
+    @property
+    def workspace(self) -> Any:
+        if self._workspace is None:
+            credential = self.credential
+            with self._lock, azure_call(f"connecting to workspace {self.settings.aml_workspace}"):
+                if self._workspace is None:
+                    from azure.ai.ml import MLClient
+
+                    s = self.settings
+                    self._workspace = MLClient(credential, subscription_id=s.azure_subscription_id,
+                                               resource_group_name=s.azure_resource_group,
+                                               workspace_name=s.aml_workspace)
+        return self._workspace
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            credential = self.credential
+            with self._lock, azure_call(f"connecting to registry {self.settings.aml_registry}"):
+                if self._registry is None:
+                    from azure.ai.ml import MLClient
+
+                    self._registry = MLClient(credential, registry_name=self.settings.aml_registry)
+        return self._registry
+
+    def pipeline_component(self) -> Any:
+        """The registry's fine-tuning pipeline component, label latest (fetched once per worker)."""
+        if self._component is None:
+            name, registry = self.settings.aml_pipeline_component, self.settings.aml_registry
+            with azure_call(f"getting pipeline component {name}",
+                            not_found=f"pipeline component {name} not found in registry {registry}; check "
+                                      f"AML_PIPELINE_COMPONENT"):
+                self._component = self.registry.components.get(name=name, label="latest")
+        return self._component
+
+    # --- base model and compute
+
+    def resolve_base_model(self, name: str) -> BaseModel:
+        registry = self.settings.aml_registry
+        with azure_call(f"getting base model {name}",
+                        not_found=f"base model {name} not found in registry {registry} (misspelled, or archived "
+                                  f"there); set BASE_MODEL (or the upload's base_model) to another model"):
+            model = self.registry.models.get(name, label="latest")
+        return base_model_from_entity(model, registry)
+
+    def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
+        ws = self.workspace
+        with azure_call(f"getting compute {compute_name}",
+                        not_found=f"compute {compute_name} not found in workspace {self.settings.aml_workspace}; "
+                                  f"create a GPU cluster of that name or set AML_COMPUTE"):
+            compute = ws.compute.get(compute_name)
+        with azure_call("listing the workspace's VM sizes"):
+            sizes = list(ws.compute.list_sizes())
+        return compute_from_entities(compute, sizes, base_model.tags)
+
+    # --- jobs
+
+    def submit_job(self, request: JobRequest) -> str:
+        existing = self._find_job(request.job_name)
+        if existing is not None:  # a resubmission (after a crash or a redelivery) finds the job it made
+            return existing.name
+        # Refuse a deployment the base model will not allow before hours of GPU time are spent.
+        check_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags)
+        train_uri, test_uri = training_data_uris(self.settings, request.train_path, request.test_path)
+        job = build_pipeline_job(
+            self.pipeline_component(), model_id=request.base_model.id, model_tags=request.base_model.tags,
+            compute=request.compute.name, gpus_per_node=request.compute.gpus_per_node, train_path=train_uri,
+            test_path=test_uri, params=request.params, job_name=request.job_name,
+            experiment_name=request.experiment_name, model_name=request.base_model.name,
+            dataset=request.run_id.rsplit("-", 1)[0] or "upload",
+            tags={TAG_APP: self.settings.app_id, TAG_RUN: request.run_id, TAG_BASE_MODEL: request.base_model.id})
+        try:
+            with azure_call(f"submitting job {request.job_name}"):
+                created = self.workspace.jobs.create_or_update(job, experiment_name=request.experiment_name)
+        except Conflict:
+            return self.get_job(request.job_name).name  # another submission won the race
+        return created.name
+
+    def _find_job(self, job_name: str) -> Any | None:
+        try:
+            with azure_call(f"getting job {job_name}"):
+                return self.workspace.jobs.get(job_name)
+        except NotFound:
+            return None
+
+    def get_job(self, job_name: str) -> JobStatus:
+        job = self._find_job(job_name)
+        if job is None:
+            raise NotFound(f"job {job_name} not found in workspace {self.settings.aml_workspace}")
+        status = job.status or "NotStarted"
+        error = job_error_summary(job) if status in ("Failed", "Canceled") else ""
+        return JobStatus(name=job.name, status=status, error=error)
+
+    def cancel_job(self, job_name: str) -> None:
+        if self.get_job(job_name).status in JOB_DONE:
+            return
+        with azure_call(f"canceling job {job_name}"):
+            self.workspace.jobs.begin_cancel(job_name)  # not waited on
+
+    # --- models
+
+    def register_model(self, job_name: str, name: str, version: str, description: str = "",
+                       tags: dict[str, str] | None = None) -> RegisteredModel:
+        existing = self._find_model(name, version)
+        if existing is not None:
+            return existing
+        job = self._find_job(job_name)
+        if job is None:
+            raise NotFound(f"job {job_name} not found; there is no trained model to register")
+        if job.status != "Completed":
+            raise PermanentError(f"job {job_name} is {job.status}; only a completed job's model can be registered")
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Model
+
+        model_tags = dict(tags or {})
+        if (job.tags or {}).get(TAG_BASE_MODEL):
+            model_tags[TAG_BASE_MODEL] = job.tags[TAG_BASE_MODEL]
+        model = Model(path=f"azureml://jobs/{job_name}/outputs/trained_model", type=AssetTypes.MLFLOW_MODEL,
+                      name=name, version=version, description=description, tags=model_tags)
+        try:
+            with azure_call(f"registering model {name} version {version}"):
+                created = self.workspace.models.create_or_update(model)
+        except Conflict:  # registered meanwhile by another attempt
+            registered = self._find_model(name, version)
+            if registered is None:
+                raise
+            return registered
+        return RegisteredModel(name=created.name, version=str(created.version), id=created.id)
+
+    def _find_model(self, name: str, version: str) -> RegisteredModel | None:
+        try:
+            with azure_call(f"getting model {name} version {version}"):
+                model = self.workspace.models.get(name=name, version=version)
+        except NotFound:
+            return None
+        return RegisteredModel(name=model.name, version=str(model.version), id=model.id)
+
+    def _base_model_tags(self, model: RegisteredModel) -> dict[str, str] | None:
+        """The tags of the base model `model` was fine-tuned from, or None where that cannot be told."""
+        with azure_call(f"getting model {model.name} version {model.version}",
+                        not_found=f"model {model.name} version {model.version} not found in workspace "
+                                  f"{self.settings.aml_workspace}"):
+            registered = self.workspace.models.get(name=model.name, version=model.version)
+        match = _REGISTRY_MODEL_ID.fullmatch((registered.tags or {}).get(TAG_BASE_MODEL, ""))
+        if not match or match.group("registry") != self.settings.aml_registry:
+            return None
+        try:
+            with azure_call(f"getting base model {match.group('name')}"):
+                base = self.registry.models.get(match.group("name"), version=match.group("version"))
+        except NotFound:
+            log.warning("base model %s of %s is gone from the registry; instance type not checked",
+                        match.group("name"), model.name)
+            return None
+        return dict(base.tags or {})
+
+    # --- endpoints and deployments
+
+    def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
+        if self.get_endpoint(name) is not None:
+            return
+        endpoint = build_endpoint(name, tags={TAG_APP: self.settings.app_id, **tags}, description=description)
+        with azure_call(f"creating endpoint {name}"):
+            self.workspace.online_endpoints.begin_create_or_update(endpoint)  # not waited on
+
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        try:
+            with azure_call(f"getting endpoint {name}"):
+                return endpoint_from_entity(self.workspace.online_endpoints.get(name))
+        except NotFound:
+            return None
+
+    def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
+                                instance_type: str, instance_count: int) -> None:
+        if self.get_deployment(endpoint_name, deployment_name) is not None:
+            return
+        check_inference_instance_type(instance_type, self._base_model_tags(model))
+        deployment = build_deployment(endpoint_name, deployment_name, model_id=model.id or
+                                      f"azureml:{model.name}:{model.version}", instance_type=instance_type,
+                                      instance_count=instance_count)
+        with azure_call(f"creating deployment {deployment_name} on endpoint {endpoint_name}",
+                        not_found=f"endpoint {endpoint_name} not found"):
+            self.workspace.online_deployments.begin_create_or_update(deployment)  # not waited on
+
+    def get_deployment(self, endpoint_name: str, deployment_name: str) -> Deployment | None:
+        try:
+            with azure_call(f"getting deployment {deployment_name} of endpoint {endpoint_name}"):
+                found = self.workspace.online_deployments.get(name=deployment_name, endpoint_name=endpoint_name)
+        except NotFound:
+            return None
+        return Deployment(endpoint_name=endpoint_name, name=found.name,
+                          provisioning_state=str(found.provisioning_state or ""))
+
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> None:
+        with azure_call(f"getting endpoint {endpoint_name}", not_found=f"endpoint {endpoint_name} not found"):
+            endpoint = self.workspace.online_endpoints.get(endpoint_name)
+        endpoint.traffic = dict(traffic)
+        with azure_call(f"setting traffic of endpoint {endpoint_name}"):
+            self.workspace.online_endpoints.begin_create_or_update(endpoint)  # not waited on
+
+    def get_scoring_target(self, endpoint_name: str) -> ScoringTarget:
+        not_found = f"endpoint {endpoint_name} not found"
+        with azure_call(f"getting endpoint {endpoint_name}", not_found=not_found):
+            endpoint = self.workspace.online_endpoints.get(endpoint_name)
+        with azure_call(f"getting the keys of endpoint {endpoint_name}", not_found=not_found):
+            keys = self.workspace.online_endpoints.get_keys(endpoint_name)
+        key = getattr(keys, "primary_key", None)
+        if not key:
+            raise PermanentError(f"endpoint {endpoint_name} does not use key authentication")
+        traffic = endpoint.traffic or {}
+        return ScoringTarget(endpoint_name=endpoint_name, scoring_uri=endpoint.scoring_uri or "", key=key,
+                             deployment_name=max(traffic, key=traffic.get) if traffic else "")
+
+    def list_endpoints(self) -> list[Endpoint]:
+        with azure_call("listing endpoints"):
+            return [endpoint_from_entity(e) for e in self.workspace.online_endpoints.list()]
+
+    def begin_delete_endpoint(self, name: str) -> None:
+        try:
+            with azure_call(f"deleting endpoint {name}"):
+                self.workspace.online_endpoints.begin_delete(name=name)  # not waited on
+        except NotFound:
+            pass
+
+    def requests_since(self, endpoint_name: str, since_iso: str) -> int | None:
+        """Total `RequestsPerMinute` over the window from Azure Monitor, when CLEANUP_CHECK_METRICS is on."""
+        if not self.settings.cleanup_check_metrics:
+            return None
+        try:
+            with azure_call(f"getting endpoint {endpoint_name}"):
+                endpoint = self.workspace.online_endpoints.get(endpoint_name)
+        except NotFound:
+            return None
+        from azure.monitor.querymetrics import MetricAggregationType, MetricsClient
+
+        since = datetime.fromisoformat(since_iso.replace("Z", "+00:00"))
+        client = MetricsClient(f"https://{endpoint.location}.metrics.monitor.azure.com", self.credential)
+        with azure_call(f"reading the request metrics of endpoint {endpoint_name}"):
+            results = client.query_resources(
+                resource_ids=[endpoint.id], metric_namespace=ENDPOINT_METRICS_NAMESPACE,
+                metric_names=["RequestsPerMinute"], timespan=(since, datetime.now(timezone.utc)),
+                granularity=timedelta(hours=1), aggregations=[MetricAggregationType.TOTAL])
+        return requests_total(results)

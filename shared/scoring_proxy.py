@@ -1,0 +1,392 @@
+"""The scoring proxy: one stable address in front of every deployed model.
+
+A request names a model (a registered model name, `name:version`, or a run id; none means the newest Deployed
+run). The proxy finds the run serving it, sends the scoring request straight to the run's endpoint with the
+endpoint key (`Authorization: Bearer`) and the deployment header, and answers with what the endpoint said.
+Per worker it keeps, in memory: one pooled HTTP client, each endpoint's scoring URI and key (re-read on a 401),
+the Deployed runs for a few seconds (so a score does not query the table each time), and when each endpoint's
+last use was written (at most once a minute, off the event loop: the nightly cleanup reads it).
+Blocking calls (the run store, the ML backend) run in threads; the event loop only waits on sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import aiohttp
+import orjson
+
+from .bootstrap import Services, services
+from .ml.port import MLBackendError, NotFound, ScoringTarget
+from .runs import Run, State, iso
+from .scoring import (ApiError, chat_completion, chat_request, check_score_request, completion_events, error_body,
+                      is_model_ref, is_run_id, model_entry, model_list, openai_error_body, parse_body, redeployable)
+
+log = logging.getLogger(__name__)
+
+RUN_CACHE_SECONDS = 5.0  # how long a model -> run lookup is reused; a failing endpoint is re-checked at once
+LAST_USE_WRITE_SECONDS = 60.0  # last use is written at most this often per endpoint and worker
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+JSON = "application/json"
+# States in which a run has (or had) a registered model: where a model name may be found when not Deployed.
+_MODEL_STATES = (State.DEPLOYED, State.DEPLOYING, State.REGISTERED, State.RETIRED, State.FAILED)
+
+
+@dataclass
+class Reply:
+    """What an HTTP function answers: status, body, content type, extra headers."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_reply(err: ApiError, openai: bool = False) -> Reply:
+    body = openai_error_body(err) if openai else error_body(err)
+    return Reply(err.status, orjson.dumps(body), JSON, dict(err.headers))
+
+
+def json_reply(doc: Any, status: int = 200) -> Reply:
+    return Reply(status, orjson.dumps(doc), JSON)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A successful answer of a deployment."""
+
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]  # case-insensitive
+    run: Run
+
+
+class _EndpointGone(Exception):
+    """The endpoint refused the connection, answered 404 or no longer exists: its run may have been retired."""
+
+    def __init__(self, error: ApiError):
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass
+class _Index:
+    """The Deployed runs, newest first, by every name they can be asked for."""
+
+    expires: float
+    newest: Run | None
+    runs: list[Run]
+    by_ref: dict[str, Run]
+
+    @classmethod
+    def of(cls, runs: list[Run], ttl: float) -> "_Index":
+        by_ref: dict[str, Run] = {}
+        for run in reversed(runs):  # oldest first, so the newest run of a model name wins
+            by_ref[run.run_id] = run
+            if run.model_name:
+                by_ref[run.model_name] = run
+                by_ref[f"{run.model_name}:{run.model_version}"] = run
+        return cls(time.monotonic() + ttl, runs[0] if runs else None, runs, by_ref)
+
+
+class _LoopState:
+    """What is bound to one event loop: the HTTP client and the single-flight lookups in progress."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.session: aiohttp.ClientSession | None = None
+        self.index_task: asyncio.Future | None = None
+        self.target_tasks: dict[str, asyncio.Future] = {}
+
+
+class ScoringProxy:
+    """The worker's proxy over one `Services`. Use `proxy()` for the worker's; tests may build their own."""
+
+    def __init__(self, svc: Services, run_cache_seconds: float = RUN_CACHE_SECONDS):
+        self.svc = svc
+        self._run_ttl = run_cache_seconds
+        self._timeout = aiohttp.ClientTimeout(total=svc.settings.score_timeout_seconds)
+        self._index: _Index | None = None
+        self._targets: dict[str, ScoringTarget] = {}
+        self._last_use: dict[str, Any] = {}  # endpoint -> when its last use was last written (svc clock)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatft-last-use")
+        self._state: _LoopState | None = None
+        self.last_use_writes = 0  # writes begun, for tests and logs
+
+    # ---------------------------------------------------------------------------------------- routes
+
+    async def score(self, model: str | None, body: bytes) -> Reply:
+        """`POST /api/score[/{model}]`: an Azure ML scoring request, answered with the deployment's JSON as is."""
+        try:
+            check_score_request(parse_body(body, self.svc.settings.max_request_bytes))
+            answer = await self.forward(model or None, body)
+        except ApiError as err:
+            return error_reply(err)
+        return Reply(200, answer.body, answer.content_type, {"x-chatft-run": answer.run.run_id})
+
+    async def chat(self, body: bytes) -> Reply:
+        """`POST /api/v1/chat/completions`: OpenAI Chat Completions over the same deployments."""
+        try:
+            request = chat_request(parse_body(body, self.svc.settings.max_request_bytes))
+            answer = await self.forward(request.model, orjson.dumps(request.scoring_request))
+            try:
+                doc = orjson.loads(answer.body)
+            except orjson.JSONDecodeError:
+                raise ApiError(502, "upstream_bad_answer", "the deployment's answer is not JSON") from None
+            completion = chat_completion(request, doc, answer.headers, f"chatcmpl-{uuid.uuid4().hex}",
+                                         int(time.time()))
+        except ApiError as err:
+            return error_reply(err, openai=True)
+        headers = {"x-chatft-run": answer.run.run_id}
+        if request.stream:
+            # The Python worker cannot stream a body without extensions: the events go out in one response.
+            return Reply(200, completion_events(completion, request.include_usage), "text/event-stream",
+                         {**headers, "Cache-Control": "no-cache"})
+        return Reply(200, orjson.dumps(completion), JSON, headers)
+
+    async def models(self, model: str | None = None) -> Reply:
+        """`GET /api/v1/models[/{model}]`: the deployed models in OpenAI's list shape (or one of them)."""
+        try:
+            index = await self._deployed()
+        except ApiError as err:
+            return error_reply(err, openai=True)
+        if model is None:
+            return json_reply(model_list(index.runs))
+        run = index.by_ref.get(model)
+        if run is None:
+            return error_reply(ApiError(404, "model_not_found", f"no deployed model {model[:80]!r}; GET "
+                                                                "/api/v1/models lists them"), openai=True)
+        return json_reply(model_entry(model, run))
+
+    # -------------------------------------------------------------------------------- forwarding
+
+    async def forward(self, model: str | None, body: bytes) -> Upstream:
+        """Send a checked scoring request to the endpoint serving `model`; ApiError says why it could not."""
+        run = await self.resolve(model)
+        try:
+            return await self._send(run, body)
+        except _EndpointGone as gone:
+            # Cleanup marks a run Retired before deleting its endpoint: look again before blaming the endpoint.
+            self._forget(run)
+            fresh = await asyncio.to_thread(self.svc.runs.find, run.run_id)
+            if fresh is not None and fresh.state == State.DEPLOYED and fresh.endpoint_name == run.endpoint_name:
+                raise gone.error from None
+            raise self._not_serving(model or run.run_id, fresh) from None
+
+    async def resolve(self, model: str | None) -> Run:
+        """The Deployed run serving `model` (None: the newest); 404, 410 or 503 when there is none."""
+        if model is not None and not is_model_ref(model):
+            raise _unknown(model)
+        index = await self._deployed()
+        if model is None:
+            if index.newest is None:
+                raise ApiError(503, "no_deployed_model",
+                               "no model is deployed: upload chat training data to start a run, or deploy a retired "
+                               "run again with POST /api/runs/{id}/deploy (GET /api/runs lists runs)",
+                               {"Retry-After": "60"})
+            return index.newest
+        run = index.by_ref.get(model)
+        if run is not None:
+            return run
+        # Not among the cached Deployed runs: it may be newer than the cache, or not deployed at all.
+        found = await asyncio.to_thread(self._find, model)
+        if found is not None and found.state == State.DEPLOYED:
+            self._index = None  # the cache missed a deployment: read it again next time
+            return found
+        raise self._not_serving(model, found)
+
+    def _find(self, model: str) -> Run | None:
+        """The run a model reference names (a Deployed one preferred), read from the store."""
+        if is_run_id(model):
+            run = self.svc.runs.find(model)
+            if run is not None:
+                return run
+        name, _, version = model.partition(":")
+        matches = [r for r in self.svc.runs.list(states=_MODEL_STATES)
+                   if r.model_name == name and (not version or r.model_version == version)]
+        deployed = [r for r in matches if r.state == State.DEPLOYED]
+        return (deployed or matches or [None])[0]
+
+    def _not_serving(self, model: str, run: Run | None) -> ApiError:
+        shown = model[:80]
+        if run is None or run.state == State.REJECTED or (run.state == State.FAILED and not run.model_name):
+            return _unknown(model)
+        if redeployable(run):
+            how = f"deploy it again with POST /api/runs/{run.run_id}/deploy"
+            if run.state == State.RETIRED:
+                return ApiError(410, "model_retired", f"model {shown!r} (run {run.run_id}) was retired at "
+                                                      f"{run.updated_at} and its endpoint deleted; {how}")
+            reason = run.failure.reason if run.failure else "no detail"
+            return ApiError(410, "model_not_deployed", f"the deployment of model {shown!r} (run {run.run_id}) "
+                                                       f"failed: {reason}; {how}")
+        return ApiError(503, "model_not_ready", f"model {shown!r} (run {run.run_id}) is {run.state}, not Deployed "
+                                                f"yet; GET /api/runs/{run.run_id} shows its progress",
+                        {"Retry-After": "60"})
+
+    async def _send(self, run: Run, body: bytes) -> Upstream:
+        target = await self._target(run.endpoint_name)
+        status, data, headers = await self._post(run, target, body)
+        if status == 401:  # the key was rotated: read it again, once
+            if self._targets.get(run.endpoint_name) is target:
+                del self._targets[run.endpoint_name]
+            target = await self._target(run.endpoint_name)
+            status, data, headers = await self._post(run, target, body)
+        if 200 <= status < 300:
+            self._note_use(run)
+            return Upstream(data, headers.get("Content-Type", JSON), headers, run)
+        log.warning("scoring via endpoint %s: the deployment answered %d", run.endpoint_name, status)
+        error = ApiError(502, "upstream_error", f"the deployment of run {run.run_id} answered HTTP {status}"
+                                                f"{_excerpt(data)}", {"x-chatft-upstream-status": str(status)})
+        if status == 404:
+            raise _EndpointGone(error)
+        raise error
+
+    async def _post(self, run: Run, target: ScoringTarget, body: bytes) -> tuple[int, bytes, Mapping[str, str]]:
+        headers = {"Content-Type": JSON, "Authorization": f"Bearer {target.key}"}
+        deployment = run.deployment_name or target.deployment_name
+        if deployment:
+            headers[DEPLOYMENT_HEADER] = deployment
+        try:
+            async with self._client().post(target.scoring_uri, data=body, headers=headers,
+                                           timeout=self._timeout) as response:
+                return response.status, await response.read(), response.headers
+        except asyncio.TimeoutError:
+            raise ApiError(504, "upstream_timeout", f"the deployment of run {run.run_id} did not answer within "
+                                                    f"{self._timeout.total:g} s (setting SCORE_TIMEOUT_SECONDS)"
+                           ) from None
+        except aiohttp.ClientConnectorError:
+            log.warning("scoring via endpoint %s: could not connect", run.endpoint_name)
+            raise _EndpointGone(ApiError(502, "upstream_unreachable", f"could not connect to the endpoint of run "
+                                                                      f"{run.run_id} ({run.endpoint_name})")) from None
+        except aiohttp.ClientError as exc:
+            log.warning("scoring via endpoint %s: %s", run.endpoint_name, type(exc).__name__)
+            raise ApiError(502, "upstream_unreachable", f"the connection to the endpoint of run {run.run_id} failed "
+                                                        f"({type(exc).__name__})") from None
+
+    # ---------------------------------------------------------------------------------- the caches
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        if self._state is None or self._state.loop is not loop:
+            # A new loop (a restarted local host in the same process): what the old one held cannot be used.
+            self._state = _LoopState(loop)
+        return self._state
+
+    def _client(self) -> aiohttp.ClientSession:
+        state = self._loop_state()
+        if state.session is None or state.session.closed:
+            state.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
+                                                  skip_auto_headers=("User-Agent",))
+        return state.session
+
+    async def _deployed(self) -> _Index:
+        index = self._index
+        if index is not None and index.expires > time.monotonic():
+            return index
+        state = self._loop_state()
+        if state.index_task is None or state.index_task.done():
+            state.index_task = asyncio.ensure_future(self._load_index())
+        return await asyncio.shield(state.index_task)
+
+    async def _load_index(self) -> _Index:
+        try:
+            runs = await asyncio.to_thread(self.svc.runs.list, [State.DEPLOYED])
+        except Exception as exc:
+            log.warning("reading the Deployed runs failed: %s", type(exc).__name__)
+            raise ApiError(503, "store_unavailable", "the run store could not be read; try again shortly",
+                           {"Retry-After": "5"}) from None
+        self._index = _Index.of(runs, self._run_ttl)
+        return self._index
+
+    async def _target(self, endpoint_name: str) -> ScoringTarget:
+        target = self._targets.get(endpoint_name)
+        if target is not None:
+            return target
+        state = self._loop_state()
+        task = state.target_tasks.get(endpoint_name)
+        if task is None or task.done():
+            task = state.target_tasks[endpoint_name] = asyncio.ensure_future(self._load_target(endpoint_name))
+        return await asyncio.shield(task)
+
+    async def _load_target(self, endpoint_name: str) -> ScoringTarget:
+        try:
+            target = await asyncio.to_thread(self.svc.ml.get_scoring_target, endpoint_name)
+        except NotFound:
+            raise _EndpointGone(ApiError(502, "endpoint_not_found", f"endpoint {endpoint_name} does not exist"))
+        except MLBackendError as exc:
+            log.warning("reading the scoring target of endpoint %s failed: %s", endpoint_name, type(exc).__name__)
+            raise ApiError(503, "backend_unavailable", f"the scoring address of endpoint {endpoint_name} could not "
+                                                       f"be read; try again shortly", {"Retry-After": "5"}) from None
+        self._targets[endpoint_name] = target
+        return target
+
+    def _forget(self, run: Run) -> None:
+        self._index = None
+        self._targets.pop(run.endpoint_name, None)
+
+    # --------------------------------------------------------------------------------- last use
+
+    def _note_use(self, run: Run) -> None:
+        now = self.svc.clock()
+        last = self._last_use.get(run.endpoint_name)
+        if last is not None and (now - last).total_seconds() < LAST_USE_WRITE_SECONDS:
+            return
+        self._last_use[run.endpoint_name] = now
+        self.last_use_writes += 1
+        self._writer.submit(self._write_last_use, run.run_id, run.endpoint_name, iso(now))
+
+    def _write_last_use(self, run_id: str, endpoint_name: str, at: str) -> None:
+        def touch(r: Run) -> Run | None:
+            if r.state != State.DEPLOYED or r.endpoint_name != endpoint_name or r.last_used_at >= at:
+                return None
+            touched = dataclasses.replace(r, last_used_at=at)
+            touched.etag = r.etag
+            return touched
+
+        try:
+            self.svc.runs.update(run_id, touch)
+        except Exception as exc:  # a lost write only makes the endpoint look idler; the next minute retries
+            log.warning("recording the last use of endpoint %s failed: %s", endpoint_name, type(exc).__name__)
+            self._last_use.pop(endpoint_name, None)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the last-use writes begun so far are done (tests, shutdown)."""
+        self._writer.submit(lambda: None).result(timeout)
+
+    async def close(self) -> None:
+        """Close the HTTP client of the running loop."""
+        state = self._state
+        if state is not None and state.session is not None and state.loop is asyncio.get_running_loop():
+            await state.session.close()
+
+
+def _unknown(model: str) -> ApiError:
+    return ApiError(404, "model_not_found", f"no model or run named {model[:80]!r}; GET /api/v1/models lists the "
+                                            f"deployed models, GET /api/runs every run")
+
+
+def _excerpt(data: bytes, limit: int = 200) -> str:
+    text = data[:limit].decode("utf-8", "replace").strip()
+    return f": {text}" if text else ""
+
+
+_proxy: ScoringProxy | None = None
+_lock = threading.Lock()
+
+
+def proxy() -> ScoringProxy:
+    """The worker's proxy, over the worker's services (a new one when tests install other services)."""
+    global _proxy
+    svc = services()
+    with _lock:
+        if _proxy is None or _proxy.svc is not svc:
+            _proxy = ScoringProxy(svc)
+        return _proxy

@@ -1,0 +1,695 @@
+"""The Azure ML adapter, offline: the pipeline job built from the real component spec and serialized by
+azure-ai-ml itself; the notebook's checks on real SDK entities; endpoint and deployment entities; and the adapter's
+calls against an in-memory stand-in for MLClient's operations (the cloud boundary) that keeps real entities and
+raises azure-core's errors."""
+
+import subprocess
+import sys
+from datetime import date
+
+import pytest
+
+from shared.config import Settings
+from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, JobRequest, NotFound,
+                            PermanentError, RegisteredModel, TransientError)
+from tests.conftest import PROJECT_ROOT, REFERENCE
+from tests.fakes import PHI3_MINI_TAGS
+
+SPEC = REFERENCE / "chat_completion_pipeline.spec.yaml"
+MODEL_ID = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
+TRAIN = "azureml://datastores/workspaceblobstore/paths/chats-0123456789ab/train.jsonl"
+TEST = "azureml://datastores/workspaceblobstore/paths/chats-0123456789ab/test.jsonl"
+COMPUTES = ("compute_model_import", "compute_preprocess", "compute_finetune", "compute_model_evaluation")
+
+
+def test_importing_the_adapter_does_not_import_the_sdk():
+    code = ("import sys, shared.ml.azureml, shared.ml.training_params; "
+            "bad = sorted(m for m in sys.modules if m.startswith(('azure.ai.ml', 'azure.monitor', 'azure.identity')));"
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------ the pipeline job
+
+
+@pytest.fixture(scope="module")
+def component():
+    if not SPEC.exists():
+        pytest.skip(f"component spec not found at {SPEC} (public reference material, kept outside the repo)")
+    from azure.ai.ml import load_component
+
+    return load_component(source=str(SPEC))
+
+
+@pytest.fixture(scope="module")
+def spec():
+    import yaml
+
+    if not SPEC.exists():
+        pytest.skip(f"component spec not found at {SPEC}")
+    return yaml.safe_load(SPEC.read_text())
+
+
+def build(component, tags=PHI3_MINI_TAGS, params=None, **kw):
+    from shared.ml.azureml import build_pipeline_job
+
+    args = dict(model_id=MODEL_ID, model_tags=tags, compute="gpu-cluster", gpus_per_node=2, train_path=TRAIN,
+                test_path=TEST, params=params or {}, job_name="chatft-chats-0123456789ab",
+                experiment_name="chat_completion_Phi-3-mini-4k-instruct")
+    return build_pipeline_job(component, **{**args, **kw})
+
+
+def node_inputs(job) -> dict:
+    (node,) = job._to_dict()["jobs"].values()
+    return node["inputs"]
+
+
+def accepted(spec_input: dict, value) -> bool:
+    kind = spec_input["type"]
+    if "enum" in spec_input:
+        return isinstance(value, str) and value in [str(e) for e in spec_input["enum"]]
+    if kind == "integer":
+        return type(value) is int and value >= spec_input.get("min", value)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str)
+    return isinstance(value, dict) and value.get("type") == kind and value.get("path")
+
+
+def test_every_input_is_in_the_spec_with_a_value_it_accepts(component, spec):
+    inputs = node_inputs(build(component, params={"keep": True, "lora_r": 16}))
+    for name, value in inputs.items():
+        assert name in spec["inputs"], name
+        assert accepted(spec["inputs"][name], value), (name, value)
+
+
+def test_the_job_carries_the_notebooks_model_data_computes_and_values(component):
+    inputs = node_inputs(build(component, tags={}))
+    assert inputs["mlflow_model_path"] == {"type": "mlflow_model", "path": MODEL_ID}
+    assert inputs["train_file_path"] == {"type": "uri_file", "path": TRAIN}
+    assert inputs["test_file_path"] == {"type": "uri_file", "path": TEST}
+    assert all(inputs[c] == "gpu-cluster" for c in COMPUTES)
+    assert inputs["number_of_gpu_to_use_finetuning"] == 2
+    notebook = {"num_train_epochs": 3, "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+                "learning_rate": 5e-6, "lr_scheduler_type": "cosine", "apply_lora": "true", "apply_deepspeed": "true",
+                "deepspeed_stage": "2"}
+    assert {k: inputs[k] for k in notebook} == notebook
+    assert set(inputs) == set(notebook) | set(COMPUTES) | {"mlflow_model_path", "train_file_path", "test_file_path",
+                                                           "number_of_gpu_to_use_finetuning"}
+
+
+def test_model_specific_defaults_override_and_upload_overrides_win(component):
+    inputs = node_inputs(build(component, params={"num_train_epochs": 2, "apply_lora": False, "seed": 11,
+                                                  "base_model": "Phi-4", "test_fraction": 0.2}))
+    assert inputs["precision"] == "16" and inputs["save_total_limit"] == 1  # from the model's tag
+    assert inputs["num_train_epochs"] == 2 and inputs["apply_lora"] == "false" and inputs["seed"] == 11  # upload
+    assert not {"learning_rate_max", "base_model", "test_fraction", "keep"} & set(inputs)
+
+
+def test_unknown_keywords_would_break_the_component_call(component):
+    from azure.ai.ml.exceptions import UnexpectedKeywordError
+
+    with pytest.raises(UnexpectedKeywordError):
+        component(learning_rate_max=5e-5)
+    build(component, params={"learning_rate_max": 5e-5, "nonsense": 1})  # filtered out: builds fine
+
+
+def test_job_settings_name_display_name_output_and_tags(component):
+    job = build(component, dataset="chats", params={"max_seq_length": 2048})
+    data = job._to_dict()
+    assert data["name"] == "chatft-chats-0123456789ab"
+    assert data["experiment_name"] == "chat_completion_Phi-3-mini-4k-instruct"
+    assert data["display_name"] == "Phi-3-mini-4k-instruct-chats-bs2-cosine-ds2-lora-save_limit1-seqlen2048"
+    assert data["settings"] == {"force_rerun": True, "continue_on_step_failure": False}
+    assert data["outputs"]["trained_model"]["type"] == "mlflow_model"
+    (node,) = data["jobs"].values()
+    assert node["outputs"] == {"mlflow_model_folder": "${{parent.outputs.trained_model}}"}
+
+    rest = job._to_rest_object().as_dict()["properties"]
+    assert rest["displayName"] == data["display_name"] and rest["experimentName"] == data["experiment_name"]
+    assert rest["settings"]["force_rerun"] is True and rest["settings"]["continue_on_step_failure"] is False
+    (rest_node,) = rest["jobs"].values()
+    assert rest_node["inputs"]["deepspeed_stage"] == {"value": "2", "job_input_type": "literal"}
+    assert rest_node["inputs"]["mlflow_model_path"] == {"uri": MODEL_ID, "job_input_type": "mlflow_model"}
+    assert rest_node["outputs"]["mlflow_model_folder"]["value"] == "${{parent.outputs.trained_model}}"
+
+
+def test_without_a_test_file_the_pipeline_splits_the_training_data(component):
+    inputs = node_inputs(build(component, test_path=""))
+    assert "test_file_path" not in inputs and inputs["train_file_path"]["path"] == TRAIN
+
+
+def test_datastore_paths_come_from_the_setting_and_the_run():
+    from shared.ml.azureml import datastore_uri, training_data_uris
+
+    settings = Settings.from_env(env={}, aml_datastore="runsstore")
+    assert training_data_uris(settings, "r-1/train.jsonl", "r-1/test.jsonl") == (
+        "azureml://datastores/runsstore/paths/r-1/train.jsonl", "azureml://datastores/runsstore/paths/r-1/test.jsonl")
+    assert training_data_uris(settings, "r-1/train.jsonl", "")[1] == ""
+    assert datastore_uri("ws", "/a/b.jsonl") == "azureml://datastores/ws/paths/a/b.jsonl"
+
+
+# ------------------------------------------------------------------ checks on real SDK entities
+
+
+def vm_sizes(*pairs):
+    from azure.ai.ml._restclient.arm_ml_service.models import VirtualMachineSize
+    from azure.ai.ml.entities import VmSize
+
+    return [VmSize._from_rest_object(VirtualMachineSize({"name": n, "gpus": g, "vCPUs": 6})) for n, g in pairs]
+
+
+SIZES = [("Standard_DS3_v2", 0), ("Standard_NC6", 1), ("Standard_NC6s_v3", 1), ("Standard_NC24ads_A100_v4", 1),
+         ("Standard_NC48ads_A100_v4", 2)]
+
+
+def cluster(size, state="Succeeded"):
+    from azure.ai.ml.entities import AmlCompute
+
+    return AmlCompute(name="gpu-cluster", size=size, provisioning_state=state)
+
+
+@pytest.mark.parametrize("size, tags, gpus", [
+    ("Standard_NC48ads_A100_v4", PHI3_MINI_TAGS, 2),
+    ("STANDARD_NC24ADS_A100_V4", PHI3_MINI_TAGS, 1),  # the allow-list is case-insensitive
+    ("Standard_NC6s_v3", {}, 1),  # no allow-list: anything but K80
+])
+def test_accepted_clusters(size, tags, gpus):
+    from shared.ml.azureml import compute_from_entities
+
+    compute = compute_from_entities(cluster(size), vm_sizes(*SIZES), tags)
+    assert compute == Compute(name="gpu-cluster", vm_size=size, gpus_per_node=gpus)
+
+
+@pytest.mark.parametrize("entity, tags, message", [
+    (("Standard_NC48ads_A100_v4", "Failed"), PHI3_MINI_TAGS, "failed provisioning state"),
+    (("Standard_NC6s_v3", "Succeeded"), PHI3_MINI_TAGS, "does not allow"),
+    (("Standard_NC6", "Succeeded"), {}, "K80"),
+    (("Standard_NC96ads_A100_v4", "Succeeded"), PHI3_MINI_TAGS, "available SKUs: Standard_DS3_v2, Standard_NC24ads"),
+    (("Standard_DS3_v2", "Succeeded"), {}, "no GPU"),
+    ((None, "Succeeded"), {}, "no VM size"),
+])
+def test_refused_clusters(entity, tags, message):
+    from shared.ml.azureml import compute_from_entities
+
+    with pytest.raises(PermanentError, match=message):
+        compute_from_entities(cluster(*entity), vm_sizes(*SIZES), tags)
+
+
+def registry_model(name="Phi-4", version="7", tags=None, stage=None):
+    from azure.ai.ml.entities import Model
+
+    return Model(name=name, version=version, tags=tags or {}, stage=stage,
+                 id=f"azureml://registries/azureml/models/{name}/versions/{version}")
+
+
+def test_base_model_from_the_registry_entity():
+    from shared.ml.azureml import base_model_from_entity
+
+    model = base_model_from_entity(registry_model(tags={"textContextWindow": 16384, **PHI3_MINI_TAGS}), "azureml")
+    assert (model.name, model.version) == ("Phi-4", "7")
+    assert model.id == "azureml://registries/azureml/models/Phi-4/versions/7"
+    assert model.tags["textContextWindow"] == "16384" and not model.archived
+
+
+@pytest.mark.parametrize("stage, tags, reason", [
+    ("Archived", {}, "stage is Archived"),
+    (None, {"FinetuneRetirementDate": "2025-08-30", **PHI3_MINI_TAGS}, "retired on 2025-08-30"),
+])
+def test_an_archived_base_model_is_refused_up_front(stage, tags, reason):
+    from shared.ml.azureml import base_model_from_entity
+
+    entity = registry_model("Phi-3-mini-4k-instruct", "15", tags, stage)
+    with pytest.raises(PermanentError, match=reason) as caught:
+        base_model_from_entity(entity, "azureml", today=date(2026, 1, 1))
+    assert "Phi-3-mini-4k-instruct" in str(caught.value) and "set BASE_MODEL" in str(caught.value)
+
+
+# ------------------------------------------------------------------ endpoint and deployment entities
+
+
+def test_endpoint_entity_is_key_auth_with_ownership_tags():
+    from shared.ml.azureml import build_endpoint
+
+    tags = {TAG_APP: "chatft", TAG_RUN: "chats-0123456789ab", TAG_CREATED: "2026-01-01T00:00:00.000Z"}
+    endpoint = build_endpoint("ft-chats-01234567", tags=tags, description="chatft run")
+    data = endpoint._to_dict()
+    assert (data["name"], data["auth_mode"], data["tags"], data["description"]) == (
+        "ft-chats-01234567", "key", tags, "chatft run")
+    rest = endpoint._to_rest_online_endpoint(location="westeurope").as_dict()
+    assert rest["properties"]["authMode"] == "Key" and rest["tags"] == tags
+
+
+def test_deployment_entity_has_the_notebooks_settings():
+    from shared.ml.azureml import build_deployment
+
+    deployment = build_deployment("ft-chats-01234567", "demo", model_id="azureml:m:1",
+                                  instance_type="Standard_NC6s_v3", instance_count=1)
+    data = deployment._to_dict()
+    assert data["liveness_probe"] == {"initial_delay": 600}
+    assert data["request_settings"] == {"request_timeout_ms": 90000}
+    assert (data["name"], data["endpoint_name"], data["model"], data["instance_type"], data["instance_count"]) == (
+        "demo", "ft-chats-01234567", "azureml:m:1", "Standard_NC6s_v3", 1)
+    rest = deployment._to_rest_object(location="westeurope").as_dict()
+    assert rest["properties"]["livenessProbe"] == {"initialDelay": "PT10M"}
+    assert rest["properties"]["requestSettings"] == {"requestTimeout": "PT1M30S"}
+    assert rest["sku"]["capacity"] == 1 and rest["properties"]["instanceType"] == "Standard_NC6s_v3"
+
+
+def test_job_error_summary_is_one_line():
+    from types import SimpleNamespace
+
+    from shared.ml.azureml import job_error_summary
+
+    assert job_error_summary(SimpleNamespace(error=SimpleNamespace(message="OOM\nstack..."))) == "OOM"
+    assert job_error_summary(SimpleNamespace(properties={"azureml.runError": "no GPUs\nmore"})) == "no GPUs"
+    assert job_error_summary(SimpleNamespace(properties={}, studio_url="https://ml.azure.com/runs/x")) == \
+        "see https://ml.azure.com/runs/x"
+    assert job_error_summary(SimpleNamespace()) == ""
+
+
+def test_requests_total_sums_every_series_of_the_metric():
+    from datetime import datetime, timezone
+
+    from azure.monitor.querymetrics import Metric, MetricsQueryResult, MetricValue, TimeSeriesElement
+
+    from shared.ml.azureml import requests_total
+
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    series = [TimeSeriesElement(data=[MetricValue(timestamp=at, total=3.0), MetricValue(timestamp=at, total=None)]),
+              TimeSeriesElement(data=[MetricValue(timestamp=at, total=4.0)])]
+    metric = Metric(id="m", type="t", name="RequestsPerMinute", unit="Count", timeseries=series,
+                    display_description="")
+    results = [MetricsQueryResult(timespan="PT24H", metrics=[metric])]
+    assert requests_total(results) == 7
+    assert requests_total([MetricsQueryResult(timespan="PT24H", metrics=[])]) == 0
+
+
+# ------------------------------------------------------------------ error mapping
+
+
+def http_error(status, cls=None):
+    from azure.core.exceptions import HttpResponseError
+
+    exc = (cls or HttpResponseError)(message=f"(Code) service said {status}\nsecond line")
+    exc.status_code = status
+    return exc
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: http_error(429), TransientError),
+    (lambda: http_error(503), TransientError),
+    (lambda: http_error(400), PermanentError),
+    (lambda: http_error(403), PermanentError),
+    (lambda: http_error(404), NotFound),
+])
+def test_http_errors_map_to_the_ports(make, expected):
+    from shared.ml.azureml import translate
+
+    mapped = translate(make(), "getting job chatft-x")
+    assert type(mapped) is expected
+    assert "getting job chatft-x" in str(mapped) and "second line" not in str(mapped)
+
+
+def test_other_azure_errors_map_to_the_ports():
+    from azure.core.exceptions import (ClientAuthenticationError, ResourceExistsError, ResourceNotFoundError,
+                                       ServiceRequestError)
+    from azure.ai.ml.exceptions import ValidationException
+
+    from shared.ml.azureml import Conflict, translate
+
+    assert isinstance(translate(ServiceRequestError("connection reset"), "x"), TransientError)
+    assert type(translate(ClientAuthenticationError("no identity"), "x")) is PermanentError
+    assert type(translate(ResourceNotFoundError("gone"), "x", not_found="job y not found")) is NotFound
+    assert str(translate(ResourceNotFoundError("gone"), "x", not_found="job y not found")) == "job y not found"
+    assert type(translate(ResourceExistsError("exists"), "x")) is Conflict
+    assert type(translate(ValidationException(message="bad", no_personal_data_message="bad"), "x")) is PermanentError
+    bug = KeyError("a bug")
+    assert translate(bug, "x") is bug
+
+
+# ------------------------------------------------------------------ the adapter on a stand-in MLClient
+
+
+class Poller:
+    """What begin_* returns; the adapter must never wait on it."""
+
+    def wait(self, *a, **k):
+        raise AssertionError("the adapter waited on a long-running operation")
+
+    result = wait
+
+
+def not_found(what):
+    from azure.core.exceptions import ResourceNotFoundError
+
+    return ResourceNotFoundError(message=f"{what} not found")
+
+
+class Ops:
+    def __init__(self, cloud):
+        self.cloud = cloud
+
+
+class ModelOps(Ops):
+    def __init__(self, cloud, registry=False):
+        super().__init__(cloud)
+        self.items, self.registry = {}, registry
+
+    def get(self, name, version=None, label=None):
+        self.cloud.calls.append(("models.get", name, version or label))
+        if label == "latest":
+            versions = [v for (n, v) in self.items if n == name]
+            version = max(versions, key=int) if versions else None
+        if (name, version) not in self.items:
+            raise not_found(f"model {name}")
+        return self.items[(name, version)]
+
+    def create_or_update(self, model):
+        from azure.ai.ml.entities import Model
+
+        self.cloud.calls.append(("models.create_or_update", model.name, model.version))
+        stored = Model(name=model.name, version=model.version, path=model.path, type=model.type,
+                       description=model.description, tags=model.tags,
+                       id=f"/subscriptions/s/workspaces/ws/models/{model.name}/versions/{model.version}")
+        self.items[(model.name, model.version)] = stored
+        if self.cloud.race_next:  # another attempt registered it first
+            self.cloud.race_next = False
+            from azure.core.exceptions import ResourceExistsError
+
+            raise ResourceExistsError(message="model version exists")
+        return stored
+
+
+class ComputeOps(Ops):
+    def get(self, name):
+        if name not in self.cloud.computes:
+            raise not_found(f"compute {name}")
+        return self.cloud.computes[name]
+
+    def list_sizes(self):
+        return vm_sizes(*SIZES)
+
+
+class JobOps(Ops):
+    def get(self, name):
+        self.cloud.calls.append(("jobs.get", name))
+        if name not in self.cloud.jobs:
+            raise not_found(f"job {name}")
+        return self.cloud.jobs[name]
+
+    def create_or_update(self, job, experiment_name=None, **kw):
+        self.cloud.calls.append(("jobs.create_or_update", job.name, experiment_name))
+        if self.cloud.fail_next:
+            exc, self.cloud.fail_next = self.cloud.fail_next, None
+            raise exc
+        job._status = "NotStarted"
+        self.cloud.jobs[job.name] = job
+        if self.cloud.race_next:  # another attempt created it first
+            self.cloud.race_next = False
+            from azure.core.exceptions import ResourceExistsError
+
+            raise ResourceExistsError(message="job exists")
+        return job
+
+    def begin_cancel(self, name):
+        self.cloud.calls.append(("jobs.begin_cancel", name))
+        return Poller()
+
+    def stream(self, name):
+        raise AssertionError("the adapter streamed a job")
+
+
+class EndpointOps(Ops):
+    def get(self, name):
+        if name not in self.cloud.endpoints:
+            raise not_found(f"endpoint {name}")
+        return self.cloud.endpoints[name]
+
+    def begin_create_or_update(self, endpoint):
+        self.cloud.calls.append(("online_endpoints.begin_create_or_update", endpoint.name, dict(endpoint.traffic)))
+        endpoint._provisioning_state = endpoint.provisioning_state or "Creating"
+        self.cloud.endpoints[endpoint.name] = endpoint
+        return Poller()
+
+    def get_keys(self, name):
+        from azure.ai.ml.entities import EndpointAuthKeys
+
+        self.get(name)
+        return EndpointAuthKeys(primary_key="pk-" + "s3cr3t" * 4, secondary_key="sk")
+
+    def list(self):
+        return list(self.cloud.endpoints.values())
+
+    def begin_delete(self, name):
+        self.cloud.calls.append(("online_endpoints.begin_delete", name))
+        if self.cloud.endpoints.pop(name, None) is None:
+            raise not_found(f"endpoint {name}")
+        return Poller()
+
+
+class DeploymentOps(Ops):
+    def get(self, name, endpoint_name):
+        if (endpoint_name, name) not in self.cloud.deployments:
+            raise not_found(f"deployment {name}")
+        return self.cloud.deployments[(endpoint_name, name)]
+
+    def begin_create_or_update(self, deployment):
+        self.cloud.calls.append(("online_deployments.begin_create_or_update", deployment.name))
+        if deployment.endpoint_name not in self.cloud.endpoints:
+            raise not_found(f"endpoint {deployment.endpoint_name}")
+        self.cloud.deployments[(deployment.endpoint_name, deployment.name)] = deployment
+        return Poller()
+
+
+class ComponentOps(Ops):
+    def get(self, name, version=None, label=None):
+        self.cloud.calls.append(("components.get", name, label))
+        if not SPEC.exists():
+            pytest.skip(f"component spec not found at {SPEC}")
+        from azure.ai.ml import load_component
+
+        return load_component(source=str(SPEC))
+
+
+class Cloud:
+    """Stand-ins for a workspace MLClient and a registry MLClient sharing one record of calls."""
+
+    def __init__(self):
+        from azure.ai.ml.entities import AmlCompute
+
+        self.calls, self.jobs, self.endpoints, self.deployments = [], {}, {}, {}
+        self.race_next, self.fail_next = False, None
+        self.computes = {"gpu-cluster": AmlCompute(name="gpu-cluster", size="Standard_NC24ads_A100_v4",
+                                                   provisioning_state="Succeeded")}
+        self.workspace = type("Workspace", (), {})()
+        self.workspace.models, self.workspace.compute = ModelOps(self), ComputeOps(self)
+        self.workspace.jobs = JobOps(self)
+        self.workspace.online_endpoints, self.workspace.online_deployments = EndpointOps(self), DeploymentOps(self)
+        self.registry = type("Registry", (), {})()
+        self.registry.models, self.registry.components = ModelOps(self, registry=True), ComponentOps(self)
+        for name, version, tags in [("Phi-3-mini-4k-instruct", "15", PHI3_MINI_TAGS), ("Phi-4", "7", {})]:
+            self.registry.models.items[(name, version)] = registry_model(name, version, tags)
+
+    def count(self, call):
+        return sum(1 for c in self.calls if c[0] == call)
+
+
+@pytest.fixture
+def cloud():
+    return Cloud()
+
+
+@pytest.fixture
+def backend(cloud):
+    from shared.ml.azureml import AzureMLBackend
+
+    settings = Settings.from_env(env={}, ml_backend="azureml", azure_subscription_id="sub", azure_resource_group="rg",
+                                 aml_workspace="ws", aml_datastore="runsstore")
+    return AzureMLBackend(settings, credential=object(), ml_client=cloud.workspace, registry_client=cloud.registry)
+
+
+def request_for(backend, run_id="chats-0123456789ab", **params):
+    base = backend.resolve_base_model("Phi-3-mini-4k-instruct")
+    return JobRequest(job_name=f"chatft-{run_id}", run_id=run_id, experiment_name="chat_completion_Phi-3",
+                      base_model=base, compute=backend.check_compute("gpu-cluster", base),
+                      train_path=f"{run_id}/train.jsonl", test_path=f"{run_id}/test.jsonl", params=params)
+
+
+def test_resolve_and_check_compute_through_the_clients(backend, cloud):
+    base = backend.resolve_base_model("Phi-3-mini-4k-instruct")
+    assert base == BaseModel("Phi-3-mini-4k-instruct", "15", MODEL_ID, tags=dict(PHI3_MINI_TAGS))
+    assert ("models.get", "Phi-3-mini-4k-instruct", "latest") in cloud.calls
+    assert backend.check_compute("gpu-cluster", base) == Compute("gpu-cluster", "Standard_NC24ads_A100_v4", 1)
+    with pytest.raises(NotFound, match="set BASE_MODEL"):
+        backend.resolve_base_model("Phi-9")
+    with pytest.raises(NotFound, match="AML_COMPUTE"):
+        backend.check_compute("missing", base)
+
+
+def test_submit_creates_once_and_a_resubmission_finds_the_job(backend, cloud):
+    request = request_for(backend, keep=True, num_train_epochs=2)
+    assert backend.submit_job(request) == "chatft-chats-0123456789ab"
+    assert backend.submit_job(request) == "chatft-chats-0123456789ab"
+    assert cloud.count("jobs.create_or_update") == 1 and cloud.count("components.get") == 1
+    assert ("jobs.create_or_update", "chatft-chats-0123456789ab", "chat_completion_Phi-3") in cloud.calls
+    job = cloud.jobs["chatft-chats-0123456789ab"]
+    inputs = node_inputs(job)
+    assert inputs["train_file_path"]["path"] == "azureml://datastores/runsstore/paths/chats-0123456789ab/train.jsonl"
+    assert inputs["num_train_epochs"] == 2 and "keep" not in inputs
+    assert job.display_name.startswith("Phi-3-mini-4k-instruct-chats-bs1-")
+    assert job.tags == {TAG_APP: "chatft", TAG_RUN: "chats-0123456789ab", "chatft-base-model": MODEL_ID}
+    assert backend.get_job(request.job_name).status == "NotStarted"
+
+
+def test_a_submission_that_lost_the_race_finds_the_winners_job(backend, cloud):
+    request = request_for(backend)
+    cloud.race_next = True
+    assert backend.submit_job(request) == request.job_name
+    assert cloud.count("jobs.get") == 2  # looked first, then again after the conflict
+
+
+def test_submit_errors_are_the_ports(backend, cloud):
+    request = request_for(backend)
+    cloud.fail_next = http_error(503)
+    with pytest.raises(TransientError, match="submitting job chatft-chats-0123456789ab"):
+        backend.submit_job(request)
+    cloud.fail_next = http_error(400)
+    with pytest.raises(PermanentError, match="400"):
+        backend.submit_job(request)
+    assert not cloud.jobs
+
+
+def test_submit_refuses_an_inference_instance_type_the_model_does_not_allow(backend, cloud):
+    import dataclasses
+
+    backend.settings = dataclasses.replace(backend.settings, inference_instance_type="Standard_DS3_v2")
+    with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE"):
+        backend.submit_job(request_for(backend))
+    assert cloud.count("jobs.create_or_update") == 0
+
+
+def test_job_status_error_and_cancel(backend, cloud):
+    request = request_for(backend)
+    backend.submit_job(request)
+    job = cloud.jobs[request.job_name]
+    job._status = "Running"
+    backend.cancel_job(request.job_name)
+    assert cloud.count("jobs.begin_cancel") == 1
+    job._status = "Failed"
+    job.properties["azureml.runError"] = "CUDA out of memory"
+    status = backend.get_job(request.job_name)
+    assert (status.status, status.error) == ("Failed", "CUDA out of memory")
+    backend.cancel_job(request.job_name)  # done: nothing to cancel
+    assert cloud.count("jobs.begin_cancel") == 1
+    with pytest.raises(NotFound):
+        backend.get_job("chatft-unknown")
+
+
+def completed_job(backend, cloud):
+    request = request_for(backend)
+    backend.submit_job(request)
+    cloud.jobs[request.job_name]._status = "Completed"
+    return request.job_name
+
+
+def test_register_points_at_the_jobs_output_and_is_idempotent(backend, cloud):
+    job_name = completed_job(backend, cloud)
+    model = backend.register_model(job_name, "Phi-3-mini-4k-instruct-chats", "0123456789ab", description="d",
+                                   tags={TAG_RUN: "chats-0123456789ab"})
+    again = backend.register_model(job_name, "Phi-3-mini-4k-instruct-chats", "0123456789ab")
+    assert model == again and model.id.endswith("/models/Phi-3-mini-4k-instruct-chats/versions/0123456789ab")
+    assert cloud.count("models.create_or_update") == 1
+    entity = cloud.workspace.models.items[("Phi-3-mini-4k-instruct-chats", "0123456789ab")]
+    assert entity.path == f"azureml://jobs/{job_name}/outputs/trained_model"
+    assert entity.type == "mlflow_model" and entity.description == "d"
+    assert entity.tags == {TAG_RUN: "chats-0123456789ab", "chatft-base-model": MODEL_ID}
+
+
+def test_register_conflict_returns_the_existing_model(backend, cloud):
+    job_name = completed_job(backend, cloud)
+    cloud.race_next = True
+    model = backend.register_model(job_name, "m", "1")
+    assert (model.name, model.version) == ("m", "1") and model.id.endswith("/models/m/versions/1")
+
+
+def test_register_refuses_unknown_or_unfinished_jobs(backend, cloud):
+    with pytest.raises(NotFound):
+        backend.register_model("chatft-unknown", "m", "1")
+    request = request_for(backend)
+    backend.submit_job(request)
+    with pytest.raises(PermanentError, match="NotStarted"):
+        backend.register_model(request.job_name, "m", "1")
+
+
+def test_endpoint_deployment_traffic_key_and_delete_never_wait(backend, cloud):
+    job_name = completed_job(backend, cloud)
+    model = backend.register_model(job_name, "m", "1")
+    tags = {TAG_RUN: "chats-0123456789ab", TAG_CREATED: "2026-01-01T00:00:00.000Z"}
+    backend.begin_create_endpoint("ft-chats-01234567", tags=tags, description="d")
+    backend.begin_create_endpoint("ft-chats-01234567", tags=tags, description="d")
+    assert cloud.count("online_endpoints.begin_create_or_update") == 1
+    endpoint = backend.get_endpoint("ft-chats-01234567")
+    assert endpoint.provisioning_state == "Creating" and endpoint.tags == {TAG_APP: "chatft", **tags}
+    assert [e.name for e in backend.list_endpoints()] == ["ft-chats-01234567"]
+
+    with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE Standard_DS3_v2"):
+        backend.begin_create_deployment("ft-chats-01234567", "demo", model, "Standard_DS3_v2", 1)
+    backend.begin_create_deployment("ft-chats-01234567", "demo", model, "Standard_NC6s_v3", 1)
+    backend.begin_create_deployment("ft-chats-01234567", "demo", model, "Standard_NC6s_v3", 1)
+    assert cloud.count("online_deployments.begin_create_or_update") == 1
+    deployment = cloud.deployments[("ft-chats-01234567", "demo")]
+    assert deployment.model == model.id and deployment.liveness_probe.initial_delay == 600
+    with pytest.raises(NotFound):
+        backend.begin_create_deployment("ft-missing", "demo", model, "Standard_NC6s_v3", 1)
+
+    backend.set_traffic("ft-chats-01234567", {"demo": 100})
+    assert cloud.calls[-1] == ("online_endpoints.begin_create_or_update", "ft-chats-01234567", {"demo": 100})
+    uri = "https://ft-chats-01234567.westeurope.inference.ml.azure.com/score"
+    cloud.endpoints["ft-chats-01234567"]._scoring_uri = uri
+    target = backend.get_scoring_target("ft-chats-01234567")
+    assert (target.scoring_uri, target.deployment_name) == (uri, "demo") and target.key.startswith("pk-")
+    assert target.key not in repr(target)
+    assert backend.requests_since("ft-chats-01234567", "2026-01-01T00:00:00Z") is None  # metrics check is off
+
+    backend.begin_delete_endpoint("ft-chats-01234567")
+    backend.begin_delete_endpoint("ft-chats-01234567")  # gone: NotFound is a no-op
+    assert backend.get_endpoint("ft-chats-01234567") is None
+    with pytest.raises(NotFound):
+        backend.get_scoring_target("ft-chats-01234567")
+    with pytest.raises(NotFound):
+        backend.set_traffic("ft-chats-01234567", {"demo": 100})
+
+
+def test_deployment_of_a_model_without_base_model_tag_is_not_blocked(backend, cloud):
+    from azure.ai.ml.entities import Model
+
+    cloud.workspace.models.items[("byo", "1")] = Model(name="byo", version="1", id="byo-id", tags={})
+    backend.begin_create_endpoint("ft-byo", tags={})
+    backend.begin_create_deployment("ft-byo", "demo", RegisteredModel("byo", "1", "byo-id"), "Standard_DS3_v2", 1)
+    assert cloud.deployments[("ft-byo", "demo")].instance_type == "Standard_DS3_v2"
+
+
+def test_clients_are_made_once_from_the_settings_without_a_browser_prompt():
+    from azure.identity import DefaultAzureCredential, InteractiveBrowserCredential
+
+    from shared.ml.azureml import AzureMLBackend
+
+    settings = Settings.from_env(env={}, ml_backend="azureml", azure_subscription_id="sub-1",
+                                 azure_resource_group="rg-1", aml_workspace="ws-1")
+    backend = AzureMLBackend(settings)
+    credential = backend.credential
+    assert isinstance(credential, DefaultAzureCredential) and backend.credential is credential
+    assert not any(isinstance(c, InteractiveBrowserCredential) for c in credential.credentials)
+    workspace = backend.workspace
+    assert backend.workspace is workspace
+    assert (workspace.subscription_id, workspace.resource_group_name, workspace.workspace_name) == (
+        "sub-1", "rg-1", "ws-1")
+
+
+def test_the_adapter_keeps_the_port(backend):
+    from shared.ml.port import MLBackend
+
+    assert isinstance(backend, MLBackend)

@@ -1,0 +1,370 @@
+"""The ML backend port's contract: one suite, run against every implementation through a `harness` fixture.
+
+Implementations (fixture params):
+- "fake": `tests/fakes.py` FakeMLBackend (through `FakeHarness`).
+- "local": `tests/harness_local.py` (the local ML workspace); skipped while that module does not exist.
+- "azureml": `AzureMLBackend` on a real workspace; skipped unless AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and
+  AML_WORKSPACE are set. It runs only calls that cost nothing and return at once (resolve base models, check the
+  compute, look up unknown names, list endpoints): `supports_lifecycle` is False.
+
+A harness module provides `make_harness(request) -> harness` (`request` is pytest's, so it can use fixtures such
+as `settings` or `tmp_path` through `request.getfixturevalue`). A harness has:
+- `backend`: the `MLBackend` under test.
+- `base_model_name`: resolves to an active base model; `archived_base_model_name`: resolves to an archived one
+  (None where none is known).
+- `compute_name`: a compute that passes `check_compute` for that base model; `instance_type`: an instance type the
+  base model allows for deployments.
+- `supports_lifecycle`: whether jobs, models, endpoints and deployments may really be created.
+- `job_params`: upload overrides that make a job short on this backend (e.g. {"num_train_epochs": 1}).
+- `timeout`: seconds the lifecycle waits allow.
+- `prepare_training_data(run_id) -> (train_path, test_path)`: writes small valid chat JSONL where the backend reads
+  training data, and returns the paths a JobRequest carries.
+- `wait_for_job(job_name, timeout) -> JobStatus` (the fake completes the job), `wait_for_endpoint(name, timeout)
+  -> Endpoint` and `wait_for_deployment(endpoint_name, deployment_name, timeout) -> Deployment` (the fake marks
+  them Succeeded): each returns once the thing is done (or the timeout passed) with its latest state.
+- optional `count_jobs(job_name) -> int`: how many jobs the backend created under that name.
+- optional `close()`: called after the test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+import uuid
+from typing import Any, Callable
+
+import pytest
+
+from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, Endpoint, JobRequest, MLBackend,
+                            NotFound, PermanentError, TransientError)
+from shared.runs import endpoint_name_for, iso, job_name_for, utcnow
+from tests.fakes import FakeHarness, FakeMLBackend
+
+AZURE_SETTINGS = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AML_WORKSPACE")
+
+
+class AzureHarness:
+    """Cost-free calls on a real Azure ML workspace (BASE_MODEL if set, else Phi-4; AML_COMPUTE)."""
+
+    supports_lifecycle = False
+    archived_base_model_name = "Phi-3-mini-4k-instruct"  # archived in today's azureml registry
+    job_params: dict[str, Any] = {}
+    timeout = 0.0
+
+    def __init__(self) -> None:
+        from shared.config import Settings
+        from shared.ml.azureml import AzureMLBackend
+
+        settings = Settings.from_env(ml_backend="azureml")
+        self.backend = AzureMLBackend(settings)
+        self.base_model_name = os.environ.get("BASE_MODEL") or "Phi-4"
+        self.compute_name = settings.aml_compute
+        self.instance_type = settings.inference_instance_type
+
+
+@pytest.fixture(params=["fake", pytest.param("local", marks=pytest.mark.slow),
+                        pytest.param("azureml", marks=pytest.mark.azure)])
+def harness(request):
+    if request.param == "fake":
+        h = FakeHarness()
+    elif request.param == "local":
+        if importlib.util.find_spec("tests.harness_local") is None:
+            pytest.skip("tests/harness_local.py (the local workspace's harness) does not exist yet")
+        from tests.harness_local import make_harness
+
+        h = make_harness(request)
+    else:
+        missing = [name for name in AZURE_SETTINGS if not os.environ.get(name)]
+        if missing:
+            pytest.skip(f"Azure ML contract run needs {', '.join(missing)} in the environment")
+        h = AzureHarness()
+    yield h
+    close = getattr(h, "close", None)
+    if close:
+        close()
+
+
+def lifecycle(h) -> None:
+    if not h.supports_lifecycle:
+        pytest.skip("this backend's harness runs only calls that cost nothing")
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + max(timeout, 1.0)
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def unknown(kind: str) -> str:
+    return f"nosuch{kind}{uuid.uuid4().hex[:8]}"
+
+
+def new_run_id() -> str:
+    return f"contract-{uuid.uuid4().hex[:12]}"
+
+
+def submit(h, run_id: str, **params: Any) -> JobRequest:
+    backend = h.backend
+    base = backend.resolve_base_model(h.base_model_name)
+    compute = backend.check_compute(h.compute_name, base)
+    train, test = h.prepare_training_data(run_id)
+    request = JobRequest(job_name=job_name_for(run_id), run_id=run_id, experiment_name="chatft-contract",
+                         base_model=base, compute=compute, train_path=train, test_path=test,
+                         params={**h.job_params, **params})
+    assert backend.submit_job(request) == request.job_name
+    return request
+
+
+# ------------------------------------------------------------------ every backend (cost-free calls)
+
+
+def test_backend_implements_the_port(harness):
+    assert isinstance(harness.backend, MLBackend)
+
+
+def test_resolves_the_base_model_by_name(harness):
+    model = harness.backend.resolve_base_model(harness.base_model_name)
+    assert isinstance(model, BaseModel)
+    assert model.name == harness.base_model_name
+    assert model.version and model.id and not model.archived
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in model.tags.items())
+
+
+def test_an_archived_base_model_is_refused_with_a_way_out(harness):
+    if harness.archived_base_model_name is None:
+        pytest.skip("no archived base model known to this backend")
+    with pytest.raises(PermanentError) as caught:
+        harness.backend.resolve_base_model(harness.archived_base_model_name)
+    assert harness.archived_base_model_name in str(caught.value)
+    assert "BASE_MODEL" in str(caught.value)
+
+
+def test_an_unknown_base_model_is_not_found(harness):
+    with pytest.raises(NotFound):
+        harness.backend.resolve_base_model(unknown("model"))
+
+
+def test_checks_the_training_compute(harness):
+    backend = harness.backend
+    compute = backend.check_compute(harness.compute_name, backend.resolve_base_model(harness.base_model_name))
+    assert isinstance(compute, Compute)
+    assert compute.name == harness.compute_name and compute.vm_size
+    assert compute.gpus_per_node >= 1 and compute.nodes >= 1
+
+
+def test_an_unknown_compute_is_not_found(harness):
+    backend = harness.backend
+    with pytest.raises(NotFound):
+        backend.check_compute(unknown("compute"), backend.resolve_base_model(harness.base_model_name))
+
+
+def test_unknown_job_is_not_found(harness):
+    with pytest.raises(NotFound):
+        harness.backend.get_job(f"chatft-{unknown('job')}")
+
+
+def test_unknown_endpoint_is_absent(harness):
+    backend, name = harness.backend, unknown("ep")
+    assert backend.get_endpoint(name) is None
+    assert backend.get_deployment(name, "demo") is None
+    with pytest.raises(NotFound):
+        backend.get_scoring_target(name)
+
+
+def test_lists_endpoints_with_their_tags(harness):
+    endpoints = harness.backend.list_endpoints()
+    assert isinstance(endpoints, list)
+    for endpoint in endpoints:
+        assert isinstance(endpoint, Endpoint) and endpoint.name
+        assert isinstance(endpoint.tags, dict)
+
+
+# ------------------------------------------------------------------ lifecycle (backends that may create things)
+
+
+def test_lifecycle_from_job_to_deleted_endpoint(harness):
+    lifecycle(harness)
+    h, backend, run_id = harness, harness.backend, new_run_id()
+    endpoint_name, deployment = endpoint_name_for(run_id), "demo"
+    try:
+        # Submitting twice finds the first job; app-level keys in the overrides never reach the pipeline.
+        request = submit(h, run_id, keep=True, base_model=h.base_model_name)
+        assert backend.submit_job(request) == request.job_name
+        if hasattr(h, "count_jobs"):
+            assert h.count_jobs(request.job_name) == 1
+        assert backend.get_job(request.job_name).name == request.job_name
+
+        status = h.wait_for_job(request.job_name, h.timeout)
+        assert status.status == "Completed", status.error
+        job = backend.get_job(request.job_name)
+        assert job.status == "Completed" and job.done and job.error == ""
+
+        model = backend.register_model(request.job_name, f"contract-{run_id[-6:]}", "1", description="contract",
+                                       tags={TAG_RUN: run_id})
+        again = backend.register_model(request.job_name, model.name, "1", description="contract")
+        assert (again.name, again.version, again.id) == (model.name, "1", model.id) and model.id
+
+        tags = {TAG_APP: "chatft-contract", TAG_RUN: run_id, TAG_CREATED: iso(utcnow())}
+        backend.begin_create_endpoint(endpoint_name, tags=tags, description="contract")
+        backend.begin_create_endpoint(endpoint_name, tags=tags, description="contract")
+        assert [e.name for e in backend.list_endpoints()].count(endpoint_name) == 1
+        listed = next(e for e in backend.list_endpoints() if e.name == endpoint_name)
+        assert {k: listed.tags.get(k) for k in tags} == tags
+        assert h.wait_for_endpoint(endpoint_name, h.timeout).provisioning_state == "Succeeded"
+
+        backend.begin_create_deployment(endpoint_name, deployment, model, h.instance_type, 1)
+        backend.begin_create_deployment(endpoint_name, deployment, model, h.instance_type, 1)
+        assert h.wait_for_deployment(endpoint_name, deployment, h.timeout).provisioning_state == "Succeeded"
+        assert backend.get_deployment(endpoint_name, deployment).provisioning_state == "Succeeded"
+
+        backend.set_traffic(endpoint_name, {deployment: 100})
+        eventually(lambda: backend.get_endpoint(endpoint_name).traffic.get(deployment) == 100, h.timeout,
+                   "traffic 100% to the deployment")
+
+        target = backend.get_scoring_target(endpoint_name)
+        assert target.endpoint_name == endpoint_name
+        assert target.scoring_uri.startswith("http") and target.key
+        assert target.key not in repr(target) and target.key not in str(target)
+        used = backend.requests_since(endpoint_name, iso(utcnow()))
+        assert used is None or used >= 0
+
+        backend.begin_delete_endpoint(endpoint_name)
+        eventually(lambda: backend.get_endpoint(endpoint_name) is None, h.timeout, "endpoint deletion")
+        backend.begin_delete_endpoint(endpoint_name)  # gone: a no-op
+        assert endpoint_name not in [e.name for e in backend.list_endpoints()]
+        with pytest.raises(NotFound):
+            backend.get_scoring_target(endpoint_name)
+    finally:
+        backend.begin_delete_endpoint(endpoint_name)
+
+
+def test_cancel_stops_a_job_and_is_a_no_op_once_done(harness):
+    lifecycle(harness)
+    h, backend = harness, harness.backend
+    request = submit(h, new_run_id())
+    backend.cancel_job(request.job_name)
+    done = eventually(lambda: (lambda s: s if s.done else None)(backend.get_job(request.job_name)), h.timeout,
+                      "the canceled job finishing")
+    assert done.status in ("Canceled", "Completed")
+    backend.cancel_job(request.job_name)
+    assert backend.get_job(request.job_name).status == done.status
+
+
+def test_unknown_names_in_lifecycle_calls(harness):
+    lifecycle(harness)
+    backend = harness.backend
+    job, endpoint = f"chatft-{unknown('job')}", unknown("ep")
+    with pytest.raises(NotFound):
+        backend.cancel_job(job)
+    with pytest.raises(NotFound):
+        backend.register_model(job, unknown("model"), "1")
+    with pytest.raises(NotFound):
+        backend.set_traffic(endpoint, {"demo": 100})
+    backend.begin_delete_endpoint(endpoint)  # a no-op
+    assert backend.get_endpoint(endpoint) is None
+
+
+# ------------------------------------------------------------------ the fake's scenario controls
+
+
+@pytest.fixture
+def fake():
+    return FakeHarness()
+
+
+def test_fake_failed_job_reports_its_error_and_cancel_is_then_a_no_op(fake):
+    request = submit(fake, new_run_id())
+    fake.backend.start_job(request.job_name)
+    assert fake.backend.get_job(request.job_name).status == "Running"
+    fake.backend.fail_job(request.job_name, "CUDA out of memory")
+    fake.backend.cancel_job(request.job_name)
+    status = fake.backend.get_job(request.job_name)
+    assert (status.status, status.error, status.done) == ("Failed", "CUDA out of memory", True)
+
+
+def test_fake_refuses_to_register_an_unfinished_job(fake):
+    request = submit(fake, new_run_id())
+    with pytest.raises(PermanentError, match="NotStarted"):
+        fake.backend.register_model(request.job_name, "m", "1")
+    assert fake.backend.created["model"] == 0
+
+
+def test_fake_types_and_filters_job_parameters_as_the_component_wants(fake):
+    request = submit(fake, new_run_id(), keep=True, learning_rate=1e-5, apply_lora="false", lora_r=16)
+    params = fake.backend.jobs[request.job_name].params
+    # model_specific_defaults (PHI3_MINI_TAGS) over the notebook, upload overrides over both.
+    assert params["deepspeed_stage"] == "2" and params["precision"] == "16" and params["num_train_epochs"] == 1
+    assert params["learning_rate"] == 1e-5 and params["apply_lora"] == "false" and params["lora_r"] == 16
+    assert "keep" not in params and "learning_rate_max" not in params
+
+
+def test_fake_injected_transient_failure_happens_once(fake):
+    fake.backend.fail_next("submit_job")
+    with pytest.raises(TransientError):
+        submit(fake, "contract-retry")
+    request = submit(fake, "contract-retry")
+    assert fake.backend.job_creations[request.job_name] == 1
+    with pytest.raises(AttributeError):
+        fake.backend.fail_next("no_such_method")
+
+
+def test_fake_endpoint_and_deployment_states_are_the_tests_to_set(fake):
+    backend = fake.backend
+    request = submit(fake, new_run_id())
+    backend.complete_job(request.job_name)
+    model = backend.register_model(request.job_name, "m", "1")
+    backend.begin_create_endpoint("ep-1", tags={TAG_APP: "chatft"})
+    assert backend.get_endpoint("ep-1").provisioning_state == "Creating"
+    with pytest.raises(PermanentError, match="Creating"):
+        backend.begin_create_deployment("ep-1", "demo", model, "Standard_NC6s_v3", 1)
+    backend.set_endpoint_state("ep-1", "Succeeded")
+    with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE"):
+        backend.begin_create_deployment("ep-1", "demo", model, "Standard_DS3_v2", 1)
+    backend.begin_create_deployment("ep-1", "demo", model, "standard_nc6s_v3", 1)
+    backend.set_deployment_state("ep-1", "demo", "Failed", "liveness probe failed")
+    deployment = backend.get_deployment("ep-1", "demo")
+    assert (deployment.provisioning_state, deployment.error) == ("Failed", "liveness probe failed")
+    with pytest.raises(PermanentError):
+        backend.set_traffic("ep-1", {"other": 100})
+    backend.set_endpoint_state("ep-1", "Failed", "quota exceeded")
+    assert backend.get_endpoint("ep-1").error == "quota exceeded"
+    assert backend.created == {"job": 1, "model": 1, "endpoint": 1, "deployment": 1}
+
+
+def test_fake_instant_provisioning_and_foreign_endpoints():
+    backend = FakeMLBackend(instant_provisioning=True)
+    backend.begin_create_endpoint("ep-2", tags={})
+    assert backend.get_endpoint("ep-2").provisioning_state == "Succeeded"
+    backend.add_endpoint("someone-elses", tags={"team": "x"})
+    backend.set_requests("someone-elses", 7)
+    assert {e.name for e in backend.list_endpoints()} == {"ep-2", "someone-elses"}
+    assert backend.requests_since("someone-elses", "2025-01-01T00:00:00Z") == 7
+    assert backend.requests_since("ep-2", "2025-01-01T00:00:00Z") is None
+    assert backend.created["endpoint"] == 1
+
+
+@pytest.mark.parametrize("vm_size, state, message", [
+    ("Standard_NC24ads_A100_v4", "Failed", "failed provisioning state"),
+    ("Standard_NC6s_v3", "Succeeded", "does not allow"),  # Phi-3-mini's allow-list
+])
+def test_fake_compute_checks_are_the_notebooks(fake, vm_size, state, message):
+    fake.backend.set_compute("gpu-cluster", vm_size, state)
+    base = fake.backend.resolve_base_model(fake.base_model_name)
+    with pytest.raises(PermanentError, match=message):
+        fake.backend.check_compute("gpu-cluster", base)
+
+
+def test_fake_refuses_k80_sizes_when_the_model_has_no_allow_list(fake):
+    fake.backend.set_compute("k80", "Standard_NC6")
+    with pytest.raises(PermanentError, match="K80"):
+        fake.backend.check_compute("k80", fake.backend.resolve_base_model("Phi-4"))
+    fake.backend.set_compute("cpu", "Standard_DS3_v2")
+    with pytest.raises(PermanentError, match="no GPU"):
+        fake.backend.check_compute("cpu", fake.backend.resolve_base_model("Phi-4"))
