@@ -2,9 +2,9 @@
 
 import azure.functions as func
 
-from functions import deployments, health, ingest, job_events, submit
+from functions import cleanup, deployments, health, ingest, job_events, runs_api, scoring, submit
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for module in (health, ingest, submit, job_events, deployments):
+for module in (health, ingest, submit, job_events, deployments, scoring, runs_api, cleanup):
     app.register_functions(module.bp)

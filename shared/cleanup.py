@@ -163,7 +163,7 @@ def _retire(decision: Decision, at: datetime):
     def change(run: Run) -> Run | None:
         if run.state == State.RETIRED and run.endpoint_name == decision.endpoint:
             return None  # retired already, by an earlier or concurrent cleanup: go on to delete
-        if run.endpoint_name != decision.endpoint \
+        if run.last_used_at != decision.last_used_at or run.endpoint_name != decision.endpoint \
                 or run.state not in (State.DEPLOYED, State.DEPLOYING):
             return None  # scored or moved since the decision: keep the endpoint
         return run.advance(State.RETIRED, at, f"endpoint {decision.endpoint} idle for "

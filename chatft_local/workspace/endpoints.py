@@ -322,7 +322,7 @@ class EndpointStore:
             if record["state"] != "Succeeded":
                 raise PermanentError(f"endpoint {endpoint} is {record['state']}; a deployment can be created once it "
                                      f"has Succeeded")
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
             deployment = {"name": name, "endpoint": endpoint, "created": time.time(), "state": "Creating",
                           "error": "", "model": {"name": model.name, "version": model.version, "id": model.id},
                           "model_dir": str(model_dir), "instance_type": instance_type,
@@ -336,7 +336,7 @@ class EndpointStore:
         record = _read_json(folder / "deployment.json")
         if record is None:
             return None
-        if record["state"] == "Creating" or record["failures"]:
+        if record["state"] == "Creating":
             record = self._observe(folder) or record
         return Deployment(endpoint_name=endpoint, name=name, provisioning_state=record["state"],
                           error=record["error"])
