@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from .bootstrap import Services
+from .ml.training_params import registered_model_name
 from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequest, MLBackendError,
                       PermanentError, RegisteredModel)
 from .overrides import APP_KEYS
@@ -153,7 +154,7 @@ def settle_job(svc: Services, run_id: str) -> Run:
 
 def _register(svc: Services, run: Run) -> Run:
     base = run.overrides.get("base_model") or svc.settings.base_model
-    name = slug(f"{base}-{run.run_id.rsplit('-', 1)[0]}".replace("/", "-"), 60)
+    name = registered_model_name(base, dataset=run.run_id.rsplit("-", 1)[0])
     version = run.run_id.rsplit("-", 1)[-1]
     try:
         model = svc.ml.register_model(run.job_name, name=name, version=version,

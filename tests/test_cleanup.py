@@ -133,7 +133,7 @@ def test_cleanup_deletes_only_the_idle_owned_endpoint_after_retiring_its_run(svc
     assert [d["endpoint"] for d in stored["deleted"]] == [idle.endpoint_name]
     assert {d["endpoint"]: d["reason"] for d in stored["kept"]}[used.endpoint_name] == RECENTLY_USED
     assert stored["endpoint_hours_saved"] == 24.0
-    assert f"deleted 1 endpoint(s), kept 3" in caplog.text
+    assert "deleted 1 endpoint(s), kept 3" in caplog.text
     assert "fake-key" not in caplog.text and "fake-key" not in json.dumps(stored)
 
 
@@ -210,10 +210,12 @@ def test_metrics_are_asked_only_when_enabled_and_only_about_endpoints_to_delete(
     assert "requests_since" not in fake.calls
 
     svc = make_svc(settings, fake, clock, cleanup_check_metrics=True)
+    asked, requests_since = [], fake.requests_since
+    fake.requests_since = lambda name, since: asked.append((name, since)) or requests_since(name, since)
     fake.set_requests(idle.endpoint_name, 7)  # traffic that bypassed the proxy
     summary = run_cleanup(svc)
     assert by_endpoint(summary)[idle.endpoint_name] == (False, TRAFFIC_SEEN)
-    assert fake.calls.count("requests_since") == 1
+    assert asked == [(idle.endpoint_name, iso(T0 + timedelta(hours=6)))], "the idle window, for the candidate only"
 
     fake.fail_next("requests_since")
     assert by_endpoint(run_cleanup(svc))[idle.endpoint_name] == (False, METRICS_UNAVAILABLE)
@@ -348,3 +350,33 @@ def test_cli_says_when_azurite_is_not_running_or_the_time_is_malformed(tmp_path,
 
     bad = chatft(tmp_path, settings, endpoints, "--as-of", "tomorrow")
     assert bad.returncode == 2 and "--as-of 'tomorrow' is not an ISO time" in bad.stderr
+
+
+def test_cli_with_the_local_workspace(tmp_path, settings, svc, cli_run):
+    """`python -m chatft_local cleanup` as a user runs it: the settings' own (local) ML workspace, no stand-in."""
+    from chatft_local.workspace.local import LocalWorkspace
+
+    run, endpoints = cli_run
+    workspace = LocalWorkspace(settings)
+    for name, tags in endpoints.items():
+        workspace.begin_create_endpoint(name, tags)
+    env = {k: v for k, v in os.environ.items() if k not in ("ML_BACKEND", "CLEANUP_DRY_RUN")}
+    env.update(PYTHONPATH=str(PROJECT_ROOT), AzureWebJobsStorage=settings.storage_connection,
+               RUNS_TABLE=settings.runs_table, RUNS_CONTAINER=settings.runs_container,
+               CHATFT_STATE_DIR=settings.chatft_state_dir, ML_BACKEND="local")
+
+    def chatft_cleanup(*args):
+        out = subprocess.run([sys.executable, "-m", "chatft_local", "cleanup", "--json", *args], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    dry = chatft_cleanup("--dry-run", "--as-of", "2026-03-03T02:00:00Z")
+    assert [d["endpoint"] for d in dry["deleted"]] == [run.endpoint_name]
+    assert workspace.get_endpoint(run.endpoint_name) is not None
+
+    real = chatft_cleanup("--as-of", "2026-03-03T02:00:00Z")
+    assert real["dry_run"] is False and [d["endpoint"] for d in real["deleted"]] == [run.endpoint_name]
+    assert workspace.get_endpoint(run.endpoint_name) is None
+    assert workspace.get_endpoint("not-ours") is not None
+    assert svc.runs.get(run.run_id).state == State.RETIRED

@@ -224,7 +224,7 @@ class ModelServer:
 
     async def score(self, request: web.Request) -> web.Response:
         started = time.monotonic()
-        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        request_id = request.headers.get("x-request-id", "")[:64] or str(uuid.uuid4())
         response = await self._score(request, request_id)
         response.headers.setdefault("x-request-id", request_id)
         log.info("score %s deployment=%s status=%d tokens=%s/%s %.2fs", request_id, self.deployment, response.status,

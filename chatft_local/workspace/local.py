@@ -1,0 +1,266 @@
+"""`LocalWorkspace`: the ML backend port on this machine, with no Azure account.
+
+State lives under `<CHATFT_STATE_DIR>/workspace/`: `jobs/` (fine-tuning jobs, see `jobs.py`), `mlflow.db` (the
+model registry), `endpoints/` (online endpoints; a deployment is a model server process on 127.0.0.1).
+
+Local stand-ins for Azure things:
+- Base model: there is one, LOCAL_BASE_MODEL or the small stand-in. It answers to the name BASE_MODEL gives (and to
+  its own name), so the app's flow is the same; other names are NotFound. Names listed one per line in
+  `<workspace>/archived-base-models`, a `chatft-archived` file in the model's folder, or a past
+  `FinetuneRetirementDate` tag make it archived (refused as Azure refuses an archived model).
+- Compute: this machine, named by AML_COMPUTE (or "local"); `local-cuda` with its CUDA devices, else `local-cpu`
+  with one device (the pipeline's `number_of_gpu_to_use_finetuning` is at least 1).
+- Events: jobs post Event Grid events to LOCAL_EVENTS_URL, else the URL the running local host published
+  (`events_url_file`), else the local host's webhook on CHATFT_HOST_PORT with its function key.
+- Metrics: none, so `requests_since` is None.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.ml.port import (JOB_DONE, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus, NotFound,
+                            PermanentError, RegisteredModel, ScoringTarget, TransientError)
+from shared.ml.training_params import (archive_reason, archived_model_error, check_inference_instance_type,
+                                       finetune_parameters)
+
+from .endpoints import EndpointStore
+from .registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+REGISTRY_NAME = "local"
+LOCAL_COMPUTE = "local"
+EVENTS_FUNCTION = "job_events"
+ARCHIVED_LIST = "archived-base-models"
+ARCHIVED_MARKER = "chatft-archived"
+LOCAL_MODEL_TAG = "chatft-local-model"
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+def host_events_url(settings: Any) -> str:
+    """The local host's Event Grid webhook for job events, from CHATFT_HOST_PORT and the host's function key."""
+    from chatft_local.hosting.http import EVENTGRID_PATH
+    from chatft_local.hosting.keys import function_key
+
+    key = function_key(settings.chatft_state_dir)
+    return (f"http://127.0.0.1:{settings.chatft_host_port}{EVENTGRID_PATH}?functionName={EVENTS_FUNCTION}"
+            f"&code={key}")
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_devices() -> int:
+    """CUDA devices torch can use here; 0 without an NVIDIA driver (then torch is not even imported)."""
+    if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidia0")):
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+class LocalWorkspace:
+    """The local ML workspace (implements `shared.ml.port.MLBackend`). Every call returns promptly."""
+
+    def __init__(self, settings: Any, *, provision_seconds: float = 1.0, startup_timeout: float = 600.0):
+        self.settings = settings
+        self.state_dir = Path(settings.chatft_state_dir).resolve()
+        self.root = self.state_dir / "workspace"
+        self.registry = ModelRegistry(self.root)
+        self.endpoints = EndpointStore(self.root / "endpoints", max_request_bytes=settings.max_request_bytes,
+                                       provision_seconds=provision_seconds, startup_timeout=startup_timeout)
+
+    # ------------------------------------------------------------------ events
+
+    @property
+    def events_url_file(self) -> Path:
+        return self.root / "events-url"
+
+    def publish_events_url(self, url: str) -> None:
+        """Record where the running local host takes job events (owner-only: the URL holds its key)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.events_url_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(url + "\n")
+
+    def retract_events_url(self) -> None:
+        self.events_url_file.unlink(missing_ok=True)
+
+    def events_url(self) -> str:
+        """Where job processes post their events (see the module docstring for the order)."""
+        if self.settings.local_events_url:
+            return self.settings.local_events_url
+        try:
+            published = self.events_url_file.read_text().strip()
+        except FileNotFoundError:
+            published = ""
+        return published or host_events_url(self.settings)
+
+    # ------------------------------------------------------------------ base model and compute
+
+    def archived_base_models(self) -> set[str]:
+        """Names the local workspace treats as archived (one per line in `<workspace>/archived-base-models`)."""
+        try:
+            lines = (self.root / ARCHIVED_LIST).read_text().splitlines()
+        except FileNotFoundError:
+            return set()
+        return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+    def resolve_base_model(self, name: str) -> BaseModel:
+        from .base_model import ensure_base_model
+
+        if name in self.archived_base_models():
+            raise archived_model_error(name, REGISTRY_NAME, f"listed in {self.root / ARCHIVED_LIST}")
+        info = ensure_base_model(self.state_dir, self.settings.local_base_model)
+        if name not in (self.settings.base_model, info.name):
+            raise NotFound(f"base model {name} not found in the local workspace: it fine-tunes {info.name} (set by "
+                           f"LOCAL_BASE_MODEL, else the stand-in) under the name BASE_MODEL gives it "
+                           f"({self.settings.base_model}); set BASE_MODEL (or the upload's base_model) to that name")
+        tags = {str(k): str(v) for k, v in (info.tags or {}).items()}
+        path = Path(info.path)
+        reason = (f"its folder has a {ARCHIVED_MARKER} file" if (path / ARCHIVED_MARKER).exists()
+                  else archive_reason(None, tags, datetime.now(timezone.utc).date()))
+        if reason:
+            raise archived_model_error(name, REGISTRY_NAME, reason)
+        return BaseModel(name=name, version=str(info.version), id=str(path), tags={**tags, LOCAL_MODEL_TAG: info.name})
+
+    def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
+        # The notebook's VM-size allow-lists name Azure SKUs; this machine is the only compute, so they do not apply.
+        if compute_name not in (self.settings.aml_compute, LOCAL_COMPUTE):
+            raise NotFound(f"compute {compute_name} not found: locally the compute is this machine, named by "
+                           f"AML_COMPUTE ({self.settings.aml_compute}) or {LOCAL_COMPUTE!r}")
+        gpus = cuda_devices()
+        return Compute(name=compute_name, vm_size="local-cuda" if gpus else "local-cpu", gpus_per_node=max(1, gpus))
+
+    # ------------------------------------------------------------------ jobs
+
+    def submit_job(self, request: JobRequest) -> str:
+        from . import jobs
+
+        name = _check_job_name(request.job_name)
+        check_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags)
+        if jobs.job_exists(self.state_dir, name):
+            return name
+        params = finetune_parameters(request.base_model.tags, request.params)
+        inputs = jobs.job_dir(self.state_dir, name) / "inputs"
+        inputs.mkdir(parents=True, exist_ok=True)
+        train = self._download(request.train_path, inputs / "train.jsonl")
+        test = self._download(request.test_path, inputs / "test.jsonl") if request.test_path else None
+        spec = {"job_name": name, "run_id": request.run_id, "experiment_name": request.experiment_name,
+                "base_model": request.base_model.id, "base_model_name": request.base_model.name,
+                "train_file": str(train), "test_file": str(test) if test else "", "params": params,
+                "compute": request.compute.name, "gpus": request.compute.gpus_per_node,
+                "events_url": self.events_url()}
+        return jobs.submit(self.state_dir, spec)
+
+    def _download(self, blob_path: str, target: Path) -> Path:
+        """Copy a run file from RUNS_CONTAINER to `target` (streamed; replaced whole, never half-written)."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+        from azure.storage.blob import BlobClient
+
+        container = self.settings.runs_container
+        client = BlobClient.from_connection_string(self.settings.storage_connection, container, blob_path)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with open(partial, "wb") as f:
+                for chunk in client.download_blob(max_concurrency=1).chunks():
+                    f.write(chunk)
+        except ResourceNotFoundError:
+            partial.unlink(missing_ok=True)
+            raise PermanentError(f"training file {blob_path} not found in container {container}") from None
+        except AzureError as e:
+            partial.unlink(missing_ok=True)
+            raise TransientError(f"downloading {blob_path} from container {container} failed: "
+                                 f"{type(e).__name__}") from None
+        os.replace(partial, target)
+        return target
+
+    def get_job(self, job_name: str) -> JobStatus:
+        from . import jobs
+
+        if not _JOB_NAME.fullmatch(job_name or "") or not jobs.job_exists(self.state_dir, job_name):
+            raise NotFound(f"job {job_name} not found in the local workspace")
+        status = jobs.read_status(self.state_dir, job_name)
+        return JobStatus(name=job_name, status=status["status"], error=status.get("error") or "",
+                         metrics=dict(status.get("metrics") or {}))
+
+    def cancel_job(self, job_name: str) -> None:
+        from . import jobs
+
+        if self.get_job(job_name).status in JOB_DONE:
+            return
+        jobs.cancel(self.state_dir, job_name)
+
+    # ------------------------------------------------------------------ models
+
+    def register_model(self, job_name: str, name: str, version: str, description: str = "",
+                       tags: dict[str, str] | None = None) -> RegisteredModel:
+        from . import jobs
+
+        existing = self.registry.find(name, version)
+        if existing is not None:
+            return existing
+        status = self.get_job(job_name)
+        if status.status != "Completed":
+            raise PermanentError(f"job {job_name} is {status.status}; only a completed job's model can be registered")
+        return self.registry.register(job_name, jobs.model_dir(self.state_dir, job_name), name, version,
+                                      description=description, tags=tags)
+
+    # ------------------------------------------------------------------ endpoints and deployments
+
+    def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
+        """Create the endpoint with exactly `tags` (an empty dict makes an endpoint the app does not own)."""
+        self.endpoints.create_endpoint(name, tags, description)
+
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        return self.endpoints.endpoint(name)
+
+    def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
+                                instance_type: str, instance_count: int) -> None:
+        if self.endpoints.endpoint(endpoint_name) is None:
+            raise NotFound(f"endpoint {endpoint_name} not found")
+        if self.endpoints.deployment(endpoint_name, deployment_name) is not None:
+            return
+        self.endpoints.create_deployment(endpoint_name, deployment_name, model, self.registry.model_dir(model),
+                                         instance_type, instance_count)
+
+    def get_deployment(self, endpoint_name: str, deployment_name: str) -> Deployment | None:
+        if self.endpoints.endpoint(endpoint_name) is None:
+            return None
+        return self.endpoints.deployment(endpoint_name, deployment_name)
+
+    def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> None:
+        self.endpoints.set_traffic(endpoint_name, traffic)
+
+    def get_scoring_target(self, endpoint_name: str) -> ScoringTarget:
+        return self.endpoints.scoring_target(endpoint_name)
+
+    def list_endpoints(self) -> list[Endpoint]:
+        return self.endpoints.endpoints()
+
+    def begin_delete_endpoint(self, name: str) -> None:
+        self.endpoints.delete_endpoint(name)
+
+    def requests_since(self, endpoint_name: str, since_iso: str) -> int | None:
+        return None
+
+    # ------------------------------------------------------------------ supervision
+
+    def supervisor(self, interval: float = 2.0) -> "Supervisor":
+        """A supervisor (not started) keeping this workspace's model servers running."""
+        from .supervisor import Supervisor
+
+        return Supervisor(self.endpoints, interval=interval)
+
+
+def _check_job_name(name: str) -> str:
+    if not isinstance(name, str) or not _JOB_NAME.fullmatch(name):
+        raise PermanentError(f"job name {str(name)[:40]!r} is not valid: letters, digits, '.', '_' and '-'")
+    return name

@@ -1,0 +1,562 @@
+"""The HTTP API end to end: the real function_app served by the local host on 127.0.0.1, the run store in Azurite,
+a FakeMLBackend at the Azure ML boundary whose endpoints point at a stand-in deployment served here (the Azure ML
+scoring contract: Bearer key, deployment header, `{"output": ...}`), and the official `openai` client."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import threading
+import uuid
+from datetime import datetime, timedelta
+
+import openai
+import pytest
+import requests
+from aiohttp import web
+
+from chatft_local.host import LocalHost
+from shared.bootstrap import bootstrap, override_services
+from shared.runs import Run, State, endpoint_name_for, iso, new_run, utcnow
+from shared.scoring_proxy import proxy
+from tests.fakes import FakeMLBackend
+
+NEVER = "0 0 0 1 1 *"  # the cleanup timer stays quiet
+SCORE_TIMEOUT = 1.0  # the stand-in's "slow" answer takes longer
+
+
+# ------------------------------------------------------------------------------------------ stand-ins
+
+
+class StandInBackend(FakeMLBackend):
+    """The fake workspace, its endpoints' scoring URIs pointing at the stand-in deployment."""
+
+    def __init__(self, base_url: str):
+        super().__init__(instant_provisioning=True)
+        self.base_url = base_url
+
+    def _uri(self, name: str) -> str:
+        return f"{self.base_url}/{name}/score"
+
+
+class StandInDeployment:
+    """Online endpoints as Azure ML serves them, one path per endpoint; keys are the fake backend's. The last user
+    message steers it: "slow" sleeps past the proxy's timeout, "fail <status>" answers that status, "usage" adds
+    the local model server's token headers; otherwise it answers {"output": "echo: <text>"}."""
+
+    def __init__(self) -> None:
+        self.backend: FakeMLBackend | None = None
+        self.seen: list[dict] = []  # every request: endpoint, headers, body, status answered
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _score(self, request: web.Request) -> web.Response:
+        endpoint = request.match_info["endpoint"]
+        body = await request.read()
+        record = {"endpoint": endpoint, "headers": dict(request.headers), "body": body}
+        self.seen.append(record)
+        ep = self.backend.endpoints.get(endpoint) if self.backend else None
+        if ep is None:
+            record["status"] = 404
+            return web.json_response({"error": "endpoint not found"}, status=404)
+        if request.headers.get("Authorization") != f"Bearer {ep.key}":
+            record["status"] = 401
+            return web.json_response({"error": "unauthorized"}, status=401)
+        doc = json.loads(body)
+        text = [m for m in doc["input_data"]["input_string"] if isinstance(m, dict) and m["role"] == "user"]
+        text = text[-1]["content"] if text else ""
+        record["status"] = 200
+        if text == "slow":
+            await asyncio.sleep(SCORE_TIMEOUT * 3)
+        if text.startswith("fail "):
+            record["status"] = int(text.split()[1])
+            return web.json_response({"error": "model crashed"}, status=record["status"])
+        headers = {}
+        if "usage" in text:
+            headers = {"x-chatft-prompt-tokens": "12", "x-chatft-completion-tokens": "5",
+                       "x-chatft-finish-reason": "length"}
+        return web.json_response({"output": f"echo: {text}"}, headers=headers)
+
+    def start(self) -> "StandInDeployment":
+        started = threading.Event()
+
+        async def serve() -> None:
+            app = web.Application()
+            app.router.add_post("/{endpoint}/score", self._score)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            started.set()
+
+        def main() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+
+        threading.Thread(target=main, daemon=True).start()
+        assert started.wait(10)
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    stand_in = StandInDeployment().start()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture(scope="module")
+def host(azurite, tmp_path_factory):
+    names = "m" + uuid.uuid4().hex[:8]
+    env = {"AzureWebJobsStorage": azurite, "TRAINING_CONTAINER": f"{names}-training", "RUNS_CONTAINER": f"{names}-runs",
+           "RUNS_TABLE": f"{names}runs", "RUNS_QUEUE": f"{names}-runs", "DEPLOY_QUEUE": f"{names}-deploy",
+           "CLEANUP_SCHEDULE": NEVER}
+    local = LocalHost("function_app", state_dir=tmp_path_factory.mktemp("host-state"), port=0, env=env,
+                      services=False).start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def api(host, deployment, settings):
+    """Services for this test (own table, the stand-in backend, a settable clock) installed in the host."""
+    backend = StandInBackend(deployment.base_url)
+    deployment.backend = backend
+    clock = Clock()
+    svc = bootstrap(dataclasses.replace(settings, score_timeout_seconds=SCORE_TIMEOUT), ml=backend, clock=clock)
+    override_services(svc)
+    yield Api(host, svc, backend, clock, deployment)
+    # Close the proxy's HTTP client on the host's loop, where it was made.
+    asyncio.run_coroutine_threadsafe(proxy().close(), host._loop).result(10)
+    override_services(None)
+
+
+class Api:
+    def __init__(self, host: LocalHost, svc, backend: StandInBackend, clock: Clock, deployment: StandInDeployment):
+        self.host, self.svc, self.backend, self.clock, self.deployment = host, svc, backend, clock, deployment
+        self.url = host.base_url + "/api"
+        self.headers = {"x-functions-key": host.function_key}
+
+    def post(self, path: str, body=None, raw: bytes | None = None, **kwargs) -> requests.Response:
+        data = raw if raw is not None else json.dumps(body).encode()
+        return requests.post(self.url + path, data=data, headers={**self.headers, **kwargs.pop("headers", {})},
+                             timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, headers={**self.headers, **kwargs.pop("headers", {})}, timeout=30,
+                            **kwargs)
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0,
+                             default_headers=self.headers)
+
+    def run(self, state: State = State.DEPLOYED, name: str = "phi-chat", endpoint: bool = True, **fields) -> Run:
+        """A run in `state` with a registered model; Deployed runs get an endpoint in the backend."""
+        run_id = f"{name}-{uuid.uuid4().hex[:12]}"
+        now = utcnow()
+        run = new_run(run_id, now)
+        for step in (State.VALIDATING, State.QUEUED, State.SUBMITTED, State.TRAINED):
+            run = run.advance(step, now)
+        if state != State.FAILED or fields.pop("with_model", True):
+            run = run.advance(State.REGISTERED, now, model_name=f"{name}-model", model_version=run_id[-12:],
+                              model_id=f"fake://models/{name}/{run_id[-12:]}")
+            if state in (State.DEPLOYING, State.DEPLOYED, State.RETIRED):
+                run = run.advance(State.DEPLOYING, now, endpoint_name=endpoint_name_for(run_id),
+                                  deployment_name="demo")
+            if state in (State.DEPLOYED, State.RETIRED):
+                run = run.advance(State.DEPLOYED, now, scoring_uri=f"{self.backend.base_url}/x/score")
+        if state == State.FAILED:
+            run = run.fail("deploy", "endpoint failed: quota exceeded", now)
+        elif state == State.RETIRED:
+            run = run.advance(State.RETIRED, now, detail="idle for 24 h")
+        run = dataclasses.replace(run, **fields)
+        self.svc.runs.create(run)
+        if endpoint and state == State.DEPLOYED:
+            self.backend.add_endpoint(run.endpoint_name)
+        return run
+
+    def retire(self, run: Run) -> None:
+        """As cleanup does: mark the run Retired, then delete its endpoint."""
+        self.svc.runs.update(run.run_id, lambda r: r.advance(State.RETIRED, utcnow(), detail="idle"))
+        self.backend.begin_delete_endpoint(run.endpoint_name)
+
+
+def chat(text: str) -> dict:
+    return {"input_data": {"input_string": [{"role": "user", "content": text}],
+                           "parameters": {"temperature": 0.6, "top_p": 0.9, "do_sample": True,
+                                          "max_new_tokens": 200}}, "params": {}}
+
+
+def error_of(response: requests.Response) -> dict:
+    return response.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+def test_score_sends_the_notebook_request_to_the_newest_deployed_model(api):
+    older = api.run(name="older")
+    newer = api.run(name="newer")
+    response = api.post("/score", chat("hello"))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"output": "echo: hello"}  # the deployment's JSON as is
+    assert response.headers["x-chatft-run"] == newer.run_id
+    seen = api.deployment.seen[-1]
+    assert seen["endpoint"] == newer.endpoint_name != older.endpoint_name
+    assert seen["headers"]["Authorization"] == f"Bearer {api.backend.endpoints[newer.endpoint_name].key}"
+    assert seen["headers"]["azureml-model-deployment"] == "demo"
+    assert json.loads(seen["body"]) == chat("hello")
+
+
+def test_score_a_model_by_name_version_or_run_id(api):
+    first = api.run(name="pick")
+    second = api.run(name="pick")  # same model name, newer: serves the name
+    for model, served in [(first.model_name, second), (first.run_id, first),
+                          (f"{first.model_name}:{first.model_version}", first), (second.run_id, second)]:
+        response = api.post(f"/score/{model}", chat("hi"))
+        assert response.status_code == 200, (model, response.text)
+        assert response.headers["x-chatft-run"] == served.run_id, model
+
+
+def test_a_run_deployed_after_the_cache_was_filled_is_found_at_once(api):
+    api.run(name="early")
+    assert api.post("/score", chat("warm the cache")).status_code == 200
+    late = api.run(name="late")
+    response = api.post(f"/score/{late.model_name}", chat("hi"))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-chatft-run"] == late.run_id
+
+
+def test_openai_client_plain_and_streamed_completions(api):
+    run = api.run(name="oai")
+    client = api.openai()
+    completion = client.chat.completions.create(model=run.model_name, messages=[
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
+        temperature=0.6, top_p=0.9, max_tokens=50)
+    assert completion.object == "chat.completion"
+    assert completion.model == run.model_name
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content == "echo: hello there"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is None  # the stand-in sent no token counts
+    sent = json.loads(api.deployment.seen[-1]["body"])
+    assert sent == {"input_data": {"input_string": [{"role": "system", "content": "be brief"},
+                                                    {"role": "user", "content": "hello there"}],
+                                   "parameters": {"temperature": 0.6, "do_sample": True, "top_p": 0.9,
+                                                  "max_new_tokens": 50}}, "params": {}}
+
+    chunks = list(client.chat.completions.create(model=run.run_id, stream=True,
+                                                  messages=[{"role": "user", "content": "stream me"}]))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: stream me"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].object == "chat.completion.chunk"
+
+    listed = {m.id for m in client.models.list()}
+    assert {run.model_name, run.run_id} <= listed
+    assert client.models.retrieve(run.model_name).id == run.model_name
+
+
+def test_usage_finish_reason_and_stop_sequences(api):
+    run = api.run(name="usage")
+    client = api.openai()
+    completion = client.chat.completions.create(model=run.model_name,
+                                                messages=[{"role": "user", "content": "usage please"}])
+    assert completion.usage.prompt_tokens == 12 and completion.usage.completion_tokens == 5
+    assert completion.usage.total_tokens == 17
+    assert completion.choices[0].finish_reason == "length"
+    cut = client.chat.completions.create(model=run.model_name, stop=[" please", "zzz"],
+                                         messages=[{"role": "user", "content": "usage please"}])
+    assert cut.choices[0].message.content == "echo: usage"
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = list(client.chat.completions.create(model=run.model_name, stream=True,
+                                                   stream_options={"include_usage": True},
+                                                   messages=[{"role": "user", "content": "usage"}]))
+    assert streamed[-1].usage.total_tokens == 17
+
+
+def test_temperature_zero_decodes_greedily(api):
+    run = api.run(name="greedy")
+    api.openai().chat.completions.create(model=run.model_name, temperature=0,
+                                         messages=[{"role": "user", "content": "hi"}])
+    assert json.loads(api.deployment.seen[-1]["body"])["input_data"]["parameters"] == {"do_sample": False}
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_malformed_bodies_get_400_saying_what_is_wrong(api):
+    api.run(name="bad")
+    cases = [(b"{not json", "not valid JSON"), (b"", "empty"), (b"[]", "must be a JSON object"),
+             (json.dumps({"input": []}).encode(), "input_data is required"),
+             (json.dumps({"input_data": {"input_string": []}}).encode(), "non-empty list"),
+             (json.dumps({"input_data": {"input_string": [{"role": "robot", "content": "x"}]}}).encode(),
+              "input_string[0].role must be one of system, user, assistant"),
+             (json.dumps({"input_data": {"input_string": ["x"], "parameters": {"temperature": "hot"}}}).encode(),
+              "parameters.temperature must be a number")]
+    for raw, fragment in cases:
+        response = api.post("/score", raw=raw)
+        assert response.status_code == 400, raw
+        assert error_of(response)["code"] == "invalid_body"
+        assert fragment in error_of(response)["message"], (raw, error_of(response))
+
+    client = api.openai()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="bad-model", n=2, messages=[{"role": "user", "content": "x"}])
+    assert "n must be 1" in caught.value.message
+    assert caught.value.body["type"] == "invalid_request_error"
+    response = api.post("/v1/chat/completions", {"model": "bad-model", "messages": [{"role": "tool", "content": "x"}]})
+    assert response.status_code == 400
+    assert "tool messages are not supported" in error_of(response)["message"]
+    assert set(error_of(response)) == {"message", "type", "param", "code"}
+
+
+def test_unknown_model_is_404(api):
+    api.run(name="known")
+    response = api.post("/score/no-such-model", chat("x"))
+    assert response.status_code == 404 and error_of(response)["code"] == "model_not_found"
+    assert "GET /api/v1/models" in error_of(response)["message"]
+    with pytest.raises(openai.NotFoundError):
+        api.openai().chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert api.post("/score/bad%20name!", chat("x")).status_code == 404
+
+
+def test_retired_model_is_410_with_how_to_redeploy(api):
+    retired = api.run(State.RETIRED, name="gone")
+    response = api.post(f"/score/{retired.model_name}", chat("x"))
+    assert response.status_code == 410, response.text
+    assert error_of(response)["code"] == "model_retired"
+    assert f"POST /api/runs/{retired.run_id}/deploy" in error_of(response)["message"]
+    with pytest.raises(openai.APIStatusError) as caught:
+        api.openai().chat.completions.create(model=retired.run_id, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.status_code == 410
+
+    failed = api.run(State.FAILED, name="broke")
+    response = api.post(f"/score/{failed.run_id}", chat("x"))
+    assert response.status_code == 410 and "quota exceeded" in error_of(response)["message"]
+
+
+def test_a_model_retired_while_cached_is_410_at_once(api):
+    run = api.run(name="retiring")
+    assert api.post(f"/score/{run.model_name}", chat("x")).status_code == 200  # now cached
+    api.retire(run)
+    response = api.post(f"/score/{run.model_name}", chat("x"))
+    assert response.status_code == 410, response.text
+    assert error_of(response)["code"] == "model_retired"
+
+
+def test_endpoint_refusing_connections(api):
+    run = api.run(name="refused", endpoint=False)
+    api.backend.add_endpoint(run.endpoint_name)
+    with socket.socket() as probe:  # a port nothing listens on: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    api.backend.endpoints[run.endpoint_name].endpoint = dataclasses.replace(
+        api.backend.endpoints[run.endpoint_name].endpoint, scoring_uri=f"http://127.0.0.1:{closed}/score")
+    response = api.post(f"/score/{run.run_id}", chat("x"))
+    assert response.status_code == 502 and error_of(response)["code"] == "upstream_unreachable"
+    assert "127.0.0.1" not in response.text  # the scoring URI stays private
+    api.svc.runs.update(run.run_id, lambda r: r.advance(State.RETIRED, utcnow()))
+    assert api.post(f"/score/{run.run_id}", chat("x")).status_code == 410
+
+
+def test_model_still_deploying_is_503_and_no_model_at_all_is_503(api):
+    response = api.post("/score", chat("x"))
+    assert response.status_code == 503 and error_of(response)["code"] == "no_deployed_model"
+    assert "Retry-After" in response.headers
+    deploying = api.run(State.DEPLOYING, name="soon")
+    response = api.post(f"/score/{deploying.model_name}", chat("x"))
+    assert response.status_code == 503 and error_of(response)["code"] == "model_not_ready"
+    assert f"GET /api/runs/{deploying.run_id}" in error_of(response)["message"]
+
+
+def test_body_over_the_limit_is_413(api):
+    api.svc = dataclasses.replace(api.svc, settings=dataclasses.replace(api.svc.settings, max_request_bytes=4096))
+    override_services(api.svc)
+    api.run(name="big")
+    big = chat("x" * 5000)
+    response = api.post("/score", big)
+    assert response.status_code == 413 and error_of(response)["code"] == "body_too_large"
+    assert "MAX_REQUEST_BYTES" in error_of(response)["message"]
+    response = api.post("/v1/chat/completions", {"model": "big-model", "messages": [{"role": "user",
+                                                                                      "content": "x" * 5000}]})
+    assert response.status_code == 413 and error_of(response)["type"] == "invalid_request_error"
+    # Beyond the host's own limit (the same setting, 1 MiB by default) the host refuses it before the app runs.
+    assert api.post("/score", raw=b"x" * (2 * 1024 * 1024)).status_code == 413
+
+
+def test_upstream_error_is_502_with_its_status(api):
+    run = api.run(name="crash")
+    response = api.post(f"/score/{run.run_id}", chat("fail 500"))
+    assert response.status_code == 502 and error_of(response)["code"] == "upstream_error"
+    assert "HTTP 500" in error_of(response)["message"]
+    assert response.headers["x-chatft-upstream-status"] == "500"
+    with pytest.raises(openai.APIStatusError) as caught:
+        api.openai().chat.completions.create(model=run.run_id, messages=[{"role": "user", "content": "fail 503"}])
+    assert caught.value.status_code == 502 and "HTTP 503" in caught.value.message
+
+
+def test_upstream_timeout_is_504(api):
+    run = api.run(name="slow")
+    response = api.post(f"/score/{run.run_id}", chat("slow"))
+    assert response.status_code == 504, response.text
+    assert error_of(response)["code"] == "upstream_timeout"
+    assert "SCORE_TIMEOUT_SECONDS" in error_of(response)["message"]
+
+
+def test_every_route_needs_the_function_key(api):
+    run = api.run(name="locked")
+    for method, path in [("post", "/score"), ("post", f"/score/{run.run_id}"), ("post", "/v1/chat/completions"),
+                         ("get", "/v1/models"), ("get", "/runs"), ("get", f"/runs/{run.run_id}"),
+                         ("post", f"/runs/{run.run_id}/deploy"), ("get", "/openapi.json")]:
+        for headers in ({}, {"x-functions-key": "wrong"}):
+            response = getattr(requests, method)(api.url + path, headers=headers, timeout=30)
+            assert response.status_code == 401, (method, path, headers)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=api.url + "/v1", api_key="unused", max_retries=0).models.list()
+    assert not [s for s in api.deployment.seen if s["endpoint"] == run.endpoint_name]
+
+
+# --------------------------------------------------------------------------------- key refresh, last use
+
+
+def test_a_rotated_key_is_read_again_on_upstream_401(api):
+    run = api.run(name="rotate")
+    assert api.post(f"/score/{run.run_id}", chat("x")).status_code == 200
+    reads = api.backend.calls.count("get_scoring_target")
+    assert api.post(f"/score/{run.run_id}", chat("x")).status_code == 200
+    assert api.backend.calls.count("get_scoring_target") == reads  # cached
+    api.backend.endpoints[run.endpoint_name].key = "rotated-key"
+    response = api.post(f"/score/{run.run_id}", chat("x"))
+    assert response.status_code == 200, response.text
+    assert api.backend.calls.count("get_scoring_target") == reads + 1
+    statuses = [s["status"] for s in api.deployment.seen if s["endpoint"] == run.endpoint_name]
+    assert statuses[-2:] == [401, 200]
+    assert api.deployment.seen[-1]["headers"]["Authorization"] == "Bearer rotated-key"
+
+
+def test_last_use_is_recorded_at_most_once_a_minute(api):
+    run = api.run(name="used")
+    first = api.clock.now
+    assert api.post(f"/score/{run.run_id}", chat("x")).status_code == 200
+    proxy().flush()
+    assert api.svc.runs.get(run.run_id).last_used_at == iso(first)
+    api.clock.advance(30)
+    for _ in range(3):
+        assert api.post(f"/score/{run.run_id}", chat("x")).status_code == 200
+    proxy().flush()
+    assert api.svc.runs.get(run.run_id).last_used_at == iso(first)  # throttled
+    api.clock.advance(31)
+    assert api.post(f"/score/{run.run_id}", chat("x")).status_code == 200
+    proxy().flush()
+    assert api.svc.runs.get(run.run_id).last_used_at == iso(api.clock.now)
+    assert proxy().last_use_writes == 2
+    # A run retired meanwhile is not written back to Deployed, nor its last use moved.
+    api.retire(run)
+    api.clock.advance(61)
+    proxy()._note_use(run)
+    proxy().flush()
+    retired = api.svc.runs.get(run.run_id)
+    assert retired.state == State.RETIRED and retired.last_used_at != iso(api.clock.now)
+
+
+def test_failed_scores_do_not_count_as_use(api):
+    run = api.run(name="unused")
+    assert api.post(f"/score/{run.run_id}", chat("fail 500")).status_code == 502
+    proxy().flush()
+    assert api.svc.runs.get(run.run_id).last_used_at == ""
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def test_runs_list_filter_and_one_run(api):
+    deployed = api.run(name="listed")
+    retired = api.run(State.RETIRED, name="listed")
+    everything = api.get("/runs").json()
+    assert everything["count"] == 2
+    assert [r["run_id"] for r in everything["runs"]] == [retired.run_id, deployed.run_id]  # newest first
+    only = api.get("/runs", params={"state": "Deployed", "limit": "5"}).json()
+    assert [r["run_id"] for r in only["runs"]] == [deployed.run_id]
+    assert api.get("/runs", params={"limit": "1"}).json()["count"] == 1
+    for params, fragment in [({"state": "Sleeping"}, "state 'Sleeping' is unknown"), ({"limit": "0"}, "limit")]:
+        response = api.get("/runs", params=params)
+        assert response.status_code == 400 and fragment in error_of(response)["message"]
+
+    view = api.get(f"/runs/{deployed.run_id}").json()
+    assert view["state"] == "Deployed"
+    assert [h["state"] for h in view["history"]][-2:] == ["Deploying", "Deployed"]
+    assert view["model"]["name"] == deployed.model_name
+    assert view["endpoint"]["name"] == deployed.endpoint_name
+    assert view["links"]["score"] == f"/api/score/{deployed.run_id}"
+    assert api.backend.endpoints[deployed.endpoint_name].key not in json.dumps(view)
+    assert api.get(f"/runs/{retired.run_id}").json()["links"]["deploy"] == f"/api/runs/{retired.run_id}/deploy"
+    response = api.get("/runs/no-such-run")
+    assert response.status_code == 404 and error_of(response)["code"] == "run_not_found"
+
+
+def test_deploy_a_retired_run_again(api):
+    retired = api.run(State.RETIRED, name="again")
+    response = api.post(f"/runs/{retired.run_id}/deploy")
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "Deploying"
+    assert response.headers["Location"] == f"/api/runs/{retired.run_id}"
+    endpoint = api.svc.runs.get(retired.run_id).endpoint_name
+    assert endpoint != retired.endpoint_name and endpoint in api.backend.endpoints  # a fresh endpoint name
+    response = api.post(f"/runs/{retired.run_id}/deploy")
+    assert response.status_code == 409 and error_of(response)["code"] == "not_redeployable"
+    no_model = api.run(State.FAILED, name="nomodel", with_model=False)
+    assert api.post(f"/runs/{no_model.run_id}/deploy").status_code == 409
+    assert api.post("/runs/no-such-run/deploy").status_code == 404
+
+
+def test_openapi_document_is_served(api):
+    doc = api.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/api/score", "/api/score/{model}", "/api/v1/chat/completions", "/api/v1/models", "/api/runs",
+            "/api/runs/{run_id}", "/api/runs/{run_id}/deploy"} <= set(doc["paths"])
+    assert doc["components"]["securitySchemes"]["functionKey"] == {"type": "apiKey", "in": "header",
+                                                                   "name": "x-functions-key"}
+
+
+def test_no_key_scoring_uri_or_upstream_body_in_the_logs(api, caplog):
+    caplog.set_level("DEBUG")
+    run = api.run(name="quiet")
+    key = api.backend.endpoints[run.endpoint_name].key
+    for text in ("hello", "fail 500", "slow"):
+        api.post(f"/score/{run.run_id}", chat(text))
+    api.backend.endpoints[run.endpoint_name].key = "rotated-secret"
+    api.post(f"/score/{run.run_id}", chat("x"))
+    api.retire(run)
+    api.post(f"/score/{run.run_id}", chat("x"))
+    logged = caplog.text
+    assert "scoring via endpoint" in logged  # the failures were logged...
+    for secret in (key, "rotated-secret", api.deployment.base_url, "model crashed"):
+        assert secret not in logged  # ...without what must stay private
