@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
-from shared.ml.port import JOB_DONE, PROVISIONING_DONE, Deployment, Endpoint, JobStatus
+from shared.ml.port import JOB_DONE, PROVISIONING_DONE, Deployment, Endpoint, JobStatus, MLBackendError
 
 ARCHIVED_EXAMPLE = "Phi-3.5-mini-instruct"
 
@@ -138,7 +138,7 @@ class LocalHarness:
         for job in sorted(jobs.iterdir()) if jobs.is_dir() else []:
             try:
                 self.backend.cancel_job(job.name)
-            except Exception:  # noqa: BLE001 - best effort: a half-made job folder has nothing to stop
+            except MLBackendError:  # a half-made job folder has nothing to stop
                 pass
         self.events.close()
 
