@@ -1,0 +1,64 @@
+"""Schemathesis against `/api/openapi.json` on the running local host: generated requests (valid and invalid) to
+every documented operation get no server error and answers that match the document. One model is deployed (its
+endpoint a stand-in deployment that always answers), so valid scoring requests go all the way through."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+import schemathesis
+from aiohttp import web
+from hypothesis import HealthCheck, settings
+
+from shared.bootstrap import bootstrap, override_services
+from shared.scoring_proxy import proxy
+from tests.test_http_api import Api, Clock, StandInBackend, StandInDeployment, host  # noqa: F401 (fixture)
+
+
+class AlwaysAnswers(StandInDeployment):
+    """A deployment that answers every keyed request, whatever the conversation."""
+
+    async def _score(self, request: web.Request) -> web.Response:
+        endpoint = self.backend.endpoints.get(request.match_info["endpoint"])
+        if endpoint is None or request.headers.get("Authorization") != f"Bearer {endpoint.key}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        await request.read()
+        return web.json_response({"output": "ok"})
+
+
+@pytest.fixture(scope="module")
+def fuzz_api(host, azurite, tmp_path_factory):  # noqa: F811 (the imported fixture)
+    from shared.config import Settings
+
+    deployment = AlwaysAnswers().start()
+    backend = StandInBackend(deployment.base_url)
+    deployment.backend = backend
+    names = "f" + __import__("uuid").uuid4().hex[:8]
+    settings_ = Settings.from_env(env={}, azurewebjobsstorage=azurite, runs_table=f"{names}runs",
+                                  runs_container=f"{names}-runs", deploy_queue=f"{names}-deploy",
+                                  runs_queue=f"{names}-runs", training_container=f"{names}-training",
+                                  chatft_state_dir=str(tmp_path_factory.mktemp("fuzz-state")))
+    svc = bootstrap(dataclasses.replace(settings_, score_timeout_seconds=5.0), ml=backend, clock=Clock())
+    override_services(svc)
+    api = Api(host, svc, backend, Clock(), deployment)
+    api.run(name="fuzzed")
+    yield api
+    asyncio.run_coroutine_threadsafe(proxy().close(), host._loop).result(10)
+    override_services(None)
+    deployment.stop()
+
+
+@pytest.fixture
+def api_schema(fuzz_api):
+    return schemathesis.openapi.from_url(fuzz_api.url + "/openapi.json", headers=fuzz_api.headers)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_errors_and_answers_match_the_document(case, fuzz_api):
+    case.call_and_validate(base_url=fuzz_api.host.base_url, headers=fuzz_api.headers, timeout=30)
