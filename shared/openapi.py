@@ -282,7 +282,8 @@ def _paths() -> dict[str, Any]:
             "parameters": [
                 {"name": "state", "in": "query", "required": False, "style": "form", "explode": False,
                  "description": "Only runs in these states (comma-separated).",
-                 "schema": {"type": "array", "items": {"type": "string", "enum": [s.value for s in State]}}},
+                 "schema": {"type": "array", "minItems": 1,
+                            "items": {"type": "string", "enum": [s.value for s in State]}}},
                 {"name": "limit", "in": "query", "required": False, "description": "At most this many runs.",
                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_LIMIT, "default": 100}},
             ],

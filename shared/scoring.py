@@ -271,7 +271,7 @@ def _chat_messages(problems: _Problems, messages: Any) -> list[dict[str, str]]:
             problems.add(where, "must be an object {role, content}")
             continue
         role = message.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             problems.add(f"{where}.role", "must be one of " + ", ".join(CHAT_ROLES) +
                          (" (tool messages are not supported)" if role in ("tool", "function") else ""))
             continue
@@ -436,21 +436,21 @@ class RunQuery:
 
 
 MAX_RUNS_LIMIT = 1000
-_STATES = {s.value.lower(): s for s in State}
+_STATES = {s.value: s for s in State}
 
 
 def run_query(params: Mapping[str, str]) -> RunQuery:
     """`?state=Deployed,Retired&limit=N` checked; 400 says what is wrong."""
     states: list[State] = []
-    for word in filter(None, (w.strip() for w in params.get("state", "").split(","))):
-        state = _STATES.get(word.lower())
+    for word in params["state"].split(",") if "state" in params else ():
+        state = _STATES.get(word.strip())
         if state is None:
             raise ApiError(400, "invalid_query", f"state {word[:40]!r} is unknown; use one or more (comma-separated) "
                                                  f"of " + ", ".join(s.value for s in State))
         states.append(state)
-    raw = params.get("limit", "").strip()
     limit = 100
-    if raw:
+    if "limit" in params:
+        raw = params["limit"].strip()
         if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_RUNS_LIMIT:
             raise ApiError(400, "invalid_query", f"limit must be a whole number from 1 to {MAX_RUNS_LIMIT}")
         limit = int(raw)

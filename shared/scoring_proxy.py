@@ -19,7 +19,8 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from datetime import datetime
+from typing import Any, Callable, Mapping, TypeVar
 
 import aiohttp
 import orjson
@@ -31,6 +32,7 @@ from .scoring import (ApiError, chat_completion, chat_request, check_score_reque
                       is_model_ref, is_run_id, model_entry, model_list, openai_error_body, parse_body, redeployable)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RUN_CACHE_SECONDS = 5.0  # how long a model -> run lookup is reused; a failing endpoint is re-checked at once
 LAST_USE_WRITE_SECONDS = 60.0  # last use is written at most this often per endpoint and worker
@@ -116,7 +118,7 @@ class ScoringProxy:
         self._timeout = aiohttp.ClientTimeout(total=svc.settings.score_timeout_seconds)
         self._index: _Index | None = None
         self._targets: dict[str, ScoringTarget] = {}
-        self._last_use: dict[str, Any] = {}  # endpoint -> when its last use was last written (svc clock)
+        self._last_use: dict[str, datetime] = {}  # endpoint -> when its last use was last written (svc clock)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatft-last-use")
         self._state: _LoopState | None = None
         self.last_use_writes = 0  # writes begun, for tests and logs
@@ -176,10 +178,17 @@ class ScoringProxy:
         except _EndpointGone as gone:
             # Cleanup marks a run Retired before deleting its endpoint: look again before blaming the endpoint.
             self._forget(run)
-            fresh = await asyncio.to_thread(self.svc.runs.find, run.run_id)
-            if fresh is not None and fresh.state == State.DEPLOYED and fresh.endpoint_name == run.endpoint_name:
+            fresh = await self._store(self.svc.runs.find, run.run_id)
+            if fresh is None or fresh.state != State.DEPLOYED:
+                if model is not None:
+                    raise self._not_serving(model, fresh) from None
+                fresh = await self.resolve(None)  # the newest Deployed run now: the cache was dropped
+            elif fresh.endpoint_name == run.endpoint_name:
                 raise gone.error from None
-            raise self._not_serving(model or run.run_id, fresh) from None
+        try:  # another run, or the same one deployed again on a new endpoint
+            return await self._send(fresh, body)
+        except _EndpointGone as gone:
+            raise gone.error from None
 
     async def resolve(self, model: str | None) -> Run:
         """The Deployed run serving `model` (None: the newest); 404, 410 or 503 when there is none."""
@@ -197,7 +206,7 @@ class ScoringProxy:
         if run is not None:
             return run
         # Not among the cached Deployed runs: it may be newer than the cache, or not deployed at all.
-        found = await asyncio.to_thread(self._find, model)
+        found = await self._store(self._find, model)
         if found is not None and found.state == State.DEPLOYED:
             self._index = None  # the cache missed a deployment: read it again next time
             return found
@@ -294,17 +303,26 @@ class ScoringProxy:
         state = self._loop_state()
         if state.index_task is None or state.index_task.done():
             state.index_task = asyncio.ensure_future(self._load_index())
+            state.index_task.add_done_callback(_consume)
+        if index is not None:
+            # Expired: answer from it while it is read again, so no request waits on the table. A run retired
+            # meanwhile is still caught, by the re-check when its endpoint fails.
+            return index
         return await asyncio.shield(state.index_task)
 
     async def _load_index(self) -> _Index:
+        self._index = _Index.of(await self._store(self.svc.runs.list, [State.DEPLOYED]), self._run_ttl)
+        return self._index
+
+    @staticmethod
+    async def _store(call: Callable[..., T], *args: Any) -> T:
+        """A run store call, in a thread; 503 when the store cannot be read."""
         try:
-            runs = await asyncio.to_thread(self.svc.runs.list, [State.DEPLOYED])
+            return await asyncio.to_thread(call, *args)
         except Exception as exc:
-            log.warning("reading the Deployed runs failed: %s", type(exc).__name__)
+            log.warning("reading the run store failed: %s", type(exc).__name__)
             raise ApiError(503, "store_unavailable", "the run store could not be read; try again shortly",
                            {"Retry-After": "5"}) from None
-        self._index = _Index.of(runs, self._run_ttl)
-        return self._index
 
     async def _target(self, endpoint_name: str) -> ScoringTarget:
         target = self._targets.get(endpoint_name)
@@ -362,10 +380,17 @@ class ScoringProxy:
         self._writer.submit(lambda: None).result(timeout)
 
     async def close(self) -> None:
-        """Close the HTTP client of the running loop."""
+        """Close the HTTP client of the running loop and stop the last-use writer (after its pending writes)."""
         state = self._state
         if state is not None and state.session is not None and state.loop is asyncio.get_running_loop():
             await state.session.close()
+        self._writer.shutdown(wait=False)
+
+
+def _consume(task: asyncio.Future) -> None:
+    # A background refresh that failed was logged; mark its error seen so asyncio does not report it again.
+    if not task.cancelled():
+        task.exception()
 
 
 def _unknown(model: str) -> ApiError:
@@ -390,3 +415,12 @@ def proxy() -> ScoringProxy:
         if _proxy is None or _proxy.svc is not svc:
             _proxy = ScoringProxy(svc)
         return _proxy
+
+
+async def close_proxy() -> None:
+    """Close the worker's proxy, if one was made (a host shutting down its loop calls this on that loop)."""
+    global _proxy
+    with _lock:
+        current, _proxy = _proxy, None
+    if current is not None:
+        await current.close()

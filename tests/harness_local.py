@@ -42,7 +42,7 @@ def build_chat_model(target: Path, state_dir: Path) -> Path:
     base = ensure_base_model(state_dir)
     model = AutoModelForCausalLM.from_pretrained(base.path)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, str(target), task="text-generation",
+    mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, str(target), task="llm/v1/chat",
                                    pip_requirements=["torch", "transformers"])
     return target
 
@@ -69,7 +69,8 @@ class EventSink:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/runtime/webhooks/eventgrid?functionName=job_events"
+        port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}/runtime/webhooks/eventgrid?functionName=job_events"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def close(self) -> None:

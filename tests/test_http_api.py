@@ -20,7 +20,7 @@ from aiohttp import web
 from chatft_local.host import LocalHost
 from shared.bootstrap import bootstrap, override_services
 from shared.runs import Run, State, endpoint_name_for, iso, new_run, utcnow
-from shared.scoring_proxy import proxy
+from shared.scoring_proxy import close_proxy, proxy
 from tests.fakes import FakeMLBackend
 
 NEVER = "0 0 0 1 1 *"  # the cleanup timer stays quiet
@@ -51,6 +51,7 @@ class StandInDeployment:
         self.seen: list[dict] = []  # every request: endpoint, headers, body, status answered
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
         self.port = 0
 
     async def _score(self, request: web.Request) -> web.Response:
@@ -97,8 +98,10 @@ class StandInDeployment:
             asyncio.set_event_loop(self._loop)
             self._loop.run_until_complete(serve())
             self._loop.run_forever()
+            self._loop.close()
 
-        threading.Thread(target=main, daemon=True).start()
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
         assert started.wait(10)
         return self
 
@@ -109,6 +112,7 @@ class StandInDeployment:
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 class Clock:
@@ -154,7 +158,7 @@ def api(host, deployment, settings):
     override_services(svc)
     yield Api(host, svc, backend, clock, deployment)
     # Close the proxy's HTTP client on the host's loop, where it was made.
-    asyncio.run_coroutine_threadsafe(proxy().close(), host._loop).result(10)
+    asyncio.run_coroutine_threadsafe(close_proxy(), host._loop).result(10)
     override_services(None)
 
 
@@ -370,6 +374,32 @@ def test_a_model_retired_while_cached_is_410_at_once(api):
     response = api.post(f"/score/{run.model_name}", chat("x"))
     assert response.status_code == 410, response.text
     assert error_of(response)["code"] == "model_retired"
+
+
+def test_a_model_deployed_again_while_cached_is_served_by_its_new_endpoint(api):
+    run = api.run(name="moved")
+    assert api.post(f"/score/{run.model_name}", chat("x")).status_code == 200  # cached: the first endpoint
+    api.retire(run)
+    moved = endpoint_name_for(run.run_id, attempt=1)
+    api.svc.runs.update(run.run_id, lambda r: r.advance(State.DEPLOYING, utcnow(), endpoint_name=moved)
+                        .advance(State.DEPLOYED, utcnow()))
+    api.backend.add_endpoint(moved)
+    response = api.post(f"/score/{run.model_name}", chat("x"))
+    assert response.status_code == 200, response.text
+    assert api.deployment.seen[-1]["endpoint"] == moved
+
+
+def test_without_a_model_name_a_retired_newest_run_gives_way_to_the_next(api):
+    older = api.run(name="older")
+    newest = api.run(name="newest")
+    assert api.post("/score", chat("x")).headers["x-chatft-run"] == newest.run_id  # cached
+    api.retire(newest)
+    response = api.post("/score", chat("x"))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-chatft-run"] == older.run_id
+    api.retire(older)
+    response = api.post("/score", chat("x"))
+    assert response.status_code == 503 and error_of(response)["code"] == "no_deployed_model"
 
 
 def test_endpoint_refusing_connections(api):

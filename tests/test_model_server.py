@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from chatft_local.workspace.endpoints import _free_port, last_log_line
+from chatft_local.workspace.endpoints import free_port, last_log_line
 from tests.harness_local import build_chat_model, notebook_request, poll
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ CONVERSATION = [{"role": "system", "content": "You are a concise assistant for A
 
 
 def start_server(model_dir: Path, key_file: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen, int]:
-    port = _free_port(set())
+    port = free_port(set())
     command = [sys.executable, "-m", "chatft_local.workspace.model_server", "--model-dir", str(model_dir),
                "--port", str(port), "--key-file", str(key_file), "--deployment", "demo", "--instance", "test",
                "--max-request-bytes", str(MAX_BODY), "--max-new-tokens-limit", str(TOKEN_LIMIT), *extra]

@@ -40,7 +40,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<
 # (a dict literal); the app merges it over the notebook's defaults, and an upload's overrides win over both.
 TINY_TAGS = {
     "model_specific_defaults": repr({
-        "learning_rate": 3e-3,
+        "learning_rate": 1e-2,
         "num_train_epochs": 3,
         "lr_scheduler_type": "linear",
         "per_device_train_batch_size": 4,
@@ -151,11 +151,12 @@ def build_tokenizer():
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=1024, min_frequency=1, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(_TOKENIZER_TEXT.splitlines(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|end|>", pad_token="<|endoftext|>",
                                         unk_token="<|endoftext|>", model_max_length=4096,
+                                        clean_up_tokenization_spaces=False,
                                         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -170,7 +171,10 @@ def build_model(tokenizer):
     config = Phi3Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
                         pad_token_id=tokenizer.pad_token_id, eos_token_id=end_ids[0],
-                        bos_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+                        bos_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+                        # Wider than the usual 0.02, so that a LoRA adapter can sharpen the output distribution
+                        # (the final norm caps the hidden state, so small output weights cap the logits).
+                        initializer_range=0.1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = Phi3ForCausalLM(config)

@@ -75,7 +75,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # only a listener makes a port taken
         try:
@@ -85,7 +85,7 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _free_port(avoid: set[int]) -> int:
+def free_port(avoid: set[int]) -> int:
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -386,8 +386,8 @@ class EndpointStore:
         taken = {d["port"] for ep in self._endpoint_names() for d in self._deployment_records(self.root / ep)
                  if d["port"] and d["name"] != record["name"]}
         port = record["port"]
-        if not port or port in taken or not _port_free(port):
-            port = _free_port(taken)
+        if not port or port in taken or not port_free(port):
+            port = free_port(taken)
         instance = uuid.uuid4().hex
         with open(folder / "server.log", "ab") as logfile:
             logfile.write(f"--- starting model server on port {port} (instance {instance})\n".encode())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,14 +45,12 @@ LOCAL_MODEL_TAG = "chatft-local-model"
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
-def host_events_url(settings: Any) -> str:
-    """The local host's Event Grid webhook for job events, from CHATFT_HOST_PORT and the host's function key."""
+def host_events_url(port: int, state_dir: Path) -> str:
+    """The local host's Event Grid webhook for job events: its port and the function key kept in its state folder."""
     from chatft_local.hosting.http import EVENTGRID_PATH
     from chatft_local.hosting.keys import function_key
 
-    key = function_key(settings.chatft_state_dir)
-    return (f"http://127.0.0.1:{settings.chatft_host_port}{EVENTGRID_PATH}?functionName={EVENTS_FUNCTION}"
-            f"&code={key}")
+    return f"http://127.0.0.1:{port}{EVENTGRID_PATH}?functionName={EVENTS_FUNCTION}&code={function_key(state_dir)}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,7 +100,7 @@ class LocalWorkspace:
             published = self.events_url_file.read_text().strip()
         except FileNotFoundError:
             published = ""
-        return published or host_events_url(self.settings)
+        return published or host_events_url(self.settings.chatft_host_port, self.state_dir)
 
     # ------------------------------------------------------------------ base model and compute
 
@@ -114,11 +113,14 @@ class LocalWorkspace:
         return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
 
     def resolve_base_model(self, name: str) -> BaseModel:
-        from .base_model import ensure_base_model
+        from .base_model import BaseModelError, ensure_base_model
 
         if name in self.archived_base_models():
             raise archived_model_error(name, REGISTRY_NAME, f"listed in {self.root / ARCHIVED_LIST}")
-        info = ensure_base_model(self.state_dir, self.settings.local_base_model)
+        try:
+            info = ensure_base_model(self.state_dir, self.settings.local_base_model)
+        except BaseModelError as e:
+            raise PermanentError(str(e)) from None
         if name not in (self.settings.base_model, info.name):
             raise NotFound(f"base model {name} not found in the local workspace: it fine-tunes {info.name} (set by "
                            f"LOCAL_BASE_MODEL, else the stand-in) under the name BASE_MODEL gives it "
@@ -156,7 +158,6 @@ class LocalWorkspace:
         spec = {"job_name": name, "run_id": request.run_id, "experiment_name": request.experiment_name,
                 "base_model": request.base_model.id, "base_model_name": request.base_model.name,
                 "train_file": str(train), "test_file": str(test) if test else "", "params": params,
-                "compute": request.compute.name, "gpus": request.compute.gpus_per_node,
                 "events_url": self.events_url()}
         return jobs.submit(self.state_dir, spec)
 
@@ -167,7 +168,7 @@ class LocalWorkspace:
 
         container = self.settings.runs_container
         client = BlobClient.from_connection_string(self.settings.storage_connection, container, blob_path)
-        partial = target.with_name(target.name + ".partial")
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")  # concurrent submits never share it
         try:
             with open(partial, "wb") as f:
                 for chunk in client.download_blob(max_concurrency=1).chunks():
@@ -187,7 +188,10 @@ class LocalWorkspace:
 
         if not _JOB_NAME.fullmatch(job_name or "") or not jobs.job_exists(self.state_dir, job_name):
             raise NotFound(f"job {job_name} not found in the local workspace")
-        status = jobs.read_status(self.state_dir, job_name)
+        try:
+            status = jobs.read_status(self.state_dir, job_name)
+        except jobs.JobNotFound:
+            raise NotFound(f"job {job_name} not found in the local workspace") from None
         return JobStatus(name=job_name, status=status["status"], error=status.get("error") or "",
                          metrics=dict(status.get("metrics") or {}))
 
@@ -196,7 +200,10 @@ class LocalWorkspace:
 
         if self.get_job(job_name).status in JOB_DONE:
             return
-        jobs.cancel(self.state_dir, job_name)
+        try:
+            jobs.cancel(self.state_dir, job_name)
+        except jobs.JobNotFound:
+            raise NotFound(f"job {job_name} not found in the local workspace") from None
 
     # ------------------------------------------------------------------ models
 

@@ -22,7 +22,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import random
 import signal
 import sys
@@ -75,7 +74,9 @@ def _number(params: dict[str, Any], name: str, low: float, high: float | None, l
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"parameters.{name} must be a number")
     if value < low or (low_open and value == low) or (high is not None and value > high):
-        bounds = f"{'above' if low_open else 'at least'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+        bounds = f"{'above' if low_open else 'at least'} {low:g}"
+        if high is not None:
+            bounds += f" and at most {high:g}"
         raise BadRequest(f"parameters.{name} must be {bounds}")
     return float(value)
 

@@ -1,0 +1,295 @@
+"""Fine-tuning jobs of the local workspace: one detached process each, with its state in files, so a job neither
+blocks the host nor dies with it.
+
+    <state>/workspace/jobs/<job_name>/
+        job.json      the spec, written once by `submit`
+        status.json   status (Queued, Running, Completed, Failed, Canceled), error, pid, submitted_at, started_at,
+                      ended_at, metrics, progress {step, total_steps, loss, epoch}; replaced atomically
+        log.txt       the job process's output
+        outputs/mlflow_model_folder/   the fine-tuned MLflow model
+
+The process is `python -m chatft_local.workspace.jobs run <job_dir>`. It posts the run's status changes as
+Azure ML Event Grid events to the spec's `events_url` (see `events.py`). A finished status is final: a late
+writer cannot turn Canceled back into Running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .events import EventOutbox, run_events
+
+log = logging.getLogger("chatft.jobs")
+
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "Queued", "Running", "Completed", "Failed", "Canceled"
+FINAL = frozenset({COMPLETED, FAILED, CANCELED})
+MODEL_FOLDER = "mlflow_model_folder"
+REQUIRED_SPEC = ("job_name", "base_model", "train_file")
+PATH_KEYS = ("base_model", "train_file", "test_file")
+# A queued job whose process was never recorded this long after submission was lost (the host died mid-submit).
+UNSTARTED_GRACE_SECONDS = 60.0
+PROGRESS_WRITE_SECONDS = 1.0
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# Job processes this process started, kept so that finished ones are reaped (no zombies) when statuses are read.
+_children: dict[int, subprocess.Popen] = {}
+
+
+class JobNotFound(KeyError):
+    """No job of that name in the workspace."""
+
+    def __str__(self) -> str:
+        return f"job {self.args[0]} not found" if self.args else "job not found"
+
+
+class JobCanceled(Exception):
+    """Raised in the job process when it is asked to stop (SIGTERM)."""
+
+
+def jobs_root(state_dir: str | os.PathLike) -> Path:
+    return Path(state_dir) / "workspace" / "jobs"
+
+
+def job_dir(state_dir: str | os.PathLike, job_name: str) -> Path:
+    """The job's directory; a name that is not a plain file name is a ValueError (it becomes a path)."""
+    if not isinstance(job_name, str) or not _JOB_NAME.fullmatch(job_name):
+        raise ValueError(f"job name {str(job_name)[:80]!r} is not valid: letters, digits, '.', '_' and '-' only")
+    return jobs_root(state_dir) / job_name
+
+
+def job_exists(state_dir: str | os.PathLike, job_name: str) -> bool:
+    return (job_dir(state_dir, job_name) / "job.json").is_file()
+
+
+def model_dir(state_dir: str | os.PathLike, job_name: str) -> Path:
+    """Where a completed job's MLflow model is (the pipeline's `mlflow_model_folder` output)."""
+    return job_dir(state_dir, job_name) / "outputs" / MODEL_FOLDER
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------ status file
+
+
+def _write_once(path: Path, payload: dict[str, Any]) -> bool:
+    """Create `path` with the whole payload, unless it exists (then False). Atomic and exclusive: a temporary
+    file is hard-linked into place, which fails when the name is taken."""
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    scratch.write_text(json.dumps(payload, indent=1))
+    try:
+        os.link(scratch, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        scratch.unlink()
+
+
+def _replace(path: Path, payload: dict[str, Any]) -> None:
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    scratch.write_text(json.dumps(payload, indent=1))
+    os.replace(scratch, path)
+
+
+@contextlib.contextmanager
+def _status_lock(directory: Path) -> Iterator[None]:
+    with open(directory / "status.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update_status(directory: Path, **changes: Any) -> dict[str, Any]:
+    """Merge `changes` into the job's status file (across processes, one writer at a time) and return the
+    result. A final status (Completed, Failed, Canceled) is never changed again."""
+    path = directory / "status.json"
+    with _status_lock(directory):
+        current = json.loads(path.read_text())
+        if current["status"] in FINAL:
+            return current
+        current.update(changes)
+        _replace(path, current)
+        return current
+
+
+# ------------------------------------------------------------------------------------------ host side
+
+
+def submit(state_dir: str | os.PathLike, spec: dict[str, Any]) -> str:
+    """Start the job in a detached process and return its name; a job that already exists is left alone (no
+    second process). `spec`: job_name, run_id, experiment_name, base_model (a model directory), train_file,
+    test_file (local paths, "" for none), params, events_url ("" for none)."""
+    missing = [key for key in REQUIRED_SPEC if not spec.get(key)]
+    if missing:
+        raise ValueError(f"job spec lacks {', '.join(missing)}")
+    name = spec["job_name"]
+    directory = job_dir(state_dir, name)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory = directory.resolve()  # the process outlives the caller's working directory
+    spec = {**spec, **{key: str(Path(spec[key]).resolve()) for key in PATH_KEYS if spec.get(key)}}
+    # Status first, then the spec: job.json is what makes the job exist, and whoever creates it starts the
+    # process, so two submits at once start one.
+    _write_once(directory / "status.json", {"status": QUEUED, "error": "", "pid": None, "submitted_at": _now(),
+                                            "started_at": None, "ended_at": None, "metrics": {}, "progress": {}})
+    if not _write_once(directory / "job.json", spec):
+        return name
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    with open(directory / "log.txt", "ab") as output:
+        # A new session: the job outlives the host, and cancel can signal its whole process group.
+        process = subprocess.Popen([sys.executable, "-m", "chatft_local.workspace.jobs", "run", str(directory)],
+                                   stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True, close_fds=True, env=env, cwd=str(directory))
+    _children[process.pid] = process
+    update_status(directory, pid=process.pid)
+    return name
+
+
+def read_status(state_dir: str | os.PathLike, job_name: str) -> dict[str, Any]:
+    """The job's status. A Queued or Running job whose process is gone is Failed ("training process died"),
+    and is recorded so. JobNotFound for an unknown job."""
+    directory = job_dir(state_dir, job_name)
+    if not job_exists(state_dir, job_name):
+        raise JobNotFound(job_name)
+    status = json.loads((directory / "status.json").read_text())
+    if status["status"] not in FINAL and not _process_alive(directory, status):
+        status = update_status(directory, status=FAILED, error="training process died", ended_at=_now())
+    return status
+
+
+def cancel(state_dir: str | os.PathLike, job_name: str) -> None:
+    """Mark the job Canceled and stop its process group (SIGTERM); nothing happens to a finished job."""
+    directory = job_dir(state_dir, job_name)
+    if not job_exists(state_dir, job_name):
+        raise JobNotFound(job_name)
+    before = json.loads((directory / "status.json").read_text())
+    if before["status"] in FINAL:
+        return
+    alive = _process_alive(directory, before)
+    after = update_status(directory, status=CANCELED, error="canceled", ended_at=_now())
+    if after["status"] == CANCELED and alive and after.get("pid"):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(after["pid"], signal.SIGTERM)
+
+
+def _process_alive(directory: Path, status: dict[str, Any]) -> bool:
+    """Whether the job's process runs. Where /proc exists, the pid must also still be this job's process (not a
+    zombie, not a reused pid); a just-submitted job's process may not have started its program yet."""
+    for child_pid, child in list(_children.items()):
+        if child.poll() is not None:  # reaps it
+            del _children[child_pid]
+    submitted = datetime.fromisoformat(status.get("submitted_at") or _now())
+    young = status["status"] == QUEUED and \
+        (datetime.now(timezone.utc) - submitted).total_seconds() < UNSTARTED_GRACE_SECONDS
+    pid = status.get("pid")
+    if not pid:
+        return young
+    if pid in _children:
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or another user's process under a reused pid
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no procfs (macOS): trust the signal check
+    if not command:
+        return False  # a zombie
+    return str(directory.resolve()).encode() in command.split(b"\0") or young
+
+
+# ------------------------------------------------------------------------------------------ job process
+
+
+def run(directory: Path) -> int:
+    """The job process: train, write status and model, post events. Exit status 0 when Completed."""
+    def stop(signum, frame):
+        raise JobCanceled()
+
+    signal.signal(signal.SIGTERM, stop)
+    spec = json.loads((directory / "job.json").read_text())
+    name, experiment = spec["job_name"], spec.get("experiment_name") or "chatft"
+    outbox = EventOutbox(spec["events_url"]) if spec.get("events_url") else None
+    result: dict[str, Any] = {}
+    try:
+        started = update_status(directory, status=RUNNING, pid=os.getpid(), started_at=_now())
+        if started["status"] == RUNNING:  # else it was canceled before it began
+            if outbox:
+                outbox.publish(run_events(name, experiment, RUNNING))
+            metrics = _train(directory, spec, experiment)
+            result = {"status": COMPLETED, "metrics": metrics,
+                      "progress": {"step": metrics.get("steps"), "total_steps": metrics.get("steps"),
+                                   "loss": metrics.get("last_step_loss")}}
+    except JobCanceled:
+        log.info("job %s canceled", name)
+        result = {"status": CANCELED, "error": "canceled"}
+    except BaseException as error:  # the job's one-line error; the traceback goes to log.txt
+        log.exception("job %s failed", name)
+        result = {"status": FAILED, "error": _one_line(error)}
+    finally:
+        # Reporting the outcome is not interrupted: a cancel arriving now finds the job finished.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        final = update_status(directory, ended_at=_now(), **result)
+        if outbox:
+            outbox.publish(run_events(name, experiment, final["status"]))
+            outbox.close()
+        shutil.rmtree(directory / "work", ignore_errors=True)
+    return 0 if final["status"] == COMPLETED else 1
+
+
+def _train(directory: Path, spec: dict[str, Any], experiment: str) -> dict[str, Any]:
+    from . import trainer
+
+    workspace = directory.parent.parent
+    last_write = 0.0
+
+    def progress(update: dict[str, Any]) -> None:
+        nonlocal last_write
+        if time.monotonic() - last_write >= PROGRESS_WRITE_SECONDS or update["step"] == update["total_steps"]:
+            update_status(directory, progress=update)
+            last_write = time.monotonic()
+
+    run = trainer.TrainingRun(
+        base_model=spec["base_model"], train_file=spec["train_file"], test_file=spec.get("test_file") or "",
+        model_dir=str(directory / "outputs" / MODEL_FOLDER), tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}",
+        experiment_name=experiment, run_name=spec["job_name"], work_dir=str(directory / "work"),
+        tags={"chatft.run_id": str(spec.get("run_id") or ""), "chatft.base_model": str(spec.get("base_model_name")
+                                                                                       or spec["base_model"])})
+    return trainer.fine_tune(run, spec.get("params") or {}, on_progress=progress)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "run":
+        print("usage: python -m chatft_local.workspace.jobs run <job_dir>", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(Path(args[1]).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The product end to end, on this machine: the local host serving function_app.py against Azurite, and the local
+ML workspace really fine-tuning, registering, serving — the flow a user meets with `make demo`.
+
+One module-scoped host trains and deploys two models once; the tests then score them through both routes, check
+that duplicate triggers change nothing, and run the idle cleanup against them. The host-restart test runs its own
+host as a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from chatft_local.host import HostProcess, LocalHost
+from chatft_local.sample_data import sample_records
+from chatft_local.uploads import upload_training_file
+from shared.config import Settings
+from shared.ml.port import TAG_APP
+from shared.run_store import RunStore
+from shared.runs import Run, State, iso, parse_iso
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOK_PARAMETERS = {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}
+RUN_TIMEOUT = 300
+
+
+def names_env(state_dir: Path) -> dict[str, str]:
+    u = "e" + uuid.uuid4().hex[:8]
+    return {
+        "TRAINING_CONTAINER": f"{u}-training", "RUNS_CONTAINER": f"{u}-runs", "RUNS_TABLE": f"{u}runs",
+        "RUNS_QUEUE": f"{u}-runs", "DEPLOY_QUEUE": f"{u}-deploy", "CHATFT_STATE_DIR": str(state_dir),
+        "ML_BACKEND": "local", "MESSAGING": "storage-queue", "DEPLOY_CHECK_SECONDS": "1",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true", "CLEANUP_SCHEDULE": "*/2 * * * * *",
+    }
+
+
+def write_sample(path: Path, count: int = 60, seed: int = 7) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in sample_records(count, seed=seed)))
+    return path
+
+
+def wait_for_run(store: RunStore, run_id: str, states: tuple[State, ...], timeout: float = RUN_TIMEOUT) -> Run:
+    deadline = time.monotonic() + timeout
+    run = None
+    while time.monotonic() < deadline:
+        run = store.find(run_id)
+        if run is not None and run.state in states:
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not reach {states}: {run.state if run else 'no run'} "
+                         f"{run.history if run else ''}")
+
+
+def notebook_request(content: str) -> dict:
+    return {"input_data": {"input_string": [{"role": "user", "content": content}], "parameters": NOTEBOOK_PARAMETERS},
+            "params": {}}
+
+
+class Deployed:
+    """The module's host, settings and the two deployed runs."""
+
+    def __init__(self, host: LocalHost, settings: Settings, store: RunStore, runs: list[Run]):
+        self.host, self.settings, self.store, self.runs = host, settings, store, runs
+
+    def post(self, path: str, body, key: bool = True, **kwargs):
+        headers = {"x-functions-key": self.host.function_key} if key else {}
+        return requests.post(f"{self.host.base_url}{path}", json=body, headers=headers, timeout=120, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def deployed(azurite, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    env = names_env(tmp / "state")
+    host = LocalHost(port=0, env=env).start()
+    try:
+        settings = Settings.from_env({**os.environ, **env})
+        store = RunStore(settings.storage_connection, settings.runs_table)
+        run_ids = []
+        for i, name in enumerate(("alpha", "beta")):
+            data = write_sample(tmp / f"{name}.jsonl", seed=i)
+            run_ids.append(upload_training_file(settings, data, {"epochs": "2"}, blob_name=f"{name}.jsonl")[1])
+        runs = [wait_for_run(store, r, (State.DEPLOYED, State.FAILED, State.REJECTED)) for r in run_ids]
+        for run in runs:
+            assert run.state == State.DEPLOYED, (run.state, run.failure, run.history)
+        yield Deployed(host, settings, store, runs)
+    finally:
+        host.stop()
+
+
+def test_upload_reaches_deployed_with_history_metrics_and_model(deployed):
+    run = deployed.store.get(deployed.runs[0].run_id)
+    states = [t.state for t in run.history]
+    assert states[:4] == [State.RECEIVED, State.VALIDATING, State.QUEUED, State.SUBMITTED]
+    assert states[-4:] == [State.TRAINED, State.REGISTERED, State.DEPLOYING, State.DEPLOYED]
+    assert run.metrics.get("eval_loss") is not None and run.model_name and run.scoring_uri.startswith("http://127.0.0.1")
+    assert run.report["valid_records"] == 60
+
+
+def test_score_through_the_proxy_with_the_notebooks_request(deployed):
+    response = deployed.post(f"/api/score/{deployed.runs[0].run_id}", notebook_request("What is LoRA?"))
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json()["output"], str)
+    newest = deployed.post("/api/score", notebook_request("What is MLflow?"))
+    assert newest.status_code == 200, newest.text
+
+
+def test_score_without_a_key_is_401(deployed):
+    assert deployed.post("/api/score", notebook_request("hi"), key=False).status_code == 401
+
+
+def test_openai_client_plain_and_streamed(deployed):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{deployed.host.base_url}/api/v1", api_key="unused",
+                    default_headers={"x-functions-key": deployed.host.function_key})
+    model = deployed.runs[1].model_name
+    assert model in [m.id for m in client.models.list().data]
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "What is Event Grid?"}],
+                                           max_tokens=20, temperature=0)
+    assert reply.choices[0].message.role == "assistant" and isinstance(reply.choices[0].message.content, str)
+    chunks = list(client.chat.completions.create(model=model, stream=True, max_tokens=20,
+                                                 messages=[{"role": "user", "content": "What is Service Bus?"}]))
+    assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_duplicate_triggers_make_no_second_job_model_or_endpoint(deployed):
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.messaging import StorageQueueSender
+
+    run = deployed.runs[0]
+    s = deployed.settings
+    # The same queue message again, and the same Completed event twice and out of order.
+    StorageQueueSender(s.storage_connection).send(s.runs_queue, {"run_id": run.run_id}, message_id=run.run_id)
+    events = [_run_event(run.job_name, status) for status in ("Completed", "Running", "Completed")]
+    url = f"{deployed.host.eventgrid_url}&functionName=job_events"
+    for e in events:
+        assert requests.post(url, json=[e], timeout=60).status_code in (200, 202)
+    # The same blob version again: drop the receipt so the host sees the blob as new.
+    service = BlobServiceClient.from_connection_string(s.storage_connection)
+    for receipt in service.get_container_client("azure-webjobs-hosts").list_blobs(name_starts_with="blobreceipts/"):
+        if receipt.name.endswith(f"{s.training_container}/alpha.jsonl"):
+            service.get_container_client("azure-webjobs-hosts").delete_blob(receipt.name)
+    time.sleep(6)
+    after = deployed.store.get(run.run_id)
+    assert after.state == State.DEPLOYED and after.history == deployed.store.get(run.run_id).history
+    assert after.endpoint_name == run.endpoint_name and after.model_version == run.model_version
+    assert len([r for r in deployed.store.list() if r.upload.get("blob") == "alpha.jsonl"]) == 1
+    jobs_dir = Path(s.chatft_state_dir) / "workspace" / "jobs"
+    assert sorted(p.name for p in jobs_dir.iterdir()) == sorted(r.job_name for r in deployed.runs)
+    owned = [e for e in _workspace(s).list_endpoints() if e.tags.get(TAG_APP) == s.app_id]
+    assert sorted(e.name for e in owned) == sorted(r.endpoint_name for r in deployed.runs)
+
+
+def test_invalid_upload_is_rejected_and_starts_no_job(deployed, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps(r) for r in sample_records(20)]
+    lines[3] = '{"messages": [{"role": "user", "content": "no answer"}]}'
+    bad.write_text("\n".join(lines) + "\n")
+    _, run_id = upload_training_file(deployed.settings, bad, blob_name="bad.jsonl")
+    run = wait_for_run(deployed.store, run_id, (State.REJECTED, State.QUEUED), timeout=60)
+    assert run.state == State.REJECTED and "line 4" in run.history[-1].detail
+    assert not run.job_name
+    assert not (Path(deployed.settings.chatft_state_dir) / "workspace" / "jobs" / f"chatft-{run_id}").exists()
+
+
+def test_a_job_with_an_impossible_setting_fails_with_a_reason(deployed, tmp_path):
+    data = write_sample(tmp_path / "short.jsonl", count=30, seed=3)
+    _, run_id = upload_training_file(deployed.settings, data, {"max_seq_length": "16"}, blob_name="short.jsonl")
+    run = wait_for_run(deployed.store, run_id, (State.FAILED, State.DEPLOYED), timeout=RUN_TIMEOUT)
+    assert run.state == State.FAILED and run.failure.stage == "training"
+    assert "max_seq_length" in run.failure.reason
+
+
+def test_idle_cleanup_deletes_only_the_idle_owned_endpoint_and_redeploy_brings_it_back(deployed):
+    import dataclasses
+
+    from chatft_local.workspace.local import LocalWorkspace
+    from shared.bootstrap import bootstrap, override_services
+
+    s = deployed.settings
+    used, idle = deployed.runs
+    ws = LocalWorkspace(s)
+    ws.begin_create_endpoint("someone-elses", tags={})  # made by someone else: never touched
+
+    def never_scored(r):
+        changed = dataclasses.replace(r, last_used_at="")
+        changed.etag = r.etag
+        return changed
+
+    deployed.store.update(idle.run_id, never_scored)
+    assert deployed.post(f"/api/score/{used.run_id}", notebook_request("hello")).status_code == 200
+    last_use = parse_iso(_wait(lambda: deployed.store.get(used.run_id).last_used_at, "the last use to be recorded"))
+    idle_run = deployed.store.get(idle.run_id)
+    port = int(ws.get_scoring_target(idle_run.endpoint_name).scoring_uri.split(":")[2].split("/")[0])
+
+    # The timer fires every 2 s (CLEANUP_SCHEDULE); give the app a clock just short of the idle window after the
+    # last use: both endpoints are older than the window, only one was scored within it.
+    later = last_use + timedelta(hours=s.endpoint_idle_hours) - timedelta(seconds=1)
+    override_services(bootstrap(s, clock=lambda: later))
+    try:
+        _wait(lambda: deployed.store.get(idle.run_id).state == State.RETIRED, "the idle run to retire", 30)
+    finally:
+        override_services(None)
+    assert deployed.store.get(used.run_id).state == State.DEPLOYED
+    assert ws.get_endpoint("someone-elses") is not None
+    assert ws.get_endpoint(deployed.store.get(used.run_id).endpoint_name) is not None
+    _wait(lambda: ws.get_endpoint(idle_run.endpoint_name) is None, "the idle endpoint to go")
+    _wait(lambda: _port_free(port), "the idle model server's port to be free")
+    gone = deployed.post(f"/api/score/{idle.run_id}", notebook_request("hello"))
+    assert gone.status_code == 410 and f"/api/runs/{idle.run_id}/deploy" in gone.text
+    again = deployed.post(f"/api/runs/{idle.run_id}/deploy", {})
+    assert again.status_code == 202, again.text
+    wait_for_run(deployed.store, idle.run_id, (State.DEPLOYED,), timeout=120)
+    assert deployed.post(f"/api/score/{idle.run_id}", notebook_request("hello")).status_code == 200
+    ws.begin_delete_endpoint("someone-elses")
+
+
+def test_host_killed_during_training_still_reaches_deployed(azurite, tmp_path):
+    env = names_env(tmp_path / "state")
+    settings = Settings.from_env({**os.environ, **env})
+    store = RunStore(settings.storage_connection, settings.runs_table)
+    host = HostProcess(state_dir=tmp_path / "state", env=env).start()
+    try:
+        data = write_sample(tmp_path / "restart.jsonl", count=60, seed=11)
+        _, run_id = upload_training_file(settings, data, {"epochs": "3"}, blob_name="restart.jsonl")
+        wait_for_run(store, run_id, (State.SUBMITTED, State.TRAINING), timeout=60)
+        host.kill()
+        time.sleep(2)
+        host = HostProcess(state_dir=tmp_path / "state", env=env).start()
+        run = wait_for_run(store, run_id, (State.DEPLOYED, State.FAILED))
+        assert run.state == State.DEPLOYED, (run.failure, run.history)
+    finally:
+        host.stop()
+
+
+def _run_event(job_name: str, status: str) -> dict:
+    return {"id": str(uuid.uuid4()), "topic": "/subscriptions/local/resourceGroups/local/providers/"
+            "Microsoft.MachineLearningServices/workspaces/local", "subject": f"experiments/x/runs/{job_name}",
+            "eventType": "Microsoft.MachineLearningServices.RunStatusChanged", "eventTime": iso(parse_iso(
+                "2026-01-01T00:00:00Z")), "dataVersion": "2", "metadataVersion": "1",
+            "data": {"runId": job_name, "runStatus": status, "runType": "azureml.PipelineRun", "experimentName": "x",
+                     "experimentId": "x", "runTags": {}, "runProperties": {}}}
+
+
+def _workspace(settings):
+    from chatft_local.workspace.local import LocalWorkspace
+
+    return LocalWorkspace(settings)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait(check, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
