@@ -193,6 +193,9 @@ class LocalHost:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.settings.chatft_host_port if self._port_arg is None else self._port_arg))
         self.port = sock.getsockname()[1]
+        # The app reads its settings from the environment: make it see the state folder and port in use.
+        self._put_env("CHATFT_STATE_DIR", str(self.state_dir))
+        self._put_env("CHATFT_HOST_PORT", str(self.port))
         app = build_http_app(self.functions, self._invoker, self.function_key, options.route_prefix,
                              self.settings.max_request_bytes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -267,16 +270,16 @@ class LocalHost:
             self._azurite = None
         self._restore_env()
 
-    def _apply_env(self, local_settings: Mapping[str, str]) -> None:
-        def put(name: str, value: str) -> None:
-            self._saved_env.setdefault(name, os.environ.get(name))
-            os.environ[name] = value
+    def _put_env(self, name: str, value: str) -> None:
+        self._saved_env.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
 
+    def _apply_env(self, local_settings: Mapping[str, str]) -> None:
         for name, value in self._env.items():
-            put(name, str(value))
+            self._put_env(name, str(value))
         for name, value in local_settings.items():
             if name not in os.environ:
-                put(name, value)
+                self._put_env(name, value)
 
     def _restore_env(self) -> None:
         for name, value in self._saved_env.items():

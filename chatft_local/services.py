@@ -22,6 +22,7 @@ def start(settings: Any, host: Any = None) -> None:
     """Start supervising the workspace under the host's state folder (else CHATFT_STATE_DIR)."""
     global _running
     stop()
+    _forget_app_state()
     state_dir = getattr(host, "state_dir", None)
     if state_dir is not None:
         settings = dataclasses.replace(settings, chatft_state_dir=str(state_dir))
@@ -42,3 +43,13 @@ def stop() -> None:
     _running = None
     supervisor.stop(stop_servers=True)
     workspace.retract_events_url()
+    _forget_app_state()
+
+
+def _forget_app_state() -> None:
+    """The app caches settings and services per worker: a host (re)started in this process must not inherit them."""
+    from shared.bootstrap import override_services
+    from shared.config import get_settings
+
+    override_services(None)
+    get_settings(reload=True)

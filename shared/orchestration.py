@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -200,7 +201,7 @@ def _create_endpoint(svc: Services, run: Run) -> None:
 def schedule_check(svc: Services, run: Run) -> None:
     delay = min(svc.settings.deploy_check_seconds * (2 ** min(run.deploy_checks, 10)), MAX_CHECK_DELAY_SECONDS)
     svc.messages.send(svc.settings.deploy_queue, {"run_id": run.run_id, "check": run.deploy_checks},
-                      message_id=f"{run.run_id}-{run.endpoint_name}-check-{run.deploy_checks}", delay_seconds=delay)
+                      message_id=f"{run.endpoint_name}-check-{uuid.uuid4().hex[:12]}", delay_seconds=delay)
 
 
 def check_deployment(svc: Services, run_id: str) -> Run | None:
@@ -217,41 +218,48 @@ def check_deployment(svc: Services, run_id: str) -> Run | None:
     if now - started > timedelta(minutes=s.deploy_timeout_minutes):
         return _abandon_deployment(svc, run, f"deployment not ready after {s.deploy_timeout_minutes} minutes")
 
-    endpoint = ml.get_endpoint(run.endpoint_name)
-    if endpoint is None:
-        _create_endpoint(svc, run)
-        return _check_later(svc, run)
-    if endpoint.provisioning_state == "Failed":
-        return _abandon_deployment(svc, run, f"endpoint {run.endpoint_name} failed: {endpoint.error or 'no detail'}")
-    if endpoint.provisioning_state != "Succeeded":
-        return _check_later(svc, run)
+    # Take every step that can be taken now (locally, and sometimes in Azure, a step completes at once); wait
+    # only for what is still provisioning.
+    progressed = False
+    for _step in range(4):
+        endpoint = ml.get_endpoint(run.endpoint_name)
+        if endpoint is None:
+            _create_endpoint(svc, run)
+            break
+        if endpoint.provisioning_state == "Failed":
+            return _abandon_deployment(svc, run, f"endpoint {run.endpoint_name} failed: "
+                                                 f"{endpoint.error or 'no detail'}")
+        if endpoint.provisioning_state != "Succeeded":
+            break
+        deployment = ml.get_deployment(run.endpoint_name, run.deployment_name)
+        if deployment is None:
+            model = RegisteredModel(name=run.model_name, version=run.model_version, id=run.model_id)
+            ml.begin_create_deployment(run.endpoint_name, run.deployment_name, model, s.inference_instance_type,
+                                       s.inference_instance_count)
+            progressed = True
+            continue
+        if deployment.provisioning_state == "Failed":
+            return _abandon_deployment(svc, run, f"deployment {run.deployment_name} failed: "
+                                                 f"{deployment.error or 'no detail'}")
+        if deployment.provisioning_state != "Succeeded":
+            break
+        if endpoint.traffic.get(run.deployment_name) != 100:
+            ml.set_traffic(run.endpoint_name, {run.deployment_name: 100})
+            progressed = True
+            continue
+        uri = endpoint.scoring_uri
+        return svc.runs.update(run_id, lambda r: r.advance(State.DEPLOYED, svc.clock(), scoring_uri=uri)
+                               if r.state == State.DEPLOYING and r.endpoint_name == run.endpoint_name else None)
+    return _check_later(svc, run, progressed)
 
-    deployment = ml.get_deployment(run.endpoint_name, run.deployment_name)
-    if deployment is None:
-        model = RegisteredModel(name=run.model_name, version=run.model_version,
-                                id=run.model_id)
-        ml.begin_create_deployment(run.endpoint_name, run.deployment_name, model, s.inference_instance_type,
-                                   s.inference_instance_count)
-        return _check_later(svc, run)
-    if deployment.provisioning_state == "Failed":
-        return _abandon_deployment(svc, run, f"deployment {run.deployment_name} failed: "
-                                             f"{deployment.error or 'no detail'}")
-    if deployment.provisioning_state != "Succeeded":
-        return _check_later(svc, run)
-    if endpoint.traffic.get(run.deployment_name) != 100:
-        ml.set_traffic(run.endpoint_name, {run.deployment_name: 100})
-        return _check_later(svc, run)
 
-    uri = endpoint.scoring_uri
-    return svc.runs.update(run_id, lambda r: r.advance(State.DEPLOYED, svc.clock(), scoring_uri=uri)
-                           if r.state == State.DEPLOYING and r.endpoint_name == run.endpoint_name else None)
+def _check_later(svc: Services, run: Run, progressed: bool = False) -> Run:
+    """Schedule the next check: back off while nothing moves, start again from the first delay after a step."""
 
-
-def _check_later(svc: Services, run: Run) -> Run:
     def bump(r: Run) -> Run | None:
         if r.state != State.DEPLOYING or r.endpoint_name != run.endpoint_name:
             return None
-        bumped = dataclasses.replace(r, deploy_checks=r.deploy_checks + 1)
+        bumped = dataclasses.replace(r, deploy_checks=0 if progressed else r.deploy_checks + 1)
         bumped.etag = r.etag
         return bumped
 
