@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import sys
 import signal
 import socket
 import threading
@@ -256,6 +257,7 @@ class LocalHost:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await _close_app_clients()
         if self._services is not None and hasattr(self._services, "stop"):
             try:
                 await asyncio.to_thread(self._services.stop)
@@ -310,3 +312,13 @@ def _connection(spec: FunctionSpec, setting: str | None, lookup: Callable[[str],
     if not value:
         raise IndexingError(f"function {spec.name}: connection setting {name} has no value")
     return value
+
+
+async def _close_app_clients() -> None:
+    """Close the HTTP clients the app keeps per worker on this loop (the scoring proxy's pooled session)."""
+    proxy = sys.modules.get("shared.scoring_proxy")
+    if proxy is not None and hasattr(proxy, "close_proxy"):
+        try:
+            await proxy.close_proxy()
+        except Exception:
+            log.exception("closing the scoring proxy's client failed")

@@ -184,9 +184,17 @@ def begin_deployment(svc: Services, run_id: str, from_states: tuple[State, ...])
                          scoring_uri="", failure=None)
 
     run = svc.runs.update(run_id, start)
-    if run.state == State.DEPLOYING:
+    if run.state != State.DEPLOYING:
+        return run
+    # The check goes out first: should creating the endpoint fail now, the check creates it (or times out).
+    schedule_check(svc, run)
+    try:
         _create_endpoint(svc, run)
-        schedule_check(svc, run)
+    except PermanentError as exc:
+        return _fail(svc, run_id, "deploy", f"endpoint {run.endpoint_name} could not be created: {exc}")
+    except MLBackendError as exc:
+        log.warning("creating endpoint %s failed; the scheduled check tries again: %s", run.endpoint_name,
+                    _describe(exc))
     return run
 
 

@@ -98,7 +98,7 @@ def test_function_routes_need_the_key_in_header_or_code(host):
     for headers in ({}, {"x-functions-key": "wrong"}):
         r = requests.get(url, headers=headers)
         assert r.status_code == 401
-        assert "function key" in r.json()["error"]
+        assert "function key" in r.json()["error"]["message"]
     assert requests.get(url + "&code=wrong").status_code == 401
 
     by_header = requests.get(url, headers={"x-functions-key": host.function_key})
@@ -131,7 +131,7 @@ def test_body_over_max_request_bytes_is_413(start_host):
     headers = {"x-functions-key": host.function_key}
     r = requests.post(host.base_url + "/api/echo", data=b"x" * 1001, headers=headers)
     assert r.status_code == 413
-    assert "1000 bytes" in r.json()["error"]
+    assert "1000 bytes" in r.json()["error"]["message"]
     assert requests.post(host.base_url + "/api/echo", data=b"x" * 1000, headers=headers).status_code == 201
 
 

@@ -74,7 +74,11 @@ def receiver():
 def state(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs-state")
     ensure_base_model(root)
-    return root
+    yield root
+    # Long jobs a failed test left running must not keep the CPU busy.
+    for directory in jobs.jobs_root(root).iterdir():
+        if jobs.job_exists(root, directory.name):
+            jobs.cancel(root, directory.name)
 
 
 def make_spec(state: Path, name: str, events_url: str = "", **params) -> dict:
@@ -147,8 +151,9 @@ def test_job_runs_detached_to_completion_and_posts_its_events(state, receiver):
     first = receiver.events()[0]
     assert first["data"]["runId"] == "job-complete" and first["data"]["experimentName"] == "chat_completion_local"
     assert first["subject"] == f"experiments/{experiment_id('chat_completion_local')}/runs/job-complete"
-    # The webhook key never reaches the job's log.
+    # The webhook key never reaches the job's log, and its spec (which holds the URL) is the owner's only.
     assert KEY not in (jobs.job_dir(state, "job-complete") / "log.txt").read_text()
+    assert (jobs.job_dir(state, "job-complete") / "job.json").stat().st_mode & 0o077 == 0
 
 
 @pytest.mark.slow

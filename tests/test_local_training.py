@@ -200,12 +200,16 @@ def test_templates_without_generation_markers_are_masked_by_prefix_rendering(tin
     assert _trained_text(trainer, saved) == [_assistant_text(r, "<|end|>\n") for r in records]
 
 
-def test_truncation_that_removes_every_assistant_token_is_refused(tiny, tmp_path):
+def test_too_few_rows_or_truncation_that_leaves_too_few_is_refused(tiny, tmp_path):
     from chatft_local.workspace.trainer import TrainingError, build_trainer
 
+    short = [{"messages": r["messages"]} for r in chat_records(12)]
     long_prompt = {"messages": [{"role": "user", "content": "tell me " * 200}, {"role": "assistant", "content": "ok"}]}
-    with pytest.raises(TrainingError, match="max_seq_length 32"):
-        build_trainer(tiny.path, [long_prompt] * 3, [], _settings(max_seq_length=32), str(tmp_path / "work"))
+    with pytest.raises(TrainingError, match="only 3 of 12 .* max_seq_length 128"):
+        build_trainer(tiny.path, short[:3] + [long_prompt] * 9, [], _settings(max_seq_length=128),
+                      str(tmp_path / "work"))
+    with pytest.raises(TrainingError, match="9 usable training conversations"):
+        build_trainer(tiny.path, short[:9], [], _settings(), str(tmp_path / "work"))
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning

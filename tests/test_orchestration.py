@@ -298,3 +298,25 @@ def test_instance_type_outside_the_models_allow_list_fails_the_deployment(settin
     run = deploying(svc, ml)
     with pytest.raises(PermanentError):
         check_deployment(svc, run.run_id)
+
+
+def test_endpoint_creation_failing_at_first_is_retried_by_the_check(svc, ml):
+    run_id, job = submitted(svc, ml)
+    ml.complete_job(job)
+    ml.fail_next("begin_create_endpoint")
+    run = handle_job_event(svc, event(job, "Completed"))
+    assert run.state == State.DEPLOYING and ml.get_endpoint(run.endpoint_name) is None
+    assert [m for m in svc.messages.sent if m[0] == svc.settings.deploy_queue], "a check is scheduled regardless"
+    check_deployment(svc, run_id)
+    assert ml.get_endpoint(run.endpoint_name) is not None
+
+
+def test_a_step_taken_resets_the_backoff(svc, ml):
+    run = deploying(svc, ml)
+    check_deployment(svc, run.run_id)
+    check_deployment(svc, run.run_id)
+    assert svc.runs.get(run.run_id).deploy_checks == 2
+    ml.set_endpoint_state(run.endpoint_name, "Succeeded")
+    check_deployment(svc, run.run_id)  # creates the deployment: progress
+    assert svc.runs.get(run.run_id).deploy_checks == 0
+    assert svc.messages.sent[-1][3] == svc.settings.deploy_check_seconds

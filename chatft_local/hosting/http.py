@@ -29,8 +29,13 @@ _CONSTRAINTS = {"int": r"-?\d+", "long": r"-?\d+", "guid": r"[0-9a-fA-F-]{36}", 
 _PARAMETER = re.compile(r"^\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?(\?)?\}$")
 
 
+_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+          413: "body_too_large", 500: "internal_error"}
+
+
 def _json_response(status: int, error: str) -> web.Response:
-    return web.json_response({"error": error}, status=status)
+    # The same error shape as the app's own answers, so callers parse one format.
+    return web.json_response({"error": {"code": _CODES.get(status, str(status)), "message": error}}, status=status)
 
 
 def _too_large(max_bytes: int) -> web.Response:

@@ -87,11 +87,12 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------ status file
 
 
-def _write_once(path: Path, payload: dict[str, Any]) -> bool:
+def _write_once(path: Path, payload: dict[str, Any], mode: int = 0o644) -> bool:
     """Create `path` with the whole payload, unless it exists (then False). Atomic and exclusive: a temporary
     file is hard-linked into place, which fails when the name is taken."""
     scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    scratch.write_text(json.dumps(payload, indent=1))
+    with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:
+        f.write(json.dumps(payload, indent=1))
     try:
         os.link(scratch, path)
         return True
@@ -149,7 +150,8 @@ def submit(state_dir: str | os.PathLike, spec: dict[str, Any]) -> str:
     # process, so two submits at once start one.
     _write_once(directory / "status.json", {"status": QUEUED, "error": "", "pid": None, "submitted_at": _now(),
                                             "started_at": None, "ended_at": None, "metrics": {}, "progress": {}})
-    if not _write_once(directory / "job.json", spec):
+    # Owner-only: the events URL carries the webhook's key.
+    if not _write_once(directory / "job.json", spec, mode=0o600):
         return name
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p)}

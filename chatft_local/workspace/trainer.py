@@ -38,16 +38,10 @@ from transformers import TrainerCallback  # noqa: E402
 
 log = logging.getLogger("chatft.trainer")
 
-# Parameters of the pipeline that do not apply to one local process; they are accepted and reported, not used.
-NOT_APPLICABLE = frozenset({"apply_deepspeed", "deepspeed_stage", "apply_ort", "num_nodes_finetune",
-                            "number_of_gpu_to_use_finetuning", "auto_find_batch_size", "dataloader_num_workers",
-                            "pad_to_max_length", "enable_full_determinism", "ignore_mismatched_sizes",
-                            "trust_remote_code", "merge_lora_weights", "save_total_limit", "resume_from_checkpoint",
-                            "apply_early_stopping", "early_stopping_patience", "early_stopping_threshold",
-                            "metric_for_best_model", "eval_accumulation_steps", "evaluation_steps_interval",
-                            "logging_strategy", "task_name"})
 # Models above this size train with gradient checkpointing (memory over speed); the stand-in does not need it.
 CHECKPOINTING_PARAMETERS = 1_000_000_000
+# The pipeline's finetune step refuses fewer training rows than this.
+MIN_TRAIN_ROWS = 10
 # MLflow metrics are written in batches at most this often (each write is a SQLite transaction).
 METRICS_FLUSH_SECONDS = 2.0
 ROLES = ("system", "user", "assistant")
@@ -218,8 +212,6 @@ def fine_tune(run: TrainingRun, params: Mapping[str, Any],
         log.info("parameters with no local effect: %s", ", ".join(skipped))
     train_rows = load_conversations(run.train_file)
     test_rows = load_conversations(run.test_file) if run.test_file else []
-    if not train_rows:
-        raise TrainingError("the training file has no usable conversation")
 
     use_tracking(run.tracking_uri, run.experiment_name)
     with mlflow.start_run(run_name=run.run_name, tags=dict(run.tags)) as active:
@@ -230,7 +222,7 @@ def fine_tune(run: TrainingRun, params: Mapping[str, Any],
                                            callbacks=[logger])
         metrics = train_and_evaluate(trainer)
         logger.flush()
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if _loggable(v)})
         save_mlflow_model(trainer.model, tokenizer, run.model_dir)
         mlflow.set_tag("chatft.model_dir", run.model_dir)
     return metrics
@@ -260,15 +252,15 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 def device_and_dtype(precision: str = "32"):
-    """("cuda", bf16) on a GPU that has it, ("cuda", fp16 or fp32 per `precision`) on an older one,
-    ("cpu", fp32) otherwise."""
+    """(device, weight dtype, fp16 mixed precision): CUDA with bf16 weights where the GPU has bf16; an older GPU
+    keeps float32 weights, with fp16 mixed precision when `precision` is "16"; else the CPU with float32."""
     import torch
 
     if torch.cuda.is_available():
         if torch.cuda.is_bf16_supported():
-            return "cuda", torch.bfloat16
-        return "cuda", torch.float16 if precision == "16" else torch.float32
-    return "cpu", torch.float32
+            return "cuda", torch.bfloat16, False
+        return "cuda", torch.float32, precision == "16"
+    return "cpu", torch.float32, False
 
 
 def build_trainer(base_model: str, train_rows: list[dict], test_rows: list[dict], settings: TrainingParams,
@@ -283,7 +275,10 @@ def build_trainer(base_model: str, train_rows: list[dict], test_rows: list[dict]
 
     from .base_model import CHAT_TEMPLATE
 
-    device, dtype = device_and_dtype(settings.precision)
+    if len(train_rows) < MIN_TRAIN_ROWS:
+        raise TrainingError(f"{len(train_rows)} usable training conversations; fine-tuning needs at least "
+                            f"{MIN_TRAIN_ROWS}")
+    device, dtype, fp16 = device_and_dtype(settings.precision)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if not tokenizer.chat_template:
         log.warning("the base model's tokenizer has no chat template; using Phi-3's chat format")
@@ -320,7 +315,7 @@ def build_trainer(base_model: str, train_rows: list[dict], test_rows: list[dict]
         gradient_accumulation_steps=settings.gradient_accumulation_steps, seed=settings.seed, data_seed=settings.seed,
         max_length=max_length, assistant_only_loss=markers, logging_steps=settings.logging_steps,
         eval_strategy=strategy, eval_steps=settings.eval_steps,
-        use_cpu=device == "cpu", bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        use_cpu=device == "cpu", bf16=dtype == torch.bfloat16, fp16=fp16,
         activation_checkpointing=model.num_parameters() > CHECKPOINTING_PARAMETERS,
         dataloader_pin_memory=device == "cuda", include_num_input_tokens_seen="non_padding",
     )
@@ -331,10 +326,11 @@ def build_trainer(base_model: str, train_rows: list[dict], test_rows: list[dict]
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_data,
                          eval_dataset=test_data if evaluate else None, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=callbacks)
-    # TRL drops rows that truncation left without an assistant token; none left means nothing to learn.
-    if len(trainer.train_dataset) == 0:
-        raise TrainingError(f"every training conversation loses its assistant tokens to truncation at "
-                            f"max_seq_length {max_length}")
+    # TRL drops rows that truncation left without an assistant token; too few left is refused as above.
+    if len(trainer.train_dataset) < MIN_TRAIN_ROWS:
+        raise TrainingError(f"only {len(trainer.train_dataset)} of {len(train_rows)} training conversations keep "
+                            f"an assistant token after truncation to max_seq_length {max_length}; fine-tuning "
+                            f"needs at least {MIN_TRAIN_ROWS}")
     if evaluate and len(trainer.eval_dataset) == 0:
         trainer.eval_dataset = None
         trainer.args.eval_strategy = IntervalStrategy.NO
@@ -402,6 +398,10 @@ def save_mlflow_model(model, tokenizer, model_dir: str) -> None:
 # ------------------------------------------------------------------------------------------ metrics
 
 
+def _loggable(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class MetricsLogger(TrainerCallback):
     """Sends the trainer's logs to MLflow (per step, written in batches) and reports progress."""
 
@@ -419,7 +419,7 @@ class MetricsLogger(TrainerCallback):
 
         now_ms = int(time.time() * 1000)
         self.pending += [Metric(key, float(value), now_ms, state.global_step) for key, value in (logs or {}).items()
-                         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+                         if _loggable(value)]
         if time.monotonic() - self.flushed_at >= METRICS_FLUSH_SECONDS:
             self.flush()
         if self.on_progress is not None and "loss" in (logs or {}):
