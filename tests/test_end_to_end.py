@@ -174,7 +174,13 @@ def test_invalid_upload_is_rejected_and_starts_no_job(deployed, tmp_path):
 
 
 def test_a_job_with_an_impossible_setting_fails_with_a_reason(deployed, tmp_path):
-    data = write_sample(tmp_path / "short.jsonl", count=30, seed=3)
+    # Every conversation opens with a long system message: 16 tokens leave no assistant token to learn from.
+    system = {"role": "system", "content": "You are a careful assistant for Azure Machine Learning engineers who "
+                                           "answer in full sentences and explain every term you use."}
+    records = [{**r, "messages": [system] + [m for m in r["messages"] if m["role"] != "system"]}
+               for r in sample_records(30, seed=3)]
+    data = tmp_path / "short.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
     _, run_id = upload_training_file(deployed.settings, data, {"max_seq_length": "16"}, blob_name="short.jsonl")
     run = wait_for_run(deployed.store, run_id, (State.FAILED, State.DEPLOYED), timeout=RUN_TIMEOUT)
     assert run.state == State.FAILED and run.failure.stage == "training"
@@ -211,6 +217,7 @@ def test_idle_cleanup_deletes_only_the_idle_owned_endpoint_and_redeploy_brings_i
         _wait(lambda: deployed.store.get(idle.run_id).state == State.RETIRED, "the idle run to retire", 30)
     finally:
         override_services(None)
+    time.sleep(3)  # let a cleanup tick already running on the advanced clock finish before redeploying
     assert deployed.store.get(used.run_id).state == State.DEPLOYED
     assert ws.get_endpoint("someone-elses") is not None
     assert ws.get_endpoint(deployed.store.get(used.run_id).endpoint_name) is not None
@@ -229,14 +236,15 @@ def test_host_killed_during_training_still_reaches_deployed(azurite, tmp_path):
     env = names_env(tmp_path / "state")
     settings = Settings.from_env({**os.environ, **env})
     store = RunStore(settings.storage_connection, settings.runs_table)
-    host = HostProcess(state_dir=tmp_path / "state", env=env).start()
+    port = _free_port()  # the restarted host listens where the job process posts its events
+    host = HostProcess(state_dir=tmp_path / "state", env=env, port=port).start()
     try:
         data = write_sample(tmp_path / "restart.jsonl", count=60, seed=11)
         _, run_id = upload_training_file(settings, data, {"epochs": "3"}, blob_name="restart.jsonl")
         wait_for_run(store, run_id, (State.SUBMITTED, State.TRAINING), timeout=60)
         host.kill()
         time.sleep(2)
-        host = HostProcess(state_dir=tmp_path / "state", env=env).start()
+        host = HostProcess(state_dir=tmp_path / "state", env=env, port=port).start()
         run = wait_for_run(store, run_id, (State.DEPLOYED, State.FAILED))
         assert run.state == State.DEPLOYED, (run.failure, run.history)
     finally:
@@ -256,6 +264,12 @@ def _workspace(settings):
     from chatft_local.workspace.local import LocalWorkspace
 
     return LocalWorkspace(settings)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _port_free(port: int) -> bool:

@@ -206,15 +206,33 @@ def test_a_job_whose_process_died_is_failed_and_stays_failed(state):
 
 
 @pytest.mark.slow
-def test_a_job_that_cannot_train_fails_with_a_one_line_error(state, receiver):
-    spec = make_spec(state, "job-bad-params", receiver.url, num_train_epochs="many")
+def test_a_job_that_cannot_train_fails_with_a_one_line_error(state, receiver, tmp_path):
+    # The host it was submitted to is gone; a host started later publishes its own URL, and the job finds it.
+    gone = receiver.url.replace(f":{receiver.server.server_address[1]}/", f":{_free_port()}/")
+    published = tmp_path / "events-url"
+    spec = {**make_spec(state, "job-bad-params", gone, num_train_epochs="many"), "events_url_file": str(published)}
     jobs.submit(state, spec)
+    directory = jobs.job_dir(state, "job-bad-params")
     status = wait_status(state, "job-bad-params", lambda s: s["status"] in jobs.FINAL)
     assert status["status"] == "Failed"
     assert "num_train_epochs" in status["error"] and "\n" not in status["error"]
+    assert receiver.events() == []
+    # Undelivered, the events pass to a delivery process (the same pid, without the training libraries).
+    command = Path(f"/proc/{status['pid']}/cmdline")
+    deadline = time.monotonic() + 60
+    while b"deliver" not in command.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert command.read_bytes().split(b"\0")[3:5] == [b"deliver", str(directory.resolve()).encode()]
+    assert (directory / "events.pending.json").is_file()
+
+    published.write_text(receiver.url + "\n")
     assert receiver.wait_for(lambda events: len(events) == 2)
     assert [e["data"].get("runStatus") for e in receiver.events()] == ["Running", "Failed"]  # no RunCompleted
-    assert "Traceback" in (jobs.job_dir(state, "job-bad-params") / "log.txt").read_text()
+    assert "Traceback" in (directory / "log.txt").read_text()
+    deadline = time.monotonic() + 30
+    while processes_of(directory) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(directory) == [] and not (directory / "events.pending.json").exists()
 
 
 def test_unknown_and_malformed_job_names(tmp_path):
@@ -309,6 +327,17 @@ def test_delivery_is_retried_until_the_receiver_comes_up():
             r.close()
 
 
+def test_events_go_to_the_published_url_when_there_is_one(tmp_path):
+    published = tmp_path / "events-url"
+    target = jobs.events_target({"events_url": "http://127.0.0.1:1/x?code=k", "events_url_file": str(published)})
+    assert target() == "http://127.0.0.1:1/x?code=k"
+    published.write_text("http://127.0.0.1:2/y?code=k\n")
+    assert target() == "http://127.0.0.1:2/y?code=k"
+    assert jobs.events_target({"events_url": "", "events_url_file": ""}) is None
+    only_file = jobs.events_target({"events_url_file": str(tmp_path / "absent")})
+    assert only_file() == ""  # no receiver yet: delivery waits and asks again
+
+
 def test_delivery_stops_when_refused_or_out_of_time():
     refusing = Receiver(status=400)
     try:
@@ -324,6 +353,7 @@ def test_delivery_stops_when_refused_or_out_of_time():
     finally:
         unavailable.close()
     assert not post_event(f"http://127.0.0.1:{_free_port()}/x", event, give_up_after=0.2, first_delay=0.05)
+    assert not post_event("127.0.0.1:7071/no-scheme", event, sleep=lambda s: pytest.fail("a bad URL is not retried"))
 
 
 def test_outbox_delivers_in_order_without_blocking(receiver):

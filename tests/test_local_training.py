@@ -297,8 +297,8 @@ def test_full_fine_tuning_without_lora(tiny, tmp_path):
     from chatft_local.workspace.trainer import build_trainer, train_and_evaluate
 
     records = [{"messages": r["messages"]} for r in chat_records(12)]
-    trainer, _ = build_trainer(tiny.path, records, records[:2], _settings(apply_lora="false", max_steps=3, learning_rate=1e-2),
-                               str(tmp_path / "work"))
+    settings = _settings(apply_lora="false", max_steps=3, learning_rate=1e-2)
+    trainer, _ = build_trainer(tiny.path, records, records[:2], settings, str(tmp_path / "work"))
     assert not isinstance(trainer.model, PeftModel)
     metrics = train_and_evaluate(trainer)
     assert metrics["steps"] == 3 and metrics["eval_loss"] < metrics["base_eval_loss"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 TINY_NAME = "phi3-tiny"
 # Bump when the recipe below changes, so an old cached build is not reused.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 TINY_SEED = 1234
 
 # The Phi-3 chat format. The `{% generation %}` markers let the trainer mask everything but assistant tokens

@@ -17,7 +17,6 @@ recognised by its instance token (in its command line and its liveness answer), 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import http.client
 import json
 import logging
@@ -33,9 +32,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from shared.ml.port import Deployment, Endpoint, NotFound, PermanentError, RegisteredModel, ScoringTarget
+from .files import file_lock, read_json, write_json
 
 log = logging.getLogger("chatft.workspace")
 
@@ -60,19 +60,6 @@ def check_name(kind: str, name: str) -> str:
         raise PermanentError(f"{kind} name {str(name)[:40]!r} is not valid: 3-32 characters, a letter first, then "
                              f"letters, digits and hyphens")
     return name
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
 
 
 def port_free(port: int) -> bool:
@@ -193,15 +180,8 @@ class EndpointStore:
     def key_path(self, endpoint: str) -> Path:
         return self._dir(endpoint) / "key"
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager:
+        return file_lock(self.root / ".lock")
 
     def _endpoint_names(self) -> list[str]:
         if not self.root.is_dir():
@@ -211,7 +191,7 @@ class EndpointStore:
 
     def _deployment_records(self, endpoint_dir: Path) -> list[dict[str, Any]]:
         folder = endpoint_dir / "deployments"
-        records = [_read_json(p / "deployment.json") for p in folder.iterdir()] if folder.is_dir() else []
+        records = [read_json(p / "deployment.json") for p in folder.iterdir()] if folder.is_dir() else []
         return sorted((r for r in records if r), key=lambda r: r["created"])
 
     # ------------------------------------------------------------------ endpoints
@@ -227,24 +207,24 @@ class EndpointStore:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32) + "\n")
             os.chmod(folder / "key", 0o600)
-            _write_json(folder / "endpoint.json", {
+            write_json(folder / "endpoint.json", {
                 "name": name, "description": description, "tags": {str(k): str(v) for k, v in tags.items()},
                 "state": "Creating", "traffic": {}, "created": time.time()})
         return True
 
     def endpoint(self, name: str) -> Endpoint | None:
         folder = self._dir(name)
-        record = _read_json(folder / "endpoint.json")
+        record = read_json(folder / "endpoint.json")
         if record is None:
             return None
         if record["state"] == "Creating" and time.time() - record["created"] >= self.provision_seconds:
             with self._locked():
-                record = _read_json(folder / "endpoint.json")
+                record = read_json(folder / "endpoint.json")
                 if record is None:
                     return None
                 if record["state"] == "Creating":
                     record["state"] = "Succeeded"
-                    _write_json(folder / "endpoint.json", record)
+                    write_json(folder / "endpoint.json", record)
         return self._endpoint_view(folder, record)
 
     def _endpoint_view(self, folder: Path, record: dict[str, Any]) -> Endpoint:
@@ -263,7 +243,7 @@ class EndpointStore:
     def set_traffic(self, name: str, traffic: dict[str, int]) -> None:
         folder = self._dir(name)
         with self._locked():
-            record = _read_json(folder / "endpoint.json")
+            record = read_json(folder / "endpoint.json")
             if record is None:
                 raise NotFound(f"endpoint {name} not found")
             known = {d["name"] for d in self._deployment_records(folder)}
@@ -274,7 +254,7 @@ class EndpointStore:
                     or sum(traffic.values()) not in (0, 100):
                 raise PermanentError(f"traffic of endpoint {name} must be whole percentages adding up to 100 or 0")
             record["traffic"] = dict(traffic)
-            _write_json(folder / "endpoint.json", record)
+            write_json(folder / "endpoint.json", record)
 
     def scoring_target(self, name: str) -> ScoringTarget:
         endpoint = self.endpoint(name)
@@ -314,7 +294,7 @@ class EndpointStore:
         """Start the deployment's model server; False (and nothing changed) if the deployment exists."""
         folder = self._deployment_dir(endpoint, name)
         with self._locked():
-            record = _read_json(self._dir(endpoint) / "endpoint.json")
+            record = read_json(self._dir(endpoint) / "endpoint.json")
             if record is None:
                 raise NotFound(f"endpoint {endpoint} not found")
             if (folder / "deployment.json").is_file():
@@ -333,7 +313,7 @@ class EndpointStore:
 
     def deployment(self, endpoint: str, name: str) -> Deployment | None:
         folder = self._deployment_dir(endpoint, name)
-        record = _read_json(folder / "deployment.json")
+        record = read_json(folder / "deployment.json")
         if record is None:
             return None
         if record["state"] == "Creating":
@@ -345,7 +325,7 @@ class EndpointStore:
         """Bring the record up to date with its server: Creating -> Succeeded/Failed; with `restart`, start a
         server that is due (not started yet, stopped by the host, or dead after it had succeeded)."""
         with self._locked():
-            record = _read_json(folder / "deployment.json")
+            record = read_json(folder / "deployment.json")
             if record is None:
                 return None
             before = dict(record)
@@ -377,7 +357,7 @@ class EndpointStore:
                     self._start_server(folder, record)
                     return record
             if record != before:
-                _write_json(folder / "deployment.json", record)
+                write_json(folder / "deployment.json", record)
             return record
 
     def _start_server(self, folder: Path, record: dict[str, Any]) -> None:
@@ -406,7 +386,7 @@ class EndpointStore:
         failures = record["failures"] + (1 if record["state"] == "Succeeded" and not record["stopped"] else 0)
         record.update(port=port, pid=child.pid, instance=instance, started=time.time(), stopped=False,
                       failures=failures, next_start=time.time() + min(MAX_RESTART_DELAY_SECONDS, 2.0 ** failures))
-        _write_json(folder / "deployment.json", record)
+        write_json(folder / "deployment.json", record)
 
     # ------------------------------------------------------------------ supervision
 
@@ -437,9 +417,9 @@ class EndpointStore:
                     if record["state"] in ("Creating", "Succeeded") and server_alive(record):
                         records.append(dict(record))
                         record.update(stopped=True, failures=0, next_start=0.0)
-                        _write_json(self._deployment_dir(endpoint, record["name"]) / "deployment.json", record)
+                        write_json(self._deployment_dir(endpoint, record["name"]) / "deployment.json", record)
         _stop_all(records)
 
     def deployment_record(self, endpoint: str, name: str) -> dict[str, Any] | None:
         """The deployment's raw record (port, pid, instance, state): for tests and diagnostics."""
-        return _read_json(self._deployment_dir(endpoint, name) / "deployment.json")
+        return read_json(self._deployment_dir(endpoint, name) / "deployment.json")

@@ -3,7 +3,9 @@
 Each POST carries a JSON array of one event in the Event Grid schema. A job posts RunStatusChanged on Running,
 Completed, Failed and Canceled, and RunCompleted too on Completed (as Azure ML does: none on failure). Delivery is
 retried with exponential backoff while the receiver is down, for up to 24 hours as Event Grid does; 400 and 413
-are not retried. The events URL carries the webhook's key: it is never logged. Standard library only.
+are not retried. The URL may be given as a function, asked again before every attempt: a local host that
+restarts on another port is found. The events URL carries the webhook's key: it is never logged. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Union
 from urllib.parse import urlsplit
 
 log = logging.getLogger("chatft.events")
@@ -74,18 +76,34 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-def post_event(url: str, event: dict[str, Any], *, give_up_after: float = DELIVERY_HOURS * 3600,
+Target = Union[str, Callable[[], str]]
+
+
+def _is_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def post_event(target: Target, event: dict[str, Any], *, give_up_after: float = DELIVERY_HOURS * 3600,
                first_delay: float = 1.0, max_delay: float = MAX_RETRY_DELAY, timeout: float = REQUEST_TIMEOUT,
                sleep: Callable[[float], None] = time.sleep) -> bool:
-    """POST `[event]` until a 2xx answer; True when delivered, False when refused (400/413) or out of time."""
+    """POST `[event]` until a 2xx answer; True when delivered, False when refused (400/413) or out of time.
+    `target` is the URL, or a function giving the current one ("" while there is none)."""
     body = json.dumps([event]).encode()
     deadline = time.monotonic() + give_up_after
     delay = first_delay
     while True:
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "aeg-event-type":
-                                                  "Notification"})
+        url = target() if callable(target) else target
+        if url and not _is_http(url):
+            log.error("the events URL %s is not an http(s) URL; event %s not delivered", safe_url(url),
+                      event["eventType"])
+            return False
         try:
+            if not url:
+                raise ConnectionRefusedError("no events URL yet")
+            request = urllib.request.Request(url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json",
+                                                      "aeg-event-type": "Notification"})
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 response.read()
             return True
@@ -106,33 +124,48 @@ def post_event(url: str, event: dict[str, Any], *, give_up_after: float = DELIVE
         delay = min(delay * 2, max_delay)
 
 
-def post_events(url: str, events: list[dict[str, Any]], **retry: Any) -> bool:
+def post_events(target: Target, events: list[dict[str, Any]], **retry: Any) -> bool:
     """Post each event in order (one array of one event per request); True when all were delivered."""
     delivered = True
     for event in events:
-        delivered = post_event(url, event, **retry) and delivered
+        delivered = post_event(target, event, **retry) and delivered
     return delivered
 
 
 class EventOutbox:
     """Delivers events in order on a background thread, so a job never waits on its receiver while it trains;
-    `close` waits until everything was delivered or given up."""
+    `close` waits a while and returns the events still undelivered."""
 
-    def __init__(self, url: str, **retry: Any):
-        self.url = url
+    def __init__(self, target: Target, **retry: Any):
+        self.target = target
         self.retry = retry
         self.pending: queue.Queue = queue.Queue()
+        self.undelivered: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._deliver, name="event-outbox", daemon=True)
         self.thread.start()
 
     def publish(self, events: list[dict[str, Any]]) -> None:
-        for event in events:
-            self.pending.put(event)
+        with self.lock:
+            self.undelivered += events
+        self.pending.put(list(events))
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Wait up to `timeout` for delivery; the events not yet delivered (nor given up), in order."""
         self.pending.put(None)
         self.thread.join(timeout)
+        with self.lock:
+            return list(self.undelivered)
 
     def _deliver(self) -> None:
-        while (event := self.pending.get()) is not None:
-            post_event(self.url, event, **self.retry)
+        while (events := self.pending.get()) is not None:
+            for event in events:
+                post_event(self.target, event, **self.retry)
+                with self.lock:
+                    self.undelivered.remove(event)
+
+
+def delivery_window_left(event: dict[str, Any]) -> float:
+    """Seconds left of the event's 24-hour delivery window (counted from its eventTime)."""
+    sent = datetime.fromisoformat(event["eventTime"])
+    return max(0.0, DELIVERY_HOURS * 3600 - (datetime.now(timezone.utc) - sent).total_seconds())

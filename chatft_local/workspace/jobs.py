@@ -9,8 +9,12 @@ blocks the host nor dies with it.
         outputs/mlflow_model_folder/   the fine-tuned MLflow model
 
 The process is `python -m chatft_local.workspace.jobs run <job_dir>`. It posts the run's status changes as
-Azure ML Event Grid events to the spec's `events_url` (see `events.py`). A finished status is final: a late
-writer cannot turn Canceled back into Running.
+Azure ML Event Grid events (see `events.py`) to the URL in the spec's `events_url_file` when that file holds one
+(read again before each attempt, so a host that restarts on another port is found), else to `events_url`.
+Events its receiver has not taken a few seconds after the job ends are handed to a small delivery process (the
+same pid, `... jobs deliver <job_dir>`, events in `events.pending.json`), which keeps trying for the rest of
+their 24 hours without the training libraries' memory. A finished status is final: a late writer cannot turn
+Canceled back into Running.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from .events import EventOutbox, run_events
+from .events import EventOutbox, delivery_window_left, post_event, run_events
 
 log = logging.getLogger("chatft.jobs")
 
@@ -39,10 +43,13 @@ QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "Queued", "Running", "Completed",
 FINAL = frozenset({COMPLETED, FAILED, CANCELED})
 MODEL_FOLDER = "mlflow_model_folder"
 REQUIRED_SPEC = ("job_name", "base_model", "train_file")
-PATH_KEYS = ("base_model", "train_file", "test_file")
+PATH_KEYS = ("base_model", "train_file", "test_file", "events_url_file")
 # A queued job whose process was never recorded this long after submission was lost (the host died mid-submit).
 UNSTARTED_GRACE_SECONDS = 60.0
 PROGRESS_WRITE_SECONDS = 1.0
+# How long a finished job waits for its last events before handing them to the delivery process.
+HANDOFF_SECONDS = 10.0
+PENDING_EVENTS = "events.pending.json"
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # Job processes this process started, kept so that finished ones are reaped (no zombies) when statuses are read.
@@ -137,7 +144,7 @@ def update_status(directory: Path, **changes: Any) -> dict[str, Any]:
 def submit(state_dir: str | os.PathLike, spec: dict[str, Any]) -> str:
     """Start the job in a detached process and return its name; a job that already exists is left alone (no
     second process). `spec`: job_name, run_id, experiment_name, base_model (a model directory), train_file,
-    test_file (local paths, "" for none), params, events_url ("" for none)."""
+    test_file (local paths, "" for none), params, events_url and events_url_file ("" for none)."""
     missing = [key for key in REQUIRED_SPEC if not spec.get(key)]
     if missing:
         raise ValueError(f"job spec lacks {', '.join(missing)}")
@@ -171,6 +178,7 @@ def read_status(state_dir: str | os.PathLike, job_name: str) -> dict[str, Any]:
     directory = job_dir(state_dir, job_name)
     if not job_exists(state_dir, job_name):
         raise JobNotFound(job_name)
+    _reap()
     status = json.loads((directory / "status.json").read_text())
     if status["status"] not in FINAL and not _process_alive(directory, status):
         status = update_status(directory, status=FAILED, error="training process died", ended_at=_now())
@@ -185,6 +193,7 @@ def cancel(state_dir: str | os.PathLike, job_name: str) -> None:
     before = json.loads((directory / "status.json").read_text())
     if before["status"] in FINAL:
         return
+    _reap()
     alive = _process_alive(directory, before)
     after = update_status(directory, status=CANCELED, error="canceled", ended_at=_now())
     if after["status"] == CANCELED and alive and after.get("pid"):
@@ -192,12 +201,16 @@ def cancel(state_dir: str | os.PathLike, job_name: str) -> None:
             os.killpg(after["pid"], signal.SIGTERM)
 
 
+def _reap() -> None:
+    """Collect the exit status of job processes started here that have ended (else they linger as zombies)."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            del _children[pid]
+
+
 def _process_alive(directory: Path, status: dict[str, Any]) -> bool:
     """Whether the job's process runs. Where /proc exists, the pid must also still be this job's process (not a
     zombie, not a reused pid); a just-submitted job's process may not have started its program yet."""
-    for child_pid, child in list(_children.items()):
-        if child.poll() is not None:  # reaps it
-            del _children[child_pid]
     submitted = datetime.fromisoformat(status.get("submitted_at") or _now())
     young = status["status"] == QUEUED and \
         (datetime.now(timezone.utc) - submitted).total_seconds() < UNSTARTED_GRACE_SECONDS
@@ -230,7 +243,8 @@ def run(directory: Path) -> int:
     signal.signal(signal.SIGTERM, stop)
     spec = json.loads((directory / "job.json").read_text())
     name, experiment = spec["job_name"], spec.get("experiment_name") or "chatft"
-    outbox = EventOutbox(spec["events_url"]) if spec.get("events_url") else None
+    target = events_target(spec)
+    outbox = EventOutbox(target) if target else None
     result: dict[str, Any] = {}
     try:
         started = update_status(directory, status=RUNNING, pid=os.getpid(), started_at=_now())
@@ -251,11 +265,49 @@ def run(directory: Path) -> int:
         # Reporting the outcome is not interrupted: a cancel arriving now finds the job finished.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         final = update_status(directory, ended_at=_now(), **result)
+        shutil.rmtree(directory / "work", ignore_errors=True)
+        undelivered = []
         if outbox:
             outbox.publish(run_events(name, experiment, final["status"]))
-            outbox.close()
-        shutil.rmtree(directory / "work", ignore_errors=True)
+            undelivered = outbox.close(timeout=HANDOFF_SECONDS)
+        if undelivered:
+            _hand_off(directory, undelivered)
     return 0 if final["status"] == COMPLETED else 1
+
+
+def _hand_off(directory: Path, events: list[dict[str, Any]]) -> None:
+    """Become the delivery process (exec: same pid, the training libraries' memory released)."""
+    _replace(directory / PENDING_EVENTS, {"events": events})
+    log.info("handing %d undelivered event(s) to the delivery process", len(events))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "chatft_local.workspace.jobs", "deliver", str(directory)])
+
+
+def deliver(directory: Path) -> int:
+    """The delivery process: post the job's pending events, each until delivered or out of its 24 hours."""
+    pending = directory / PENDING_EVENTS
+    events = json.loads(pending.read_text())["events"]
+    target = events_target(json.loads((directory / "job.json").read_text()))
+    delivered = all([post_event(target, event, give_up_after=delivery_window_left(event)) for event in events])
+    pending.unlink()
+    return 0 if delivered else 1
+
+
+def events_target(spec: dict[str, Any]) -> Callable[[], str] | None:
+    """Where the job's events go, asked before each delivery attempt; None when the spec names no receiver."""
+    url, url_file = spec.get("events_url") or "", spec.get("events_url_file") or ""
+    if not url and not url_file:
+        return None
+
+    def current() -> str:
+        try:
+            published = Path(url_file).read_text().strip() if url_file else ""
+        except OSError:
+            published = ""
+        return published or url
+
+    return current
 
 
 def _train(directory: Path, spec: dict[str, Any], experiment: str) -> dict[str, Any]:
@@ -286,11 +338,11 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "run":
-        print("usage: python -m chatft_local.workspace.jobs run <job_dir>", file=sys.stderr)
+    if len(args) != 2 or args[0] not in ("run", "deliver"):
+        print("usage: python -m chatft_local.workspace.jobs run|deliver <job_dir>", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(Path(args[1]).resolve())
+    return (run if args[0] == "run" else deliver)(Path(args[1]).resolve())
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ MLflow is imported on first use only (it costs over a second).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import re
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from shared.ml.port import NotFound, PermanentError, RegisteredModel, TransientError
+
+from .files import file_lock
 
 TAG_JOB = "chatft_job"
 TAG_VERSION = "chatft_version"
@@ -42,16 +43,9 @@ class ModelRegistry:
                 self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             return self._client
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> contextlib.AbstractContextManager:
         """Registrations one at a time, across threads and processes, so a job is never registered twice."""
-        self.workspace_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.workspace_dir / "registry.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return file_lock(self.workspace_dir / "registry.lock")
 
     @staticmethod
     @contextlib.contextmanager

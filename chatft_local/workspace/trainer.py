@@ -362,7 +362,10 @@ def train_and_evaluate(trainer) -> dict[str, Any]:
                    tokens_per_second=round(tokens / seconds, 1) if seconds > 0 else None,
                    train_rows=len(trainer.train_dataset))
     if evaluate:
-        loss = trainer.evaluate()["eval_loss"]
+        # The evaluation strategy may have just evaluated the final weights; else evaluate them now.
+        final = [entry["eval_loss"] for entry in trainer.state.log_history
+                 if "eval_loss" in entry and entry.get("step") == trainer.state.global_step]
+        loss = final[-1] if final else trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss=loss, perplexity=_perplexity(loss))
     return metrics
 
