@@ -119,6 +119,13 @@ def processes_of(directory: Path) -> list[int]:
     return found
 
 
+def wait_for_delivery_process(pid: int, timeout: float = 60.0) -> None:
+    """Until the job process has become its delivery process (`... jobs deliver <job_dir>`)."""
+    deadline = time.monotonic() + timeout
+    while b"deliver" not in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def running(status: dict) -> bool:
     return status["status"] == "Running" and (status.get("progress") or {}).get("step", 0) >= 1
 
@@ -218,11 +225,9 @@ def test_a_job_that_cannot_train_fails_with_a_one_line_error(state, receiver, tm
     assert "num_train_epochs" in status["error"] and "\n" not in status["error"]
     assert receiver.events() == []
     # Undelivered, the events pass to a delivery process (the same pid, without the training libraries).
-    command = Path(f"/proc/{status['pid']}/cmdline")
-    deadline = time.monotonic() + 60
-    while b"deliver" not in command.read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert command.read_bytes().split(b"\0")[3:5] == [b"deliver", str(directory.resolve()).encode()]
+    wait_for_delivery_process(status["pid"])
+    command = Path(f"/proc/{status['pid']}/cmdline").read_bytes()
+    assert command.split(b"\0")[3:5] == [b"deliver", str(directory.resolve()).encode()]
     assert (directory / "events.pending.json").is_file()
 
     published.write_text(receiver.url + "\n")
@@ -233,6 +238,21 @@ def test_a_job_that_cannot_train_fails_with_a_one_line_error(state, receiver, tm
     while processes_of(directory) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_of(directory) == [] and not (directory / "events.pending.json").exists()
+
+
+@pytest.mark.slow
+def test_the_delivery_process_stops_on_sigterm(state):
+    spec = make_spec(state, "job-undeliverable", f"http://127.0.0.1:{_free_port()}/x?code={KEY}",
+                     num_train_epochs="many")
+    jobs.submit(state, spec)
+    directory = jobs.job_dir(state, "job-undeliverable")
+    pid = wait_status(state, "job-undeliverable", lambda s: s["status"] in jobs.FINAL)["pid"]
+    wait_for_delivery_process(pid)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while processes_of(directory) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(directory) == []
 
 
 def test_unknown_and_malformed_job_names(tmp_path):

@@ -281,6 +281,7 @@ def _hand_off(directory: Path, events: list[dict[str, Any]]) -> None:
     log.info("handing %d undelivered event(s) to the delivery process", len(events))
     sys.stdout.flush()
     sys.stderr.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an ignored signal would stay ignored across exec
     os.execv(sys.executable, [sys.executable, "-m", "chatft_local.workspace.jobs", "deliver", str(directory)])
 
 

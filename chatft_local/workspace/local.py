@@ -158,7 +158,9 @@ class LocalWorkspace:
         spec = {"job_name": name, "run_id": request.run_id, "experiment_name": request.experiment_name,
                 "base_model": request.base_model.id, "base_model_name": request.base_model.name,
                 "train_file": str(train), "test_file": str(test) if test else "", "params": params,
-                "events_url": self.events_url()}
+                "events_url": self.events_url(),
+                # A job outlives its host: before each delivery it reads where the host now listens.
+                "events_url_file": "" if self.settings.local_events_url else str(self.events_url_file)}
         return jobs.submit(self.state_dir, spec)
 
     def _download(self, blob_path: str, target: Path) -> Path:
