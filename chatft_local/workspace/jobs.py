@@ -20,7 +20,6 @@ Canceled back into Running.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -33,9 +32,10 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .events import EventOutbox, delivery_window_left, post_event, run_events
+from .files import file_lock, write_json
 
 log = logging.getLogger("chatft.jobs")
 
@@ -109,32 +109,18 @@ def _write_once(path: Path, payload: dict[str, Any], mode: int = 0o644) -> bool:
         scratch.unlink()
 
 
-def _replace(path: Path, payload: dict[str, Any]) -> None:
-    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    scratch.write_text(json.dumps(payload, indent=1))
-    os.replace(scratch, path)
-
-
-@contextlib.contextmanager
-def _status_lock(directory: Path) -> Iterator[None]:
-    with open(directory / "status.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def update_status(directory: Path, **changes: Any) -> dict[str, Any]:
     """Merge `changes` into the job's status file (across processes, one writer at a time) and return the
     result. A final status (Completed, Failed, Canceled) is never changed again."""
     path = directory / "status.json"
-    with _status_lock(directory):
+    with file_lock(directory / "status.lock"):
         current = json.loads(path.read_text())
         if current["status"] in FINAL:
             return current
         current.update(changes)
-        _replace(path, current)
+        write_json(path, current)
         return current
 
 
@@ -277,7 +263,7 @@ def run(directory: Path) -> int:
 
 def _hand_off(directory: Path, events: list[dict[str, Any]]) -> None:
     """Become the delivery process (exec: same pid, the training libraries' memory released)."""
-    _replace(directory / PENDING_EVENTS, {"events": events})
+    write_json(directory / PENDING_EVENTS, {"events": events})
     log.info("handing %d undelivered event(s) to the delivery process", len(events))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -18,7 +18,6 @@ The output is an MLflow transformers model (task llm/v1/chat) with the LoRA weig
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
@@ -35,6 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from transformers import TrainerCallback  # noqa: E402
+
+from .files import file_lock  # noqa: E402
 
 log = logging.getLogger("chatft.trainer")
 
@@ -239,12 +240,8 @@ def use_tracking(uri: str, experiment_name: str) -> None:
         mlflow.set_experiment(experiment_name)
         return
     database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            mlflow.set_experiment(experiment_name)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(database.with_name(database.name + ".lock")):
+        mlflow.set_experiment(experiment_name)
 
 
 def _sqlite_path(uri: str) -> Path | None:
