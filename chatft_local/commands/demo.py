@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -138,6 +140,10 @@ def main(args: argparse.Namespace) -> int:
         print("chatft demo: " + "; ".join(p["message"] for p in exc.problems))
         return 2
 
+    # The demo speaks for itself: library progress bars and the host's log lines would drown its progress line.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.basicConfig(level=logging.ERROR)
     started = time.monotonic()
     print("chatft demo: starting the local host (Azurite, local ML workspace)...", flush=True)
     host = LocalHost(port=args.port).start()
