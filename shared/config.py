@@ -226,14 +226,6 @@ class Settings:
     def storage_connection(self) -> str:
         return self.azurewebjobsstorage
 
-    @property
-    def experiment(self) -> str:
-        return self.experiment_name or f"chat_completion_{self.base_model}"
-
-    @property
-    def deadletter_suffix(self) -> str:
-        return "-deadletter"
-
     def binding_values(self) -> dict[str, str]:
         """Values for `%NAME%` binding expressions, as the Functions host resolves them from app settings."""
         out = {}

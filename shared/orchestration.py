@@ -15,9 +15,9 @@ from datetime import timedelta
 from typing import Any
 
 from .bootstrap import Services
-from .ml.training_params import registered_model_name
 from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequest, MLBackendError,
                       PermanentError, RegisteredModel)
+from .ml.training_params import registered_model_name
 from .overrides import APP_KEYS
 from .run_store import RunNotFound
 from .runs import (Run, State, endpoint_name_for, iso, job_name_for, parse_iso, run_id_from_job_name, slug)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable, Mapping
 
+from ..overrides import APP_KEYS
 from .port import PermanentError
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ APP_SET_INPUTS = frozenset({
     "mlflow_model_path", "train_file_path", "test_file_path", "number_of_gpu_to_use_finetuning",
     "compute_model_import", "compute_preprocess", "compute_finetune", "compute_model_evaluation",
 })
-# Upload overrides the app uses itself (shared.overrides.APP_KEYS); not pipeline inputs.
-APP_LEVEL_KEYS = frozenset({"base_model", "keep", "test_fraction"})
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def pipeline_parameters(values: Mapping[str, Any],
     dropped: list[str] = []
     for key, value in values.items():
         spec = inputs.get(key)
-        if key in APP_LEVEL_KEYS:
+        if key in APP_KEYS:  # the app's own upload overrides, not pipeline inputs
             continue
         if spec is None or key in APP_SET_INPUTS or spec.type not in _CONVERTERS:
             dropped.append(key)
