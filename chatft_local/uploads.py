@@ -14,6 +14,9 @@ def upload_training_file(settings: Settings, path: Path, metadata: dict[str, str
     """Upload `path` (streamed) to TRAINING_CONTAINER; returns (blob name, the run id the app will give it)."""
     name = blob_name or f"{slug(path.stem, 60) or 'upload'}.jsonl"
     blob = Blobs(settings.storage_connection).blob(settings.training_container, name)
+    from azure.storage.blob import ContentSettings
+
     with path.open("rb") as f:
-        result = blob.upload_blob(f, overwrite=True, metadata=metadata or None, max_concurrency=2)
+        result = blob.upload_blob(f, overwrite=True, metadata=metadata or None, max_concurrency=2,
+                                  content_settings=ContentSettings(content_type="application/jsonl"))
     return name, run_id_for(settings.training_container, name, str(result["etag"]))

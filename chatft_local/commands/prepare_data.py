@@ -88,9 +88,9 @@ def ultrachat_record(row: dict[str, Any]) -> dict[str, Any]:
 
 def upload(path: Path, blob_name: str) -> int:
     """Stream `path` into TRAINING_CONTAINER as `blob_name` (connection from the settings)."""
-    from azure.core.exceptions import AzureError, ResourceExistsError
-    from azure.storage.blob import BlobServiceClient, ContentSettings
+    from azure.core.exceptions import AzureError
 
+    from chatft_local.uploads import upload_training_file
     from shared.config import SettingError, Settings
 
     try:
@@ -98,20 +98,12 @@ def upload(path: Path, blob_name: str) -> int:
     except SettingError as exc:
         return _fail(str(exc))
     try:
-        service = BlobServiceClient.from_connection_string(settings.storage_connection)
-        container = service.get_container_client(settings.training_container)
-        try:
-            container.create_container()
-        except ResourceExistsError:
-            pass
-        with open(path, "rb") as data:
-            container.upload_blob(blob_name, data, overwrite=True,
-                                  content_settings=ContentSettings(content_type="application/jsonl"))
+        name, run_id = upload_training_file(settings, path, blob_name=blob_name)
     except (AzureError, ValueError) as exc:  # ValueError: a malformed connection string
         print(f"chatft prepare-data: upload failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
               file=sys.stderr)
         return 1
-    print(f"uploaded {path} to {settings.training_container}/{blob_name}")
+    print(f"uploaded {path} to {settings.training_container}/{name}; run id {run_id}")
     return 0
 
 

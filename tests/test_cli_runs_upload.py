@@ -1,0 +1,74 @@
+"""`chatft upload` and `chatft runs`, as a user runs them, against Azurite."""
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+from shared.run_store import RunStore
+from shared.runs import State, new_run, run_id_for
+
+from .conftest import PROJECT_ROOT
+
+
+def chatft(settings, *args):
+    env = {"PATH": "/usr/bin:/bin", "AzureWebJobsStorage": settings.storage_connection,
+           "TRAINING_CONTAINER": settings.training_container, "RUNS_TABLE": settings.runs_table}
+    return subprocess.run([sys.executable, "-m", "chatft_local", *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "My Team Data.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    return path
+
+
+def test_upload_streams_the_file_with_overrides_as_metadata_and_names_the_run(settings, data):
+    from azure.storage.blob import BlobServiceClient
+
+    out = chatft(settings, "upload", str(data), "--meta", "epochs=2", "--meta", "keep=true")
+    assert out.returncode == 0, out.stdout + out.stderr
+    blob = BlobServiceClient.from_connection_string(settings.storage_connection).get_blob_client(
+        settings.training_container, "my-team-data.jsonl")
+    props = blob.get_blob_properties()
+    assert props.metadata == {"epochs": "2", "keep": "true"}
+    assert blob.download_blob().readall() == data.read_bytes()
+    assert run_id_for(settings.training_container, "my-team-data.jsonl", props.etag) in out.stdout
+
+
+@pytest.mark.parametrize("meta,message", [("epochz=2", "unknown override"), ("epochs=many", "must be"),
+                                          ("novalue", "is not KEY=VALUE")])
+def test_upload_refuses_overrides_the_app_would_reject(settings, data, meta, message):
+    out = chatft(settings, "upload", str(data), "--meta", meta)
+    assert out.returncode == 2 and message in out.stdout
+
+
+def test_upload_of_a_missing_file_is_exit_2(settings, tmp_path):
+    out = chatft(settings, "upload", str(tmp_path / "nope.jsonl"))
+    assert out.returncode == 2 and "not a readable file" in out.stdout
+
+
+def test_runs_lists_newest_first_and_shows_one_in_detail(settings):
+    store = RunStore(settings.storage_connection, settings.runs_table)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    old = new_run("old-000000000001", t0)
+    store.create(old)
+    rejected = new_run("new-000000000002", t0.replace(hour=1)).advance(State.VALIDATING, t0).advance(
+        State.REJECTED, t0, "line 3: invalid_json", report={"ok": False, "records": 3, "valid_records": 2,
+                                                             "errors": [{"line": 3, "code": "invalid_json",
+                                                                         "message": "not JSON"}]})
+    store.create(rejected)
+    table = chatft(settings, "runs")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[1].startswith("new-000000000002") and lines[2].startswith("old-000000000001")
+    detail = chatft(settings, "runs", "new-000000000002")
+    assert "REJECTED" in detail.stdout and "line 3: invalid_json: not JSON" in detail.stdout
+    as_json = json.loads(chatft(settings, "runs", "--json", "--state", "rejected").stdout)
+    assert [r["run_id"] for r in as_json] == ["new-000000000002"]
+    missing = chatft(settings, "runs", "nope")
+    assert missing.returncode == 1 and "no run nope" in missing.stdout
