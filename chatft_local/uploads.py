@@ -13,7 +13,7 @@ def upload_training_file(settings: Settings, path: Path, metadata: dict[str, str
                          blob_name: str | None = None) -> tuple[str, str]:
     """Upload `path` (streamed) to TRAINING_CONTAINER; returns (blob name, the run id the app will give it)."""
     name = blob_name or f"{slug(path.stem, 60) or 'upload'}.jsonl"
-    blob = Blobs(settings.storage_connection).blob(settings.training_container, name)
+    blob = Blobs(settings).blob(settings.training_container, name)
     from azure.storage.blob import ContentSettings
 
     with path.open("rb") as f:

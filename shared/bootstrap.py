@@ -43,8 +43,8 @@ def bootstrap(settings: Settings | None = None, *, ml: MLBackend | None = None,
     settings = settings or get_settings()
     return Services(
         settings=settings,
-        runs=RunStore(settings.storage_connection, settings.runs_table),
-        blobs=Blobs(settings.storage_connection),
+        runs=RunStore(settings, settings.runs_table),
+        blobs=Blobs(settings),
         messages=messages or make_sender(settings),
         ml=ml or make_ml_backend(settings),
         clock=clock or utcnow,

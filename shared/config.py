@@ -66,6 +66,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("AzureWebJobsStorage", AZURITE_CONNECTION, "str",
                 "Storage connection for triggers, the run table, run files and reports. Azurite locally.",
                 secret=True),
+        Setting("AzureWebJobsStorage__accountName", "", "str",
+                "Azure: the storage account's name for an identity-based connection (the app's managed identity); "
+                "when set, it is used instead of the AzureWebJobsStorage connection string."),
         Setting("TRAINING_CONTAINER", "training-data", "str",
                 "Watched container: a `.jsonl` upload here starts a run."),
         Setting("RUNS_CONTAINER", "runs", "str",
@@ -141,8 +144,13 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+# Settings whose names follow the Functions host's connection conventions get plainer attribute names.
+_ATTRS = {"ServiceBusConnection__fullyQualifiedNamespace": "servicebusconnection",
+          "AzureWebJobsStorage__accountName": "storage_account_name"}
+
+
 def _attr(env: str) -> str:
-    return env.split("__")[0].lower() if env.startswith("ServiceBus") else env.lower()
+    return _ATTRS.get(env, env.lower())
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ class Settings:
     """Typed settings. Build with `Settings.from_env()`; tests pass overrides as keyword arguments."""
 
     azurewebjobsstorage: str = AZURITE_CONNECTION
+    storage_account_name: str = ""
     training_container: str = "training-data"
     runs_container: str = "runs"
     runs_table: str = "runs"

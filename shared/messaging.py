@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from .config import Settings
+from .identity import default_credential
+from .storage import StorageAccount
 
 
 class MessageSender(Protocol):
@@ -43,8 +45,8 @@ class StorageQueueSender:
 
     MAX_INVISIBLE_SECONDS = 7 * 24 * 3600 - 1
 
-    def __init__(self, connection_string: str):
-        self._conn = connection_string
+    def __init__(self, account: "StorageAccount | Settings | str"):
+        self._account = StorageAccount.of(account)
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -53,9 +55,8 @@ class StorageQueueSender:
             client = self._clients.get(queue)
             if client is None:
                 from azure.core.exceptions import ResourceExistsError
-                from azure.storage.queue import QueueClient
 
-                client = QueueClient.from_connection_string(self._conn, queue)
+                client = self._account.queue(queue)
                 try:
                     client.create_queue()
                 except ResourceExistsError:
@@ -82,12 +83,7 @@ class ServiceBusSender:
             if self._client is None:
                 from azure.servicebus import ServiceBusClient
 
-                credential = self._credential
-                if credential is None:
-                    from azure.identity import DefaultAzureCredential
-
-                    credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
-                self._client = ServiceBusClient(self._fqns, credential)
+                self._client = ServiceBusClient(self._fqns, self._credential or default_credential())
             return self._client
 
     def send(self, queue: str, body: dict[str, Any], message_id: str, delay_seconds: float = 0) -> None:
@@ -103,4 +99,4 @@ class ServiceBusSender:
 def make_sender(settings: Settings) -> MessageSender:
     if settings.messaging == "servicebus":
         return ServiceBusSender(settings.servicebusconnection)
-    return StorageQueueSender(settings.storage_connection)
+    return StorageQueueSender(settings)

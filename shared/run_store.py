@@ -7,7 +7,9 @@ import logging
 import threading
 from typing import Callable, Iterable
 
+from .config import Settings
 from .runs import Run, State
+from .storage import StorageAccount
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,8 @@ def _from_entity(entity) -> Run:
 class RunStore:
     """Runs in a table. Every update re-reads and re-applies on a lost race; nothing is overwritten blindly."""
 
-    def __init__(self, connection_string: str, table_name: str, max_attempts: int = 8):
-        self._conn = connection_string
+    def __init__(self, account: "StorageAccount | Settings | str", table_name: str, max_attempts: int = 8):
+        self._account = StorageAccount.of(account)
         self._table_name = table_name
         self._max_attempts = max_attempts
         self._table = None
@@ -66,9 +68,7 @@ class RunStore:
     def _client(self):
         with self._lock:
             if self._table is None:
-                from azure.data.tables import TableClient
-
-                table = TableClient.from_connection_string(self._conn, self._table_name)
+                table = self._account.table(self._table_name)
                 try:
                     table.create_table()
                 except Exception as exc:  # already there

@@ -6,17 +6,60 @@ import base64
 import json
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterator
+
+from .config import AZURITE_CONNECTION, Settings
 
 READ_CHUNK = 4 * 1024 * 1024
 BLOCK_SIZE = 4 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class StorageAccount:
+    """How the app reaches its storage account: a connection string (Azurite locally), or in Azure the account
+    name and the app's managed identity (`AzureWebJobsStorage__accountName`), as the Functions host does."""
+
+    connection_string: str = AZURITE_CONNECTION
+    account_name: str = ""
+
+    @classmethod
+    def of(cls, where: "StorageAccount | Settings | str") -> "StorageAccount":
+        if isinstance(where, StorageAccount):
+            return where
+        if isinstance(where, Settings):
+            return cls(where.storage_connection, where.storage_account_name)
+        return cls(connection_string=where)
+
+    def _client(self, client_type: Any, service: str, **names: str) -> Any:
+        if self.account_name:
+            from .identity import default_credential
+
+            url = f"https://{self.account_name}.{service}.core.windows.net"
+            return client_type(url, credential=default_credential(), **names)
+        return client_type.from_connection_string(self.connection_string, **names)
+
+    def blob_service(self) -> Any:
+        from azure.storage.blob import BlobServiceClient
+
+        return self._client(BlobServiceClient, "blob")
+
+    def table(self, name: str) -> Any:
+        from azure.data.tables import TableClient
+
+        return self._client(TableClient, "table", table_name=name)
+
+    def queue(self, name: str) -> Any:
+        from azure.storage.queue import QueueClient
+
+        return self._client(QueueClient, "queue", queue_name=name)
+
+
 class Blobs:
     """One BlobServiceClient per worker, containers created on first use."""
 
-    def __init__(self, connection_string: str):
-        self._conn = connection_string
+    def __init__(self, account: "StorageAccount | Settings | str"):
+        self._account = StorageAccount.of(account)
         self._service = None
         self._ready: set[str] = set()
         self._lock = threading.Lock()
@@ -25,9 +68,7 @@ class Blobs:
     def service(self):
         with self._lock:
             if self._service is None:
-                from azure.storage.blob import BlobServiceClient
-
-                self._service = BlobServiceClient.from_connection_string(self._conn)
+                self._service = self._account.blob_service()
             return self._service
 
     def container(self, name: str):

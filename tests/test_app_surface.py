@@ -66,3 +66,14 @@ def test_malformed_settings_are_named():
         else:
             raise AssertionError(f"{env} was accepted")
 
+
+
+def test_identity_based_storage_reaches_the_named_account_without_a_connection_string():
+    from shared.storage import StorageAccount
+
+    account = StorageAccount.of(Settings.from_env({"AzureWebJobsStorage__accountName": "chatftprod"}))
+    assert account.blob_service().url.startswith("https://chatftprod.blob.core.windows.net")
+    assert account.table("runs").url.startswith("https://chatftprod.table.core.windows.net")
+    assert account.queue("runs").url.startswith("https://chatftprod.queue.core.windows.net/runs")
+    local = StorageAccount.of(Settings.from_env({}))
+    assert local.table("runs").url.startswith("http://127.0.0.1:10002/devstoreaccount1")

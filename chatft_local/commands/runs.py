@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     from shared.runs import State
 
     settings = Settings.from_env()
-    store = RunStore(settings.storage_connection, settings.runs_table)
+    store = RunStore(settings, settings.runs_table)
     try:
         if args.run_id:
             run = store.get(args.run_id)

@@ -248,10 +248,9 @@ class AzureMLBackend:
     def credential(self) -> Any:
         with self._lock:
             if self._credential is None:
-                from azure.identity import DefaultAzureCredential
+                from ..identity import default_credential
 
-                # Managed identity in Azure; never an interactive browser prompt on a server.
-                self._credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+                self._credential = default_credential()
             return self._credential
 
     @property
