@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
+import time
 from typing import Callable, Iterable
 
 from .config import Settings
@@ -58,7 +60,7 @@ def _from_entity(entity) -> Run:
 class RunStore:
     """Runs in a table. Every update re-reads and re-applies on a lost race; nothing is overwritten blindly."""
 
-    def __init__(self, account: "StorageAccount | Settings | str", table_name: str, max_attempts: int = 8):
+    def __init__(self, account: "StorageAccount | Settings | str", table_name: str, max_attempts: int = 10):
         self._account = StorageAccount.of(account)
         self._table_name = table_name
         self._max_attempts = max_attempts
@@ -127,7 +129,7 @@ class RunStore:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
 
-        for _attempt in range(self._max_attempts):
+        for attempt in range(self._max_attempts):
             current = self.get(run_id)
             changed = change(current)
             if changed is None:
@@ -137,6 +139,8 @@ class RunStore:
                                                     match_condition=MatchConditions.IfNotModified)
             except ResourceModifiedError:
                 log.info("run %s changed while updating; re-reading", run_id)
+                # Jittered backoff: writers that collided once do not collide again in lockstep.
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** attempt)))
                 continue
             changed.etag = meta["etag"]
             return changed
