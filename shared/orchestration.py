@@ -221,13 +221,21 @@ def check_deployment(svc: Services, run_id: str) -> Run | None:
     run = svc.runs.find(run_id)
     if run is None or run.state != State.DEPLOYING:
         return run
-    ml, s, now = svc.ml, svc.settings, svc.clock()
+    s, now = svc.settings, svc.clock()
     started = parse_iso(run.deploy_started_at or run.updated_at)
     if now - started > timedelta(minutes=s.deploy_timeout_minutes):
         return _abandon_deployment(svc, run, f"deployment not ready after {s.deploy_timeout_minutes} minutes")
 
-    # Take every step that can be taken now (locally, and sometimes in Azure, a step completes at once); wait
-    # only for what is still provisioning.
+    try:
+        return _deployment_steps(svc, run)
+    except PermanentError as exc:  # e.g. an instance type the model does not allow: retrying cannot help
+        return _abandon_deployment(svc, run, str(exc))
+
+
+def _deployment_steps(svc: Services, run: Run) -> Run:
+    """Take every step that can be taken now (locally, and sometimes in Azure, a step completes at once); wait
+    only for what is still provisioning."""
+    ml, s = svc.ml, svc.settings
     progressed = False
     for _step in range(4):
         endpoint = ml.get_endpoint(run.endpoint_name)
@@ -256,7 +264,7 @@ def check_deployment(svc: Services, run_id: str) -> Run | None:
             progressed = True
             continue
         uri = endpoint.scoring_uri
-        return svc.runs.update(run_id, lambda r: r.advance(State.DEPLOYED, svc.clock(), scoring_uri=uri)
+        return svc.runs.update(run.run_id, lambda r: r.advance(State.DEPLOYED, svc.clock(), scoring_uri=uri)
                                if r.state == State.DEPLOYING and r.endpoint_name == run.endpoint_name else None)
     return _check_later(svc, run, progressed)
 

@@ -12,7 +12,6 @@ import pytest
 
 from shared.bootstrap import bootstrap
 from shared.messaging import decode_envelope
-from shared.ml.port import PermanentError
 from shared.orchestration import (RUN_COMPLETED, RUN_STATUS_CHANGED, JobEvent, NotRedeployable, check_deployment,
                                   handle_job_event, redeploy, submit_run)
 from shared.runs import State, job_name_for, new_run
@@ -296,8 +295,10 @@ def test_instance_type_outside_the_models_allow_list_fails_the_deployment(settin
                     ml=ml, clock=clock)
     ml.instant_provisioning = True
     run = deploying(svc, ml)
-    with pytest.raises(PermanentError):
-        check_deployment(svc, run.run_id)
+    failed = check_deployment(svc, run.run_id)
+    assert failed.state == State.FAILED and failed.failure.stage == "deploy"
+    assert "Standard_DS3_v2" in failed.failure.reason
+    assert ml.get_endpoint(run.endpoint_name) is None, "the half-made endpoint stops costing"
 
 
 def test_endpoint_creation_failing_at_first_is_retried_by_the_check(svc, ml):
