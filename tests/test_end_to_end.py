@@ -113,6 +113,12 @@ def test_score_through_the_proxy_with_the_notebooks_request(deployed):
     assert newest.status_code == 200, newest.text
 
 
+def test_the_apps_health_route_answers_without_a_key(deployed):
+    health = requests.get(f"{deployed.host.base_url}/api/health", timeout=10)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "ml_backend": "local",
+                                                           "messaging": "storage-queue"}
+
+
 def test_score_without_a_key_is_401(deployed):
     assert deployed.post("/api/score", notebook_request("hi"), key=False).status_code == 401
 
