@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,14 +94,21 @@ class BaseModelInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+_build_lock = threading.Lock()
+
+
 def ensure_base_model(state_dir: str | os.PathLike, local_base_model: str = "") -> BaseModelInfo:
     """The base model to fine-tune: LOCAL_BASE_MODEL's directory when set (checked, never downloaded), else the
     tiny stand-in, built once under the state directory."""
     if local_base_model:
         return _local_model(Path(local_base_model).expanduser())
     target = Path(state_dir) / "workspace" / "base-models" / TINY_NAME / TINY_VERSION
-    if not (target / "config.json").is_file():
-        _build_tiny(target)
+    # One build at a time in this process: transformers' lazy imports are not safe to race from two threads (a
+    # concurrent first import raised "cannot import name 'PreTrainedTokenizerFast'"); other processes are covered
+    # by the build's atomic rename.
+    with _build_lock:
+        if not (target / "config.json").is_file():
+            _build_tiny(target)
     return BaseModelInfo(str(target.resolve()), TINY_NAME, TINY_VERSION, dict(TINY_TAGS))
 
 

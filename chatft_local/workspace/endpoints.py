@@ -45,6 +45,7 @@ NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{2,31}")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRASH = ".deleting"
 STOP_GRACE_SECONDS = 10.0
+STARTUP_GRACE_SECONDS = 5.0  # a Creating deployment whose process is not seen is declared Failed only after this
 MAX_RESTART_DELAY_SECONDS = 60.0
 # Keep hub look-ups out of a model server: this machine reaches nothing beyond 127.0.0.1.
 SERVER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -112,6 +113,8 @@ def _process(record: dict[str, Any]) -> Any:
             return None
     try:
         process = psutil.Process(pid)
+        if child is not None:  # our own running child: no need to recognise it by its command line
+            return process
         if process.status() == psutil.STATUS_ZOMBIE or instance not in process.cmdline():
             return None
         return process
@@ -344,6 +347,8 @@ class EndpointStore:
                     record.update(state="Failed", pid=None,
                                   error=f"the model server did not answer its liveness probe within "
                                         f"{self.startup_timeout:.0f} s")
+                elif not alive and record["state"] == "Creating" and now - (record["started"] or 0) < STARTUP_GRACE_SECONDS:
+                    pass  # a process just spawned may not be observable yet: look again at the next check
                 elif not alive and record["state"] == "Creating" and not record["stopped"] and record["pid"]:
                     record.update(state="Failed", pid=None,
                                   error=last_log_line(folder / "server.log") or "the model server exited")
