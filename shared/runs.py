@@ -52,14 +52,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.FAILED: frozenset({S.DEPLOYING}),
 }
 
-# Position along the happy path; used to tell a stale trigger (its target is behind the run) from a new one.
-PROGRESS: dict[State, int] = {
-    S.RECEIVED: 0, S.VALIDATING: 1, S.QUEUED: 2, S.SUBMITTED: 3, S.TRAINING: 4, S.TRAINED: 5,
-    S.REGISTERED: 6, S.DEPLOYING: 7, S.DEPLOYED: 8, S.RETIRED: 9, S.REJECTED: 10, S.FAILED: 10,
-}
-TERMINAL = frozenset({S.REJECTED})
-
-
 class IllegalTransition(Exception):
     """A run was asked to move where `TRANSITIONS` does not allow."""
 
@@ -135,10 +127,6 @@ class Run:
 
     def can_move_to(self, target: State) -> bool:
         return target in TRANSITIONS[self.state]
-
-    def is_past(self, target: State) -> bool:
-        """True when the run is already at or beyond `target` on the happy path: a trigger for it is stale."""
-        return PROGRESS[self.state] >= PROGRESS[target]
 
     def advance(self, target: State, at: datetime, detail: str = "", **changes: Any) -> "Run":
         """Move to `target` (raises `IllegalTransition`), record it, and set `changes` on the run."""
