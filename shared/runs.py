@@ -52,6 +52,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.FAILED: frozenset({S.DEPLOYING}),
 }
 
+
 class IllegalTransition(Exception):
     """A run was asked to move where `TRANSITIONS` does not allow."""
 
