@@ -20,7 +20,8 @@ from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequ
 from .ml.training_params import registered_model_name
 from .overrides import APP_KEYS
 from .run_store import RunNotFound
-from .runs import (Run, State, endpoint_name_for, iso, job_name_for, parse_iso, run_id_from_job_name, slug)
+from .runs import (Run, State, endpoint_name_for, experiment_name_for, iso, job_name_for, parse_iso,
+                   run_id_from_job_name)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _submit_job(svc: Services, run: Run) -> str:
     request = JobRequest(
         job_name=job_name_for(run.run_id),
         run_id=run.run_id,
-        experiment_name=s.experiment_name or f"chat_completion_{slug(base_model.name, 60) or 'model'}",
+        experiment_name=s.experiment_name or experiment_name_for(base_model.name),
         base_model=base_model,
         compute=compute,
         train_path=run.train_path,
@@ -156,9 +157,9 @@ def settle_job(svc: Services, run_id: str) -> Run:
 def _register(svc: Services, run: Run) -> Run:
     base = run.overrides.get("base_model") or svc.settings.base_model
     name = registered_model_name(base, dataset=run.run_id.rsplit("-", 1)[0])
-    version = run.run_id.rsplit("-", 1)[-1]
     try:
-        model = svc.ml.register_model(run.job_name, name=name, version=version,
+        # No version: the backend returns the integer version this job already has, else registers the next one.
+        model = svc.ml.register_model(run.job_name, name=name,
                                       description=f"{base} fine-tuned by run {run.run_id}",
                                       tags={TAG_APP: svc.settings.app_id, TAG_RUN: run.run_id})
     except PermanentError as exc:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .ml.naming import ENDPOINT_MAX_LEN
+
 
 class State(str, enum.Enum):
     RECEIVED = "Received"
@@ -195,8 +197,14 @@ def run_id_for(container: str, blob_name: str, etag: str) -> str:
 
 
 def job_name_for(run_id: str) -> str:
-    """The fine-tuning job's name; derived so a resubmission finds the existing job."""
+    """The fine-tuning job's name; derived so a resubmission finds the existing job. A run id (`run_id_for`) is
+    lower-case letters, digits and hyphens, so the name passes Azure's job rule (`shared.ml.naming.JOB`)."""
     return f"chatft-{run_id}"
+
+
+def experiment_name_for(base_model: str) -> str:
+    """The notebook's experiment name, `chat_completion_<model>`, made safe for Azure's experiment rule."""
+    return f"chat_completion_{slug(base_model, 60) or 'model'}"
 
 
 def run_id_from_job_name(job_name: str) -> str | None:
@@ -209,7 +217,7 @@ def endpoint_name_for(run_id: str, attempt: int = 0) -> str:
     Ends with the run's hash so names stay unique; `attempt` gives a fresh name for a redeployment, since a
     deleted endpoint's name can stay reserved for a while.
     """
-    digest = run_id.rsplit("-", 1)[-1][:8]
-    suffix = f"-{digest}" + (f"-{attempt}" if attempt else "")
-    head = slug(run_id.rsplit("-", 1)[0], 32 - len("ft-") - len(suffix)) or "run"
-    return f"ft-{head}{suffix}"[:32].strip("-")
+    digest = slug(run_id.rsplit("-", 1)[-1], 8)
+    suffix = (f"-{digest}" if digest else "") + (f"-{attempt}" if attempt else "")
+    head = slug(run_id.rsplit("-", 1)[0], ENDPOINT_MAX_LEN - len("ft-") - len(suffix)) or "run"
+    return f"ft-{head}{suffix}"[:ENDPOINT_MAX_LEN].strip("-")

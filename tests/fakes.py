@@ -1,8 +1,15 @@
 """An in-memory ML backend for service tests: it keeps the port's contract (tests/test_ml_contract.py checks it
 with the same suite as the real backends) and lets a test drive the scenario.
 
+It refuses what Azure ML refuses (`shared.ml.naming`, each rule with its source there): names of jobs, experiments,
+models, endpoints and deployments outside Azure's patterns and lengths, model versions that are not positive integers,
+tags beyond Azure's limits (all `InvalidInput`), an endpoint name already taken (`NameTaken`: by another run's endpoint
+here, compared without case as Azure compares resource names, or elsewhere in the region), an instance type outside
+the base model's allow-list.
+
 Scenario controls: `start_job` / `complete_job` / `fail_job` / `cancel` (via the port), `set_endpoint_state`,
-`set_deployment_state`, `add_endpoint` (an endpoint the app did not create), `set_requests`, `fail_next`
+`set_deployment_state`, `add_endpoint` (an endpoint the app did not create), `take_endpoint_name` (a name used
+elsewhere in the region), `set_requests`, `fail_next`
 (make the next call(s) of a method raise, a TransientError by default), `add_base_model` / `set_compute`.
 Observations: `created` (a Counter of jobs, models, endpoints, deployments actually created), `job_creations`
 (per job name), `calls` (method names in call order), `jobs[name].request` and `.params` (the typed parameters
@@ -17,8 +24,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from shared.ml.port import (JOB_DONE, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus,
-                            MLBackendError, NotFound, PermanentError, RegisteredModel, ScoringTarget, TransientError)
+from shared.ml import naming
+from shared.ml.port import (JOB_DONE, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus,
+                            MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
+                            TransientError)
 from shared.ml.training_params import (archive_reason, archived_model_error, check_finetune_compute,
                                        check_inference_instance_type, finetune_parameters, gpus_per_node)
 
@@ -81,6 +90,7 @@ class FakeMLBackend:
         self.models: dict[tuple[str, str], tuple[RegisteredModel, str]] = {}  # -> (model, job name)
         self.endpoints: dict[str, _Endpoint] = {}
         self.requests: dict[str, int] = {}
+        self.taken_in_region: set[str] = set()  # endpoint names (lower case) used by other workspaces in the region
         self.created: Counter[str] = Counter()
         self.job_creations: Counter[str] = Counter()  # job name -> jobs created under it (1 when idempotent)
         self.calls: list[str] = []
@@ -132,6 +142,10 @@ class FakeMLBackend:
             self.endpoints[name] = _Endpoint(endpoint, key=f"fake-key-{name}")
             return endpoint
 
+    def take_endpoint_name(self, name: str) -> None:
+        """Another workspace in the region has an endpoint of this name (names are unique per region)."""
+        self.taken_in_region.add(name.lower())
+
     def set_requests(self, endpoint_name: str, count: int | None) -> None:
         self.requests[endpoint_name] = count
 
@@ -165,6 +179,8 @@ class FakeMLBackend:
 
     def submit_job(self, request: JobRequest) -> str:
         self._enter("submit_job")
+        naming.check_job_name(request.job_name)
+        naming.check_experiment_name(request.experiment_name)
         with self._lock:
             if request.job_name in self.jobs:
                 return request.job_name
@@ -186,15 +202,24 @@ class FakeMLBackend:
             if job.status not in JOB_DONE:
                 job.status, job.error = "Canceled", "canceled on request"
 
-    def register_model(self, job_name: str, name: str, version: str, description: str = "",
+    def register_model(self, job_name: str, name: str, version: str | None = None, description: str = "",
                        tags: dict[str, str] | None = None) -> RegisteredModel:
         self._enter("register_model")
+        naming.check_model_name(name)
+        if version is not None:
+            naming.check_model_version(version)
+        naming.check_tags(tags, f"model {name}")
         with self._lock:
-            if (name, version) in self.models:
+            if version is not None and (name, version) in self.models:
                 return self.models[(name, version)][0]
+            if version is None:  # the version this job already has under this name, if any
+                for (model_name, _), (model, source_job) in self.models.items():
+                    if model_name == name and source_job == job_name:
+                        return model
             job = self._job(job_name)
             if job.status != "Completed":
                 raise PermanentError(f"job {job_name} is {job.status}; only a completed job's model can be registered")
+            version = version or naming.next_model_version(v for (n, v) in self.models if n == name)
             model = RegisteredModel(name=name, version=version, id=f"fake://models/{name}/versions/{version}")
             self.models[(name, version)] = (model, job_name)
             self.created["model"] += 1
@@ -202,9 +227,20 @@ class FakeMLBackend:
 
     def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
         self._enter("begin_create_endpoint")
+        naming.check_endpoint_name(name)
+        naming.check_tags(tags, f"endpoint {name}")
         with self._lock:
-            if name in self.endpoints:
-                return
+            if name.lower() in self.taken_in_region:
+                raise NameTaken(f"endpoint name {name} is taken: there is already an endpoint with this name in the "
+                                f"region (endpoint names are unique within a region)")
+            existing = next((ep for key, ep in self.endpoints.items() if key.lower() == name.lower()), None)
+            if existing is not None:
+                # Azure's create_or_update would update (and re-tag) the existing endpoint: only the caller that
+                # made it may repeat the call; anyone else would take over another run's endpoint.
+                if existing.endpoint.name == name and naming.same_owner(existing.endpoint.tags, tags):
+                    return
+                raise NameTaken(f"endpoint name {name} is taken by another endpoint of this workspace "
+                                f"({existing.endpoint.name}, run {existing.endpoint.tags.get(TAG_RUN) or 'none'})")
             state = "Succeeded" if self.instant_provisioning else "Creating"
             self.endpoints[name] = _Endpoint(Endpoint(name=name, provisioning_state=state,
                                                       scoring_uri=self._uri(name), tags=dict(tags)),
@@ -219,6 +255,7 @@ class FakeMLBackend:
     def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
                                 instance_type: str, instance_count: int) -> None:
         self._enter("begin_create_deployment")
+        naming.check_deployment_name(deployment_name)
         with self._lock:
             ep = self._endpoint(endpoint_name)
             if deployment_name in ep.deployments:

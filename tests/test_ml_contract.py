@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 import pytest
 
-from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, Endpoint, JobRequest, MLBackend,
-                            NotFound, PermanentError, TransientError)
+from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, Endpoint, InvalidInput, JobRequest,
+                            MLBackend, NameTaken, NotFound, PermanentError, RegisteredModel, TransientError)
 from shared.runs import endpoint_name_for, iso, job_name_for, utcnow
 from tests.fakes import FakeHarness, FakeMLBackend
 
@@ -186,6 +186,82 @@ def test_lists_endpoints_with_their_tags(harness):
         assert isinstance(endpoint.tags, dict)
 
 
+# ------------------------------------------------------------------ Azure ML's rules (refused before anything is made)
+
+BAD_ENDPOINT_NAMES = ["ab", "x" * 33, "1starts-with-a-digit", "ends-with-a-hyphen-", "has_underscore", "has.dot",
+                      "has space", "ünïcode-name", "", "-leading"]
+BAD_JOB_NAMES = ["-leading-hyphen", "_leading", "has.dot", "has space", "x" * 256, "", "日本語", "a/b"]
+BAD_EXPERIMENT_NAMES = ["_leading", "has/slash", "has.dot", "x" * 257, "", "sp ace"]
+BAD_MODEL_NAMES = ["has.dot", "-leading", "_leading", "x" * 256, "", "sp ace", "ünïcode"]
+BAD_MODEL_VERSIONS = ["0", "-1", "01", "1.0", "abc", "0123456789ab", "", " 1", "1e3"]
+BAD_TAGS = [{"a/b": "x"}, {"a<b": "x"}, {"k": "v" * 257}, {"k" * 513: "v"}, {"": "v"},
+            {f"t{i}": "v" for i in range(51)}]
+
+
+@pytest.mark.parametrize("name", BAD_ENDPOINT_NAMES)
+def test_refuses_endpoint_names_azure_refuses(harness, name):
+    with pytest.raises(InvalidInput):
+        harness.backend.begin_create_endpoint(name, tags={TAG_APP: "chatft-contract"})
+    assert name not in [e.name for e in harness.backend.list_endpoints()]
+
+
+@pytest.mark.parametrize("tags", BAD_TAGS, ids=range(len(BAD_TAGS)))
+def test_refuses_endpoint_tags_beyond_azures_limits(harness, tags):
+    name = unknown("ep")
+    with pytest.raises(InvalidInput):
+        harness.backend.begin_create_endpoint(name, tags=tags)
+    assert harness.backend.get_endpoint(name) is None
+
+
+@pytest.mark.parametrize("name", BAD_ENDPOINT_NAMES)
+def test_refuses_deployment_names_azure_refuses(harness, name):
+    model = RegisteredModel(name="contract-model", version="1", id="")
+    with pytest.raises(InvalidInput):
+        harness.backend.begin_create_deployment(unknown("ep"), name, model, harness.instance_type, 1)
+
+
+@pytest.mark.parametrize("version", BAD_MODEL_VERSIONS)
+def test_refuses_model_versions_that_are_not_positive_integers(harness, version):
+    with pytest.raises(InvalidInput):
+        harness.backend.register_model(f"chatft-{unknown('job')}", "contract-model", version)
+
+
+@pytest.mark.parametrize("name", BAD_MODEL_NAMES)
+def test_refuses_model_names_azure_refuses(harness, name):
+    with pytest.raises(InvalidInput):
+        harness.backend.register_model(f"chatft-{unknown('job')}", name, "1")
+
+
+@pytest.mark.parametrize("tags", BAD_TAGS, ids=range(len(BAD_TAGS)))
+def test_refuses_model_tags_beyond_azures_limits(harness, tags):
+    with pytest.raises(InvalidInput):
+        harness.backend.register_model(f"chatft-{unknown('job')}", "contract-model", tags=tags)
+
+
+def _job_request(h, job_name: str, experiment_name: str = "chatft-contract") -> JobRequest:
+    backend = h.backend
+    base = backend.resolve_base_model(h.base_model_name)
+    compute = backend.check_compute(h.compute_name, base)
+    run_id = new_run_id()
+    return JobRequest(job_name=job_name, run_id=run_id, experiment_name=experiment_name, base_model=base,
+                      compute=compute, train_path=f"{run_id}/train.jsonl", test_path=f"{run_id}/test.jsonl")
+
+
+@pytest.mark.parametrize("name", BAD_JOB_NAMES)
+def test_refuses_job_names_azure_refuses(harness, name):
+    with pytest.raises(InvalidInput):
+        harness.backend.submit_job(_job_request(harness, name))
+
+
+@pytest.mark.parametrize("name", BAD_EXPERIMENT_NAMES)
+def test_refuses_experiment_names_azure_refuses(harness, name):
+    job_name = f"chatft-{unknown('job')}"
+    with pytest.raises(InvalidInput):
+        harness.backend.submit_job(_job_request(harness, job_name, experiment_name=name))
+    with pytest.raises(NotFound):
+        harness.backend.get_job(job_name)
+
+
 # ------------------------------------------------------------------ lifecycle (backends that may create things)
 
 
@@ -206,15 +282,23 @@ def test_lifecycle_from_job_to_deleted_endpoint(harness):
         job = backend.get_job(request.job_name)
         assert job.status == "Completed" and job.done and job.error == ""
 
-        model = backend.register_model(request.job_name, f"contract-{run_id[-6:]}", "1", description="contract",
+        # No version given: the backend numbers it (a positive integer), and a repeated registration of the same
+        # job finds that version instead of making a second one.
+        model = backend.register_model(request.job_name, f"contract-{run_id[-6:]}", description="contract",
                                        tags={TAG_RUN: run_id})
-        again = backend.register_model(request.job_name, model.name, "1", description="contract")
-        assert (again.name, again.version, again.id) == (model.name, "1", model.id) and model.id
+        assert model.version.isdigit() and int(model.version) >= 1 and model.id
+        again = backend.register_model(request.job_name, model.name, description="contract", tags={TAG_RUN: run_id})
+        assert (again.name, again.version, again.id) == (model.name, model.version, model.id)
+        same = backend.register_model(request.job_name, model.name, model.version, description="contract")
+        assert (same.name, same.version, same.id) == (model.name, model.version, model.id)
 
         tags = {TAG_APP: "chatft-contract", TAG_RUN: run_id, TAG_CREATED: iso(utcnow())}
         backend.begin_create_endpoint(endpoint_name, tags=tags, description="contract")
         backend.begin_create_endpoint(endpoint_name, tags=tags, description="contract")
         assert [e.name for e in backend.list_endpoints()].count(endpoint_name) == 1
+        # The same name from another run is refused: create_or_update would take over the first run's endpoint.
+        with pytest.raises(NameTaken):
+            backend.begin_create_endpoint(endpoint_name, tags={**tags, TAG_RUN: new_run_id()}, description="x")
         listed = next(e for e in backend.list_endpoints() if e.name == endpoint_name)
         assert {k: listed.tags.get(k) for k in tags} == tags
         assert h.wait_for_endpoint(endpoint_name, h.timeout).provisioning_state == "Succeeded"
@@ -368,3 +452,48 @@ def test_fake_refuses_k80_sizes_when_the_model_has_no_allow_list(fake):
     fake.backend.set_compute("cpu", "Standard_DS3_v2")
     with pytest.raises(PermanentError, match="no GPU"):
         fake.backend.check_compute("cpu", fake.backend.resolve_base_model("Phi-4"))
+
+
+def test_fake_endpoint_names_are_unique_in_the_region_without_regard_to_case(fake):
+    backend = fake.backend
+    tags = {TAG_APP: "chatft", TAG_RUN: "run-a"}
+    backend.begin_create_endpoint("ft-shared-name", tags=tags)
+    with pytest.raises(NameTaken):
+        backend.begin_create_endpoint("FT-Shared-Name", tags=tags)  # Azure compares resource names without case
+    backend.take_endpoint_name("ft-elsewhere")
+    with pytest.raises(NameTaken, match="region"):
+        backend.begin_create_endpoint("ft-elsewhere", tags=tags)
+    assert backend.created["endpoint"] == 1
+
+
+def test_fake_numbers_model_versions_per_name_and_never_twice_per_job(fake):
+    backend = fake.backend
+    first, second = submit(fake, new_run_id()), submit(fake, new_run_id())
+    for request in (first, second):
+        backend.complete_job(request.job_name)
+    a = backend.register_model(first.job_name, "chat-model")
+    b = backend.register_model(second.job_name, "chat-model")
+    assert (a.version, b.version) == ("1", "2")
+    assert backend.register_model(first.job_name, "chat-model").version == "1"
+    assert backend.register_model(second.job_name, "other-model").version == "1"
+    assert backend.created["model"] == 3
+
+
+def test_fake_duplicated_registrations_at_once_make_one_version(fake):
+    import threading
+
+    backend = fake.backend
+    request = submit(fake, new_run_id())
+    backend.complete_job(request.job_name)
+    results, start = [], threading.Barrier(8)
+
+    def register() -> None:
+        start.wait()
+        results.append(backend.register_model(request.job_name, "chat-model"))
+
+    threads = [threading.Thread(target=register) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {m.version for m in results} == {"1"} and backend.created["model"] == 1

@@ -23,6 +23,8 @@ TAG_APP = "chatft-app"
 TAG_RUN = "chatft-run"
 TAG_CREATED = "chatft-created"
 TAG_KEEP = "chatft-keep"
+# On a registered model: the job it came from, so a repeated registration finds the version it made.
+TAG_JOB = "chatft-job"
 
 
 class MLBackendError(Exception):
@@ -43,6 +45,16 @@ class PermanentError(MLBackendError):
 
 class NotFound(PermanentError):
     """The named job, model, endpoint or deployment does not exist."""
+
+
+class InvalidInput(PermanentError):
+    """Azure ML would refuse the input: a name, model version or tags outside its rules (`shared.ml.naming`).
+    Every backend raises it before creating anything, so a refusal costs nothing and reads the same everywhere."""
+
+
+class NameTaken(PermanentError):
+    """The endpoint name belongs to another endpoint: of another run in this workspace, or elsewhere in the region
+    (online endpoint names are unique per Azure region)."""
 
 
 @dataclass(frozen=True)
@@ -148,12 +160,18 @@ class MLBackend(Protocol):
     def cancel_job(self, job_name: str) -> None:
         """Ask the job to stop; no-op if it is done."""
 
-    def register_model(self, job_name: str, name: str, version: str, description: str = "",
+    def register_model(self, job_name: str, name: str, version: str | None = None, description: str = "",
                        tags: dict[str, str] | None = None) -> RegisteredModel:
-        """Register the job's trained MLflow model; registering the same job twice returns the existing one."""
+        """Register the job's trained MLflow model; the returned version is a positive integer (as a string).
+
+        Without `version`, the version registered from `job_name` under `name` is returned if there is one, else the
+        next free integer is registered: a repeated or duplicated registration never makes a second version. An
+        explicit `version` must be a positive integer; registering it again returns the existing one. Raises
+        InvalidInput (name, version, tags), NotFound (job), PermanentError (job not Completed)."""
 
     def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
-        """Begin creating a key-auth online endpoint; no-op if it exists."""
+        """Begin creating a key-auth online endpoint; no-op if this caller's endpoint exists (same TAG_APP and
+        TAG_RUN). Raises InvalidInput (name, tags) and NameTaken (the name belongs to another endpoint)."""
 
     def get_endpoint(self, name: str) -> Endpoint | None:
         """The endpoint, or None if it does not exist (or is gone)."""

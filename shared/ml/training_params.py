@@ -12,11 +12,13 @@ from __future__ import annotations
 import ast
 import logging
 import math
+import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable, Mapping
 
 from ..overrides import APP_KEYS
+from .naming import MODEL_MAX_LEN
 from .port import PermanentError
 
 log = logging.getLogger(__name__)
@@ -232,9 +234,11 @@ def display_name(model_name: str, params: Mapping[str, Any], gpus_per_node: int,
 
 
 def registered_model_name(base_model: str, dataset: str) -> str:
-    """The notebook's name for the fine-tuned model: `{model}-{dataset}` with "/" replaced by "-"
-    (`Phi-3-mini-4k-instruct-ultrachat-200k` in the notebook)."""
-    return f"{base_model}-{dataset}".replace("/", "-")
+    """The notebook's name for the fine-tuned model, `{model}-{dataset}` (`Phi-3-mini-4k-instruct-ultrachat-200k` in
+    the notebook), with every character Azure's model-name rule refuses ("/", "." as in Phi-3.5-mini-instruct, ...)
+    replaced by "-" and cut to its length (`shared.ml.naming.MODEL`)."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{base_model}-{dataset}").lstrip("-_")
+    return name[:MODEL_MAX_LEN] or "model"
 
 
 # ------------------------------------------------------------------------------------------ checks
