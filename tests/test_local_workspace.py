@@ -15,8 +15,8 @@ import requests
 from chatft_local.workspace.endpoints import port_free, probe, server_alive
 from chatft_local.workspace.local import ARCHIVED_LIST, ARCHIVED_MARKER, LocalWorkspace
 from shared.config import Settings
-from shared.ml.port import (PROVISIONING_DONE, TAG_APP, TAG_RUN, JobRequest, MLBackend, NotFound, PermanentError,
-                            RegisteredModel)
+from shared.ml.port import (PROVISIONING_DONE, TAG_APP, TAG_RUN, JobRequest, MLBackend, NameTaken, NotFound,
+                            PermanentError, RegisteredModel)
 from shared.runs import job_name_for
 from tests.harness_local import LocalHarness, build_chat_model, notebook_request, poll
 
@@ -76,7 +76,9 @@ def test_endpoint_lifecycle_with_two_deployments(workspace, model_dir):
     ws = workspace
     tags = {TAG_APP: "chatft", TAG_RUN: "run-1"}
     ws.begin_create_endpoint("ep-life", tags=tags, description="lifecycle")
-    ws.begin_create_endpoint("ep-life", tags={"other": "tags"})  # exists: a no-op
+    ws.begin_create_endpoint("ep-life", tags={**tags, "other": "tag"})  # the same run's endpoint exists: a no-op
+    with pytest.raises(NameTaken):  # another run's create would take this one over
+        ws.begin_create_endpoint("ep-life", tags={TAG_APP: "chatft", TAG_RUN: "run-2"})
     key_file = ws.endpoints.key_path("ep-life")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert [(e.name, e.tags, e.provisioning_state) for e in ws.list_endpoints()] == [("ep-life", tags, "Succeeded")]

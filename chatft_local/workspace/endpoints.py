@@ -21,7 +21,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -34,14 +33,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from shared.ml.port import Deployment, Endpoint, NotFound, PermanentError, RegisteredModel, ScoringTarget
+from shared.ml import naming
+from shared.ml.port import (Deployment, Endpoint, NameTaken, NotFound, PermanentError, RegisteredModel,
+                            ScoringTarget)
 from .files import file_lock, read_json, write_json
 
 log = logging.getLogger("chatft.workspace")
 
-# Azure's rule for endpoint names (deployments follow it too): 3-32 characters, a letter first, then letters,
-# digits and hyphens. Names become folder names, so nothing else gets through.
-NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{2,31}")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRASH = ".deleting"
 STOP_GRACE_SECONDS = 10.0
@@ -56,11 +54,9 @@ _children_lock = threading.Lock()
 
 
 def check_name(kind: str, name: str) -> str:
-    """`name` if it is a valid endpoint or deployment name, else a PermanentError saying the rule."""
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise PermanentError(f"{kind} name {str(name)[:40]!r} is not valid: 3-32 characters, a letter first, then "
-                             f"letters, digits and hyphens")
-    return name
+    """`name` if it is a valid endpoint or deployment name (Azure's rule, `shared.ml.naming`), else InvalidInput.
+    Names become folder names, so nothing else gets through."""
+    return (naming.DEPLOYMENT if kind == "deployment" else naming.ENDPOINT).check(name)
 
 
 def port_free(port: int) -> bool:
@@ -200,11 +196,17 @@ class EndpointStore:
     # ------------------------------------------------------------------ endpoints
 
     def create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> bool:
-        """Create the endpoint with a fresh key; False (and nothing changed) if it exists."""
+        """Create the endpoint with a fresh key; False (and nothing changed) if this caller made it already (same app
+        and run tags), NameTaken if the name, compared without case as Azure compares names, is another's."""
         folder = self._dir(name)
         with self._locked():
-            if (folder / "endpoint.json").is_file():
-                return False
+            for existing in self._endpoint_names():
+                if existing.lower() != name.lower():
+                    continue
+                record = read_json(self.root / existing / "endpoint.json") or {}
+                if existing == name and naming.same_owner(record.get("tags"), tags):
+                    return False
+                raise NameTaken(f"endpoint name {name} is taken by another endpoint of this workspace ({existing})")
             folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(folder / "key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:

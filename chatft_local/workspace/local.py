@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.ml import naming
 from shared.ml.port import (JOB_DONE, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus, NotFound,
                             PermanentError, RegisteredModel, ScoringTarget, TransientError)
 from shared.ml.training_params import (archive_reason, archived_model_error, check_inference_instance_type,
@@ -42,7 +42,6 @@ EVENTS_FUNCTION = "job_events"
 ARCHIVED_LIST = "archived-base-models"
 ARCHIVED_MARKER = "chatft-archived"
 LOCAL_MODEL_TAG = "chatft-local-model"
-_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 def host_events_url(port: int, state_dir: Path) -> str:
@@ -146,7 +145,9 @@ class LocalWorkspace:
     def submit_job(self, request: JobRequest) -> str:
         from . import jobs
 
-        name = _check_job_name(request.job_name)
+        # Azure's rules (shared.ml.naming); a job name is also a folder name here, so nothing else may get through.
+        name = naming.check_job_name(request.job_name)
+        naming.check_experiment_name(request.experiment_name)
         check_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags)
         if jobs.job_exists(self.state_dir, name):
             return name
@@ -188,7 +189,7 @@ class LocalWorkspace:
     def get_job(self, job_name: str) -> JobStatus:
         from . import jobs
 
-        if not _JOB_NAME.fullmatch(job_name or "") or not jobs.job_exists(self.state_dir, job_name):
+        if not naming.JOB.ok(job_name) or not jobs.job_exists(self.state_dir, job_name):
             raise NotFound(f"job {job_name} not found in the local workspace")
         try:
             status = jobs.read_status(self.state_dir, job_name)
@@ -209,11 +210,15 @@ class LocalWorkspace:
 
     # ------------------------------------------------------------------ models
 
-    def register_model(self, job_name: str, name: str, version: str, description: str = "",
+    def register_model(self, job_name: str, name: str, version: str | None = None, description: str = "",
                        tags: dict[str, str] | None = None) -> RegisteredModel:
         from . import jobs
 
-        existing = self.registry.find(name, version)
+        naming.check_model_name(name)
+        if version is not None:
+            naming.check_model_version(version)
+        naming.check_tags(tags, f"model {name}")
+        existing = self.registry.find(name, version) if version else self.registry.find_job(name, job_name)
         if existing is not None:
             return existing
         status = self.get_job(job_name)
@@ -225,7 +230,10 @@ class LocalWorkspace:
     # ------------------------------------------------------------------ endpoints and deployments
 
     def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
-        """Create the endpoint with exactly `tags` (an empty dict makes an endpoint the app does not own)."""
+        """Create the endpoint with exactly `tags` (an empty dict makes an endpoint the app does not own); a no-op when
+        this caller made it, NameTaken when another did (`EndpointStore.create_endpoint`)."""
+        naming.check_endpoint_name(name)
+        naming.check_tags(tags, f"endpoint {name}")
         self.endpoints.create_endpoint(name, tags, description)
 
     def get_endpoint(self, name: str) -> Endpoint | None:
@@ -233,6 +241,7 @@ class LocalWorkspace:
 
     def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
                                 instance_type: str, instance_count: int) -> None:
+        naming.check_deployment_name(deployment_name)
         if self.endpoints.endpoint(endpoint_name) is None:
             raise NotFound(f"endpoint {endpoint_name} not found")
         if self.endpoints.deployment(endpoint_name, deployment_name) is not None:
@@ -268,8 +277,3 @@ class LocalWorkspace:
 
         return Supervisor(self.endpoints, interval=interval)
 
-
-def _check_job_name(name: str) -> str:
-    if not isinstance(name, str) or not _JOB_NAME.fullmatch(name):
-        raise PermanentError(f"job name {str(name)[:40]!r} is not valid: letters, digits, '.', '_' and '-'")
-    return name

@@ -1,7 +1,8 @@
 """The local model registry: MLflow's Model Registry on a SQLite store in the workspace (`mlflow.db`).
 
-MLflow numbers versions itself (1, 2, ...); the version the app asked for is kept in the `chatft_version` tag and
-the job a model came from in `chatft_job`, so a second registration of the same job finds the first. A model's id
+MLflow numbers versions itself (1, 2, ...), as Azure ML numbers workspace models: a registration without a version
+gets MLflow's. The job a model came from is kept in the `chatft_job` tag, so a second registration of the same job
+finds the first; an explicit version (a positive integer, `shared.ml.naming`) is kept in the `chatft_version` tag. A model's id
 is `models:/<name>/<mlflow version>`; its files stay where the job wrote them (the version's source).
 MLflow is imported on first use only (it costs over a second).
 """
@@ -14,14 +15,13 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from shared.ml import naming
 from shared.ml.port import NotFound, PermanentError, RegisteredModel, TransientError
 
 from .files import file_lock
 
 TAG_JOB = "chatft_job"
 TAG_VERSION = "chatft_version"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MODEL_ID = re.compile(r"models:/(?P<name>[^/]+)/(?P<version>\d+)")
 
 
@@ -74,15 +74,21 @@ class ModelRegistry:
         _check(name, version)
         return self._search(f"name = '{name}' and tag.{TAG_VERSION} = '{version}'")
 
-    def register(self, job_name: str, model_dir: Path, name: str, version: str, description: str = "",
+    def find_job(self, name: str, job_name: str) -> RegisteredModel | None:
+        """The model registered under `name` from `job_name`, or None."""
+        _check(name, None)
+        naming.check_job_name(job_name)
+        return self._search(f"name = '{name}' and tag.{TAG_JOB} = '{job_name}'")
+
+    def register(self, job_name: str, model_dir: Path, name: str, version: str | None = None, description: str = "",
                  tags: dict[str, str] | None = None) -> RegisteredModel:
         """Register the MLflow model folder of `job_name`; the same name and version, or the same job under the
-        same name, returns what is registered already."""
+        same name, returns what is registered already. Without `version` the model gets MLflow's number."""
         _check(name, version)
         if not (Path(model_dir) / "MLmodel").is_file():
             raise PermanentError(f"job {job_name} left no MLflow model to register (no MLmodel in its output)")
         with self._exclusive():
-            existing = self.find(name, version) or self._search(f"name = '{name}' and tag.{TAG_JOB} = '{job_name}'")
+            existing = (version and self.find(name, version)) or self.find_job(name, job_name)
             if existing is not None:
                 return existing
             client = self._mlflow()
@@ -94,11 +100,12 @@ class ModelRegistry:
                 except MlflowException as e:
                     if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
                         raise
+                own = {TAG_JOB: job_name, **({TAG_VERSION: version} if version else {})}
                 created = client.create_model_version(
                     name, source=str(Path(model_dir).resolve()), description=description,
-                    tags={**{str(k): str(v) for k, v in (tags or {}).items()}, TAG_JOB: job_name,
-                          TAG_VERSION: version})
-        return RegisteredModel(name=name, version=version, id=f"models:/{name}/{created.version}")
+                    tags={**{str(k): str(v) for k, v in (tags or {}).items()}, **own})
+        return RegisteredModel(name=name, version=version or str(created.version),
+                               id=f"models:/{name}/{created.version}")
 
     def model_dir(self, model: RegisteredModel) -> Path:
         """Where the registered model's files are; NotFound if it is not registered, PermanentError if its files
@@ -118,8 +125,8 @@ class ModelRegistry:
         return path
 
 
-def _check(name: str, version: str) -> None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise PermanentError(f"model name {str(name)[:40]!r} is not valid: letters, digits, '.', '_' and '-'")
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
-        raise PermanentError(f"model version {str(version)[:40]!r} is not valid: letters, digits, '.', '_' and '-'")
+def _check(name: str, version: str | None) -> None:
+    """Azure's rules (`shared.ml.naming`); they also keep names and versions safe inside MLflow's filter strings."""
+    naming.check_model_name(name)
+    if version is not None:
+        naming.check_model_version(version)
