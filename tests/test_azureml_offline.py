@@ -10,8 +10,8 @@ from datetime import date
 import pytest
 
 from shared.config import Settings
-from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, JobRequest, NotFound,
-                            PermanentError, RegisteredModel, TransientError)
+from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, InvalidInput, JobRequest, NameTaken,
+                            NotFound, PermanentError, RegisteredModel, TransientError)
 from tests.conftest import PROJECT_ROOT, REFERENCE
 from tests.fakes import PHI3_MINI_TAGS
 
@@ -367,6 +367,10 @@ class ModelOps(Ops):
             raise not_found(f"model {name}")
         return self.items[(name, version)]
 
+    def list(self, name=None, stage=None, *, list_view_type=None):
+        self.cloud.calls.append(("models.list", name))
+        return [m for (n, _), m in self.items.items() if name is None or n == name]
+
     def create_or_update(self, model):
         from azure.ai.ml.entities import Model
 
@@ -588,8 +592,8 @@ def test_job_status_error_and_cancel(backend, cloud):
         backend.get_job("chatft-unknown")
 
 
-def completed_job(backend, cloud):
-    request = request_for(backend)
+def completed_job(backend, cloud, run_id="chats-0123456789ab"):
+    request = request_for(backend, run_id)
     backend.submit_job(request)
     cloud.jobs[request.job_name]._status = "Completed"
     return request.job_name
@@ -597,15 +601,52 @@ def completed_job(backend, cloud):
 
 def test_register_points_at_the_jobs_output_and_is_idempotent(backend, cloud):
     job_name = completed_job(backend, cloud)
-    model = backend.register_model(job_name, "Phi-3-mini-4k-instruct-chats", "0123456789ab", description="d",
+    model = backend.register_model(job_name, "Phi-3-mini-4k-instruct-chats", description="d",
                                    tags={TAG_RUN: "chats-0123456789ab"})
-    again = backend.register_model(job_name, "Phi-3-mini-4k-instruct-chats", "0123456789ab")
-    assert model == again and model.id.endswith("/models/Phi-3-mini-4k-instruct-chats/versions/0123456789ab")
+    again = backend.register_model(job_name, "Phi-3-mini-4k-instruct-chats")  # a redelivery: found by its tag
+    assert model == again and model.version == "1"
+    assert model.id.endswith("/models/Phi-3-mini-4k-instruct-chats/versions/1")
     assert cloud.count("models.create_or_update") == 1
-    entity = cloud.workspace.models.items[("Phi-3-mini-4k-instruct-chats", "0123456789ab")]
+    entity = cloud.workspace.models.items[("Phi-3-mini-4k-instruct-chats", "1")]
     assert entity.path == f"azureml://jobs/{job_name}/outputs/trained_model"
     assert entity.type == "mlflow_model" and entity.description == "d"
-    assert entity.tags == {TAG_RUN: "chats-0123456789ab", "chatft-base-model": MODEL_ID}
+    assert entity.tags == {TAG_RUN: "chats-0123456789ab", "chatft-job": job_name, "chatft-base-model": MODEL_ID}
+
+
+def test_register_numbers_versions_per_name(backend, cloud):
+    first, second = completed_job(backend, cloud), completed_job(backend, cloud, "chats-ba9876543210")
+    assert backend.register_model(first, "chats").version == "1"
+    assert backend.register_model(second, "chats").version == "2"
+    assert backend.register_model(first, "chats").version == "1"
+    assert cloud.count("models.create_or_update") == 2
+
+
+def test_register_takes_the_next_number_when_another_job_took_it_meanwhile(backend, cloud):
+    from azure.ai.ml.entities import Model
+
+    first, second = completed_job(backend, cloud), completed_job(backend, cloud, "chats-ba9876543210")
+    real_create = cloud.workspace.models.create_or_update
+
+    def racing(model):  # another job's registration lands on the same number just before this one
+        if ("chats", model.version) not in cloud.workspace.models.items and model.version == "1":
+            cloud.workspace.models.items[("chats", "1")] = Model(name="chats", version="1", id="other",
+                                                                 tags={"chatft-job": first})
+            from azure.core.exceptions import ResourceExistsError
+
+            raise ResourceExistsError(message="model version exists")
+        return real_create(model)
+
+    cloud.workspace.models.create_or_update = racing
+    assert backend.register_model(second, "chats").version == "2"
+
+
+@pytest.mark.parametrize("version", ["0123456789ab", "0", "1.0"])
+def test_register_refuses_versions_azure_refuses_before_calling(backend, cloud, version):
+    job_name = completed_job(backend, cloud)
+    calls = len(cloud.calls)
+    with pytest.raises(InvalidInput, match="positive integers"):
+        backend.register_model(job_name, "m", version)
+    assert cloud.calls[calls:] == []
 
 
 def test_register_conflict_returns_the_existing_model(backend, cloud):
@@ -693,3 +734,35 @@ def test_the_adapter_keeps_the_port(backend):
     from shared.ml.port import MLBackend
 
     assert isinstance(backend, MLBackend)
+
+
+def test_an_endpoint_name_of_another_run_is_taken(backend, cloud):
+    tags = {TAG_RUN: "chats-0123456789ab"}
+    backend.begin_create_endpoint("ft-chats-01234567", tags=tags)
+    with pytest.raises(NameTaken, match="chats-0123456789ab"):
+        backend.begin_create_endpoint("ft-chats-01234567", tags={TAG_RUN: "other-0123456789ab"})
+    assert cloud.count("online_endpoints.begin_create_or_update") == 1
+
+
+def test_an_endpoint_name_taken_elsewhere_in_the_region_is_name_taken(backend, cloud):
+    from azure.core.exceptions import HttpResponseError
+
+    def refuse(endpoint):
+        error = HttpResponseError(message="(BadRequest) The request is invalid.\nThere is already an endpoint with "
+                                          "this name, Endpoint name needs to be unique within a region.")
+        error.status_code = 400
+        raise error
+
+    cloud.workspace.online_endpoints.begin_create_or_update = refuse
+    with pytest.raises(NameTaken, match="region"):
+        backend.begin_create_endpoint("ft-chats-01234567", tags={TAG_RUN: "chats-0123456789ab"})
+
+
+@pytest.mark.parametrize("name", ["ab", "1-starts-with-a-digit", "ends-", "has_underscore", "x" * 33])
+def test_endpoint_and_deployment_names_are_checked_before_calling(backend, cloud, name):
+    with pytest.raises(InvalidInput):
+        backend.begin_create_endpoint(name, tags={})
+    with pytest.raises(InvalidInput):
+        backend.begin_create_deployment("ft-chats-01234567", name, RegisteredModel("m", "1", "id"),
+                                        "Standard_NC6s_v3", 1)
+    assert not [c for c in cloud.calls if "online" in c[0]]

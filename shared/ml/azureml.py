@@ -21,8 +21,10 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..config import Settings
-from .port import (JOB_DONE, TAG_APP, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus,
-                   MLBackendError, NotFound, PermanentError, RegisteredModel, ScoringTarget, TransientError)
+from . import naming
+from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, JobRequest,
+                   JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
+                   TransientError)
 from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
                               check_inference_instance_type, display_name, finetune_parameters, gpus_per_node)
 
@@ -311,6 +313,9 @@ class AzureMLBackend:
     # --- jobs
 
     def submit_job(self, request: JobRequest) -> str:
+        # Azure checks names only on the service side, after the pipeline is built and uploaded: refuse them first.
+        naming.check_job_name(request.job_name)
+        naming.check_experiment_name(request.experiment_name)
         existing = self._find_job(request.job_name)
         if existing is not None:  # a resubmission (after a crash or a redelivery) finds the job it made
             return existing.name
@@ -354,11 +359,27 @@ class AzureMLBackend:
 
     # --- models
 
-    def register_model(self, job_name: str, name: str, version: str, description: str = "",
+    def register_model(self, job_name: str, name: str, version: str | None = None, description: str = "",
                        tags: dict[str, str] | None = None) -> RegisteredModel:
-        existing = self._find_model(name, version)
-        if existing is not None:
-            return existing
+        """See the port. Without `version`, the job's own version is looked up by the model's `chatft-job` tag and
+        otherwise the next integer after the name's versions (archived ones included) is registered. Why not a
+        version derived from the run (a hash, or the notebook's timestamp): two runs' models may share a name (one
+        dataset, uploaded twice), and a derived number can collide or outgrow what the service takes, while the
+        tag lookup finds a redelivered registration's version whatever number it got. Two registrations racing for
+        the same number meet Azure's 409 on the second: it then finds the first one's version by the tag (same
+        job) or takes the next number (another job)."""
+        naming.check_model_name(name)
+        if version is not None:
+            naming.check_model_version(version)
+        naming.check_tags(tags, f"model {name}")
+        if version is not None:
+            existing = self._find_model(name, version)
+            if existing is not None:
+                return existing
+        else:
+            existing, _ = self._model_of_job(name, job_name)
+            if existing is not None:
+                return existing
         job = self._find_job(job_name)
         if job is None:
             raise NotFound(f"job {job_name} not found; there is no trained model to register")
@@ -367,20 +388,40 @@ class AzureMLBackend:
         from azure.ai.ml.constants import AssetTypes
         from azure.ai.ml.entities import Model
 
-        model_tags = dict(tags or {})
+        model_tags = {**(tags or {}), TAG_JOB: job_name}
         if (job.tags or {}).get(TAG_BASE_MODEL):
             model_tags[TAG_BASE_MODEL] = job.tags[TAG_BASE_MODEL]
-        model = Model(path=f"azureml://jobs/{job_name}/outputs/trained_model", type=AssetTypes.MLFLOW_MODEL,
-                      name=name, version=version, description=description, tags=model_tags)
+        for _attempt in range(3):
+            number = version or naming.next_model_version(self._model_of_job(name, job_name)[1])
+            model = Model(path=f"azureml://jobs/{job_name}/outputs/trained_model", type=AssetTypes.MLFLOW_MODEL,
+                          name=name, version=number, description=description, tags=model_tags)
+            try:
+                with azure_call(f"registering model {name} version {number}"):
+                    created = self.workspace.models.create_or_update(model)
+            except Conflict:  # registered meanwhile by another attempt (this job's, or another's under that number)
+                registered = self._find_model(name, number) if version else self._model_of_job(name, job_name)[0]
+                if registered is not None:
+                    return registered
+                if version:
+                    raise
+                continue
+            return RegisteredModel(name=created.name, version=str(created.version), id=created.id)
+        raise TransientError(f"registering model {name}: its next version kept being taken by other registrations")
+
+    def _model_of_job(self, name: str, job_name: str) -> tuple[RegisteredModel | None, list[str]]:
+        """The version of model `name` registered from `job_name` (its `chatft-job` tag), and every version of the
+        name (archived ones too, since they keep their numbers)."""
+        from azure.ai.ml.constants import ListViewType
+
         try:
-            with azure_call(f"registering model {name} version {version}"):
-                created = self.workspace.models.create_or_update(model)
-        except Conflict:  # registered meanwhile by another attempt
-            registered = self._find_model(name, version)
-            if registered is None:
-                raise
-            return registered
-        return RegisteredModel(name=created.name, version=str(created.version), id=created.id)
+            with azure_call(f"listing the versions of model {name}"):
+                listed = list(self.workspace.models.list(name=name, list_view_type=ListViewType.ALL))
+        except NotFound:
+            return None, []
+        ours = [m for m in listed if (m.tags or {}).get(TAG_JOB) == job_name]
+        first = min(ours, key=lambda m: int(m.version) if str(m.version).isdigit() else 0, default=None)
+        found = RegisteredModel(name=first.name, version=str(first.version), id=first.id) if first else None
+        return found, [str(m.version) for m in listed]
 
     def _find_model(self, name: str, version: str) -> RegisteredModel | None:
         try:
@@ -411,11 +452,27 @@ class AzureMLBackend:
     # --- endpoints and deployments
 
     def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
-        if self.get_endpoint(name) is not None:
-            return
-        endpoint = build_endpoint(name, tags={TAG_APP: self.settings.app_id, **tags}, description=description)
-        with azure_call(f"creating endpoint {name}"):
-            self.workspace.online_endpoints.begin_create_or_update(endpoint)  # not waited on
+        tags = {TAG_APP: self.settings.app_id, **tags}
+        naming.check_endpoint_name(name)
+        naming.check_tags(tags, f"endpoint {name}")
+        existing = self.get_endpoint(name)
+        if existing is not None:
+            # create_or_update would update the existing endpoint and re-tag it: only the run that made it may repeat
+            # the call, anyone else would take over another run's endpoint.
+            if naming.same_owner(existing.tags, tags):
+                return
+            raise NameTaken(f"endpoint name {name} is taken by another endpoint of workspace "
+                            f"{self.settings.aml_workspace} (run {existing.tags.get(TAG_RUN) or 'none'})")
+        endpoint = build_endpoint(name, tags=tags, description=description)
+        try:
+            with azure_call(f"creating endpoint {name}"):
+                self.workspace.online_endpoints.begin_create_or_update(endpoint)  # not waited on
+        except PermanentError as exc:
+            # Names are unique per region: the service answers "There is already an endpoint with this name,
+            # Endpoint name needs to be unique within a region" (azureml-examples PR 1931).
+            if isinstance(exc, Conflict) or "unique within a region" in f"{exc} {exc.__cause__}":
+                raise NameTaken(f"endpoint name {name} is taken elsewhere in the region: {exc}") from exc
+            raise
 
     def get_endpoint(self, name: str) -> Endpoint | None:
         try:
@@ -426,6 +483,7 @@ class AzureMLBackend:
 
     def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
                                 instance_type: str, instance_count: int) -> None:
+        naming.check_deployment_name(deployment_name)
         if self.get_deployment(endpoint_name, deployment_name) is not None:
             return
         check_inference_instance_type(instance_type, self._base_model_tags(model))
