@@ -9,10 +9,11 @@ the local host unwraps it into a `ServiceBusMessage` whose `delivery_count` is t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .config import Settings
 from .identity import default_credential
@@ -70,21 +71,44 @@ class StorageQueueSender:
 
 
 class ServiceBusSender:
-    """azure-servicebus with managed identity; scheduled messages for delays."""
+    """azure-servicebus with managed identity; scheduled messages for delays.
 
-    def __init__(self, fully_qualified_namespace: str, credential: Any = None):
+    The SDK does not promise that `ServiceBusClient` and `ServiceBusSender` are thread-safe and advises against
+    reusing them across threads (azure-servicebus 7.15 README, "Thread safety"), while the Functions worker runs
+    invocations on several threads. So each thread gets its own client and keeps one sender per queue
+    (`threading.local`): no instance is ever used by two threads, and a thread's sends reuse its open link instead of
+    opening one per message. `client_factory` (a callable returning a client) lets tests do without a broker.
+    """
+
+    def __init__(self, fully_qualified_namespace: str, credential: Any = None,
+                 client_factory: Callable[[], Any] | None = None):
         self._fqns = fully_qualified_namespace
         self._credential = credential
-        self._client = None
+        self._factory = client_factory or self._new_client
+        self._local = threading.local()
+        self._clients: list[Any] = []  # every thread's client, so `close` reaches them all
+        self._generation = 0  # bumped by `close`: a thread holding a closed client makes a new one
         self._lock = threading.Lock()
 
-    def _sb(self):
-        with self._lock:
-            if self._client is None:
-                from azure.servicebus import ServiceBusClient
+    def _new_client(self) -> Any:
+        from azure.servicebus import ServiceBusClient
 
-                self._client = ServiceBusClient(self._fqns, self._credential or default_credential())
-            return self._client
+        with self._lock:  # azure-identity credentials may be shared between threads; create the one lazily, once
+            if self._credential is None:
+                self._credential = default_credential()
+        return ServiceBusClient(self._fqns, self._credential)
+
+    def _sender(self, queue: str) -> Any:
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            local.client, local.senders = self._factory(), {}
+            with self._lock:
+                self._clients.append(local.client)
+                local.generation = self._generation
+        sender = local.senders.get(queue)
+        if sender is None:
+            sender = local.senders[queue] = local.client.get_queue_sender(queue)
+        return sender
 
     def send(self, queue: str, body: dict[str, Any], message_id: str, delay_seconds: float = 0) -> None:
         from azure.servicebus import ServiceBusMessage
@@ -92,8 +116,24 @@ class ServiceBusSender:
         message = ServiceBusMessage(json.dumps(body), message_id=message_id, content_type="application/json")
         if delay_seconds > 0:
             message.scheduled_enqueue_time_utc = datetime.now(timezone.utc) + timedelta(seconds=delay_seconds)
-        with self._sb().get_queue_sender(queue) as sender:
+        sender = self._sender(queue)
+        try:
             sender.send_messages(message)
+        except Exception:
+            # A failed link is not reused: the next send on this thread opens a fresh sender.
+            self._local.senders.pop(queue, None)
+            with contextlib.suppress(Exception):
+                sender.close()
+            raise
+
+    def close(self) -> None:
+        """Close every thread's client (and with it its senders)."""
+        with self._lock:
+            clients, self._clients = self._clients, []
+            self._generation += 1
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
 
 
 def make_sender(settings: Settings) -> MessageSender:
