@@ -3,6 +3,9 @@
 It starts the local host (Azurite, the local ML workspace), uploads the bundled sample dataset, follows the run
 with a live progress line, scores once through the HTTP proxy with the notebook's request, and stops what it
 started (`--keep` leaves the host serving until Ctrl-C). `--json` makes the last line a JSON summary.
+
+SIGTERM (what a process manager sends) is handled like Ctrl-C: the host, the model servers and an Azurite the host
+started are stopped and the summary is printed, whether the signal comes during the run or while `--keep` serves.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,7 +129,36 @@ def first_user_turns(path: Path) -> list[dict]:
     return [{"role": "user", "content": "What is Azure Machine Learning?"}]
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C would raise KeyboardInterrupt."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    # One-shot: a second SIGTERM while stopping must not cut the stopping short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted()
+
+
+def _stop_host(host) -> None:
+    """Stop the host, also when the signal came while it was still starting: let it finish starting first, so what
+    it started (Azurite, model servers) is known and stopped."""
+    thread = getattr(host, "_thread", None)
+    if thread is not None and thread.is_alive():
+        host._ready.wait(120)
+    host.stop()
+
+
 def main(args: argparse.Namespace) -> int:
+    handles = threading.current_thread() is threading.main_thread()  # signal handlers can be set there only
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handles else None
+    try:
+        return _main(args)
+    finally:
+        if handles:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     from chatft_local.host import LocalHost
     from chatft_local.uploads import upload_training_file
     from shared.bootstrap import services
@@ -146,9 +180,10 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR)
     started = time.monotonic()
     print("chatft demo: starting the local host (Azurite, local ML workspace)...", flush=True)
-    host = LocalHost(port=args.port).start()
+    host = LocalHost(port=args.port)
     summary: dict = {"run_id": None, "state": None}
     try:
+        host.start()
         print(f"chatft demo: host ready at {host.base_url} ({time.monotonic() - started:.1f}s); key: `chatft key`",
               flush=True)
         svc = services()
@@ -174,15 +209,20 @@ def main(args: argparse.Namespace) -> int:
         print("chatft demo: seconds per stage: " +
               ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items()))
         if args.keep:
-            print(f"chatft demo: host left running at {host.base_url} (Ctrl-C stops it)")
+            print(f"chatft demo: host left running at {host.base_url} (Ctrl-C or SIGTERM stops it)", flush=True)
             try:
                 while True:
                     time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            except KeyboardInterrupt as stop:  # the way out of --keep: the demo itself went well
+                summary["stopped_by"] = "SIGTERM" if isinstance(stop, Interrupted) else "SIGINT"
         return 0 if status == 200 else 1
+    except KeyboardInterrupt as stop:
+        name = "SIGTERM" if isinstance(stop, Interrupted) else "SIGINT"
+        print(f"\nchatft demo: {name}: stopping what the demo started", flush=True)
+        summary["interrupted"] = name
+        return 128 + int(signal.SIGTERM if isinstance(stop, Interrupted) else signal.SIGINT)
     finally:
-        host.stop()
+        _stop_host(host)
         summary["total_seconds"] = round(time.monotonic() - started, 1)
         if args.json:
             print(json.dumps(summary, default=str))
