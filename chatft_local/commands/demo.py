@@ -153,6 +153,10 @@ def main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if handles else None
     try:
         return _main(args)
+    except Interrupted:  # came before the demo started anything
+        if args.json:
+            print(json.dumps({"run_id": None, "state": None, "interrupted": "SIGTERM"}))
+        return 128 + int(signal.SIGTERM)
     finally:
         if handles:
             signal.signal(signal.SIGTERM, previous)
@@ -179,10 +183,10 @@ def _main(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=logging.ERROR)
     started = time.monotonic()
-    print("chatft demo: starting the local host (Azurite, local ML workspace)...", flush=True)
     host = LocalHost(port=args.port)
     summary: dict = {"run_id": None, "state": None}
     try:
+        print("chatft demo: starting the local host (Azurite, local ML workspace)...", flush=True)
         host.start()
         print(f"chatft demo: host ready at {host.base_url} ({time.monotonic() - started:.1f}s); key: `chatft key`",
               flush=True)
