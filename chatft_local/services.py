@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from chatft_local.runtime import use_local_workspace
 from chatft_local.workspace.local import EVENTS_FUNCTION, LocalWorkspace
 
 log = logging.getLogger("chatft.workspace")
@@ -25,6 +26,7 @@ def start(settings: Any, host: Any = None) -> None:
     state_dir = getattr(host, "state_dir", None)
     if state_dir is not None:
         settings = settings.replace(chatft_state_dir=str(state_dir))
+    use_local_workspace()
     workspace = LocalWorkspace(settings)
     eventgrid_url = getattr(host, "eventgrid_url", None)
     if eventgrid_url and getattr(host, "port", None):
