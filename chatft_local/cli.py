@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from chatft_local.runtime import use_local_workspace
+
+    use_local_workspace()
     return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
 
 

@@ -7,10 +7,10 @@ running; at shutdown they are stopped, to come back on the next start.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
+from chatft_local.runtime import use_local_workspace
 from chatft_local.workspace.local import EVENTS_FUNCTION, LocalWorkspace
 
 log = logging.getLogger("chatft.workspace")
@@ -25,7 +25,8 @@ def start(settings: Any, host: Any = None) -> None:
     _forget_app_state()
     state_dir = getattr(host, "state_dir", None)
     if state_dir is not None:
-        settings = dataclasses.replace(settings, chatft_state_dir=str(state_dir))
+        settings = settings.replace(chatft_state_dir=str(state_dir))
+    use_local_workspace()
     workspace = LocalWorkspace(settings)
     eventgrid_url = getattr(host, "eventgrid_url", None)
     if eventgrid_url and getattr(host, "port", None):

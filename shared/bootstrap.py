@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from .config import Settings, get_settings
+from .config import SettingError, Settings, get_settings
 from .messaging import MessageSender, make_sender
 from .ml.port import MLBackend
 from .run_store import RunStore
@@ -27,15 +27,36 @@ class Services:
     clock: Callable[[], datetime] = utcnow
 
 
+_lock = threading.RLock()
+
+# Backends other than Azure ML are provided by whoever runs the app: the local runtime (`chatft host`, the
+# `chatft` commands) registers the local ML workspace here, so this package never imports it.
+_ml_backends: dict[str, Callable[[Settings], MLBackend]] = {}
+
+
+def register_ml_backend(name: str, factory: Callable[[Settings], MLBackend] | None) -> None:
+    """Make `ML_BACKEND=<name>` build its backend with `factory(settings)`; None withdraws it."""
+    with _lock:
+        if factory is None:
+            _ml_backends.pop(name, None)
+        else:
+            _ml_backends[name] = factory
+
+
 def make_ml_backend(settings: Settings) -> MLBackend:
-    """The ML backend the settings name. The local workspace is imported only when chosen."""
+    """The ML backend the settings name: Azure ML, or one the runtime registered (the local workspace).
+
+    Raises SettingError when ML_BACKEND names a backend nobody registered (the local workspace outside the local
+    runtime)."""
     if settings.ml_backend == "azureml":
         from .ml.azureml import AzureMLBackend
 
         return AzureMLBackend(settings)
-    from chatft_local.workspace.local import LocalWorkspace
-
-    return LocalWorkspace(settings)
+    factory = _ml_backends.get(settings.ml_backend)
+    if factory is None:
+        raise SettingError(f"setting ML_BACKEND={settings.ml_backend} is served only by the local runtime "
+                           "(`chatft host`); set ML_BACKEND=azureml to use Azure Machine Learning")
+    return factory(settings)
 
 
 def bootstrap(settings: Settings | None = None, *, ml: MLBackend | None = None,
@@ -52,7 +73,6 @@ def bootstrap(settings: Settings | None = None, *, ml: MLBackend | None = None,
 
 
 _services: Services | None = None
-_lock = threading.Lock()
 
 
 def services() -> Services:

@@ -1,15 +1,19 @@
 """Every setting of the app, in one place, with a default that works locally.
 
 Settings come from app settings in Azure and from the environment locally (the local host loads
-`local.settings.json` into the environment). `SETTINGS` is the single table: the README's settings table and
-`local.settings.json.example` list exactly these names, and a test keeps them in step.
+`local.settings.json` into the environment). Each setting is declared once, as a field of `Settings` (its app
+setting name, default and description); pydantic-settings reads and converts them. `SETTINGS` is derived from those
+declarations: the README's settings table and `local.settings.json.example` are checked against it by a test.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
+
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
 
@@ -18,197 +22,130 @@ class SettingError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    env: str
-    default: Any
-    kind: str  # "str" | "int" | "float" | "bool" | "choice"
-    doc: str
-    choices: tuple[str, ...] = ()
-    secret: bool = False
+def _setting(env: str, default: Any, doc: str, *, secret: bool = False) -> Any:
+    """One setting: `env` is its app setting (environment variable) name."""
+    return Field(default, validation_alias=env, description=doc, json_schema_extra={"secret": secret})
 
 
-def _parse(setting: Setting, raw: str) -> Any:
-    raw = raw.strip()
-    try:
-        if setting.kind == "int":
-            return int(raw)
-        if setting.kind == "float":
-            return float(raw)
-        if setting.kind == "bool":
-            low = raw.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if setting.kind == "choice":
-            if raw.lower() not in setting.choices:
-                raise ValueError(raw)
-            return raw.lower()
-        return raw
-    except ValueError:
-        expected = {
-            "int": "an integer",
-            "float": "a number",
-            "bool": "true or false",
-            "choice": "one of " + ", ".join(setting.choices),
-        }.get(setting.kind, "a string")
-        shown = "<hidden>" if setting.secret else repr(raw)
-        raise SettingError(f"setting {setting.env} must be {expected}, got {shown}") from None
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
 
 
-# name -> Setting. Attribute names on `Settings` are the lower-cased env names.
-SETTINGS: dict[str, Setting] = {
-    s.env: s
-    for s in [
-        # Storage and messaging
-        Setting("AzureWebJobsStorage", AZURITE_CONNECTION, "str",
-                "Storage connection for triggers, the run table, run files and reports. Azurite locally.",
-                secret=True),
-        Setting("AzureWebJobsStorage__accountName", "", "str",
-                "Azure: the storage account's name for an identity-based connection (the app's managed identity); "
-                "when set, it is used instead of the AzureWebJobsStorage connection string."),
-        Setting("TRAINING_CONTAINER", "training-data", "str",
-                "Watched container: a `.jsonl` upload here starts a run."),
-        Setting("RUNS_CONTAINER", "runs", "str",
-                "Per-run files: `<run_id>/train.jsonl`, `test.jsonl`, `validation.json`; cleanup reports."),
-        Setting("RUNS_TABLE", "runs", "str", "Table Storage table holding one entity per run."),
-        Setting("RUNS_QUEUE", "runs", "str", "Queue of validated runs waiting for submission (`submit`)."),
-        Setting("DEPLOY_QUEUE", "deployments", "str",
-                "Queue of scheduled deployment checks (`deployments`)."),
-        Setting("MESSAGING", "storage-queue", "choice",
-                "How the app sends messages: `servicebus` in Azure, `storage-queue` locally (Azurite queues "
-                "stand in for Service Bus).", choices=("servicebus", "storage-queue")),
-        Setting("ServiceBusConnection__fullyQualifiedNamespace", "", "str",
-                "Service Bus namespace (`<name>.servicebus.windows.net`), identity-based. Azure only."),
-        # ML backend
-        Setting("ML_BACKEND", "local", "choice",
-                "`azureml` for Azure Machine Learning, `local` for the local ML workspace.",
-                choices=("azureml", "local")),
-        Setting("AZURE_SUBSCRIPTION_ID", "", "str", "Azure ML workspace subscription. Azure only."),
-        Setting("AZURE_RESOURCE_GROUP", "", "str", "Azure ML workspace resource group. Azure only."),
-        Setting("AML_WORKSPACE", "", "str", "Azure ML workspace name. Azure only."),
-        Setting("AML_REGISTRY", "azureml", "str", "Registry holding base models and the pipeline component."),
-        Setting("AML_COMPUTE", "gpu-cluster", "str", "GPU compute cluster for fine-tuning jobs."),
-        Setting("AML_DATASTORE", "workspaceblobstore", "str",
-                "Datastore over RUNS_CONTAINER's account; train/test files are passed as its paths."),
-        Setting("AML_PIPELINE_COMPONENT", "chat_completion_pipeline", "str",
-                "Registry pipeline component used for fine-tuning (label latest)."),
-        Setting("BASE_MODEL", "Phi-3-mini-4k-instruct", "str",
-                "Base model name in the registry. Archived models are refused up front: Phi-3-mini-4k-instruct "
-                "is archived in today's azureml registry; set another (for example a Phi-4 model)."),
-        Setting("EXPERIMENT_NAME", "", "str",
-                "Experiment for jobs; empty means `chat_completion_<BASE_MODEL>` as in the notebook."),
-        Setting("INFERENCE_INSTANCE_TYPE", "Standard_NC6s_v3", "str",
-                "Instance type of online deployments (checked against `inference_compute_allow_list`)."),
-        Setting("INFERENCE_INSTANCE_COUNT", 1, "int", "Instances per online deployment."),
-        Setting("DEPLOYMENT_NAME", "demo", "str", "Name of the deployment created on each endpoint."),
-        Setting("APP_ID", "chatft", "str",
-                "Ownership tag value: endpoints carrying it were created by this app and may be cleaned up."),
-        # Validation and data
-        Setting("VALIDATION_MAX_INVALID_FRACTION", 0.0, "float",
-                "Largest fraction of invalid records an upload may have; invalid records are then left out."),
-        Setting("VALIDATION_MAX_RECORD_BYTES", 1048576, "int", "Longest accepted line (bytes)."),
-        Setting("VALIDATION_REPORT_MAX_ISSUES", 100, "int",
-                "Errors and warnings listed in a report; beyond it only counts per code are kept."),
-        Setting("TEST_FRACTION", 0.1, "float",
-                "Fraction of valid records split into `test.jsonl` (stable hash of prompt_id, else the record)."),
-        # Deployment follow-up and cleanup
-        Setting("MAX_DELIVERY_COUNT", 10, "int",
-                "Deliveries of a queue message before it is dead-lettered: the Service Bus queue's "
-                "maxDeliveryCount (host.json `extensions.queues.maxDequeueCount` locally). On the last one a "
-                "still-failing run is marked Failed."),
-        Setting("DEPLOY_CHECK_SECONDS", 5, "int", "First delay of a deployment check; doubles up to 5 minutes."),
-        Setting("DEPLOY_TIMEOUT_MINUTES", 90, "int",
-                "A deployment not ready after this is Failed and its endpoint deleted."),
-        Setting("ENDPOINT_IDLE_HOURS", 24.0, "float",
-                "An owned endpoint older than this with no scoring request in this window is deleted."),
-        Setting("CLEANUP_SCHEDULE", "0 0 2 * * *", "str", "NCRONTAB (seconds first) of the idle cleanup timer."),
-        Setting("CLEANUP_DRY_RUN", False, "bool", "Report what cleanup would delete without deleting."),
-        Setting("CLEANUP_CHECK_METRICS", False, "bool",
-                "Azure only: also require zero `RequestsPerMinute` on the endpoint over the idle window."),
-        # HTTP
-        Setting("MAX_REQUEST_BYTES", 1048576, "int", "Largest accepted HTTP request body (413 beyond)."),
-        Setting("SCORE_TIMEOUT_SECONDS", 90.0, "float",
-                "Upstream timeout of a scoring request (the deployment's request timeout)."),
-        # Local runtime
-        Setting("CHATFT_STATE_DIR", ".chatft", "str",
-                "Local state: Azurite data, function keys, blob receipts, the local ML workspace."),
-        Setting("CHATFT_HOST_PORT", 7071, "int", "Port of the local Functions host on 127.0.0.1."),
-        Setting("LOCAL_BASE_MODEL", "", "str",
-                "Local Hugging Face causal-LM directory to fine-tune; empty builds the small stand-in model."),
-        Setting("LOCAL_EVENTS_URL", "", "str",
-                "Where the local workspace posts job events; empty means the local host's Event Grid webhook."),
-    ]
-}
+_LOWER = BeforeValidator(_lower)  # choices are case-insensitive
+# When set, `Settings` reads only its keyword arguments (a mapping given to `from_env`), not `os.environ`.
+_ONLY_GIVEN: ContextVar[bool] = ContextVar("_ONLY_GIVEN", default=False)
 
 
-# Settings whose names follow the Functions host's connection conventions get plainer attribute names.
-_ATTRS = {"ServiceBusConnection__fullyQualifiedNamespace": "servicebusconnection",
-          "AzureWebJobsStorage__accountName": "storage_account_name"}
+class Settings(BaseSettings):
+    """Typed settings. Build with `Settings.from_env()`; tests pass overrides as keyword arguments (field names)."""
 
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, case_sensitive=True, env_ignore_empty=True,
+                                      str_strip_whitespace=True, extra="ignore")
 
-def _attr(env: str) -> str:
-    return _ATTRS.get(env, env.lower())
+    azurewebjobsstorage: str = _setting("AzureWebJobsStorage", AZURITE_CONNECTION,
+        "Storage connection for triggers, the run table, run files and reports. Azurite locally.", secret=True)
+    storage_account_name: str = _setting("AzureWebJobsStorage__accountName", "",
+        "Azure: the storage account's name for an identity-based connection (the app's managed "
+        "identity); when set, it is used instead of the AzureWebJobsStorage connection string.")
+    training_container: str = _setting("TRAINING_CONTAINER", "training-data",
+        "Watched container: a `.jsonl` upload here starts a run.")
+    runs_container: str = _setting("RUNS_CONTAINER", "runs",
+        "Per-run files: `<run_id>/train.jsonl`, `test.jsonl`, `validation.json`; cleanup reports.")
+    runs_table: str = _setting("RUNS_TABLE", "runs",
+        "Table Storage table holding one entity per run.")
+    runs_queue: str = _setting("RUNS_QUEUE", "runs",
+        "Queue of validated runs waiting for submission (`submit`).")
+    deploy_queue: str = _setting("DEPLOY_QUEUE", "deployments",
+        "Queue of scheduled deployment checks (`deployments`).")
+    messaging: Annotated[Literal["servicebus", "storage-queue"], _LOWER] = _setting("MESSAGING", "storage-queue",
+        "How the app sends messages: `servicebus` in Azure, `storage-queue` locally (Azurite queues "
+        "stand in for Service Bus).")
+    servicebusconnection: str = _setting("ServiceBusConnection__fullyQualifiedNamespace", "",
+        "Service Bus namespace (`<name>.servicebus.windows.net`), identity-based. Azure only.")
+    ml_backend: Annotated[Literal["azureml", "local"], _LOWER] = _setting("ML_BACKEND", "local",
+        "`azureml` for Azure Machine Learning, `local` for the local ML workspace.")
+    azure_subscription_id: str = _setting("AZURE_SUBSCRIPTION_ID", "",
+        "Azure ML workspace subscription. Azure only.")
+    azure_resource_group: str = _setting("AZURE_RESOURCE_GROUP", "",
+        "Azure ML workspace resource group. Azure only.")
+    aml_workspace: str = _setting("AML_WORKSPACE", "",
+        "Azure ML workspace name. Azure only.")
+    aml_registry: str = _setting("AML_REGISTRY", "azureml",
+        "Registry holding base models and the pipeline component.")
+    aml_compute: str = _setting("AML_COMPUTE", "gpu-cluster",
+        "GPU compute cluster for fine-tuning jobs.")
+    aml_datastore: str = _setting("AML_DATASTORE", "workspaceblobstore",
+        "Datastore over RUNS_CONTAINER's account; train/test files are passed as its paths.")
+    aml_pipeline_component: str = _setting("AML_PIPELINE_COMPONENT", "chat_completion_pipeline",
+        "Registry pipeline component used for fine-tuning (label latest).")
+    base_model: str = _setting("BASE_MODEL", "Phi-3-mini-4k-instruct",
+        "Base model name in the registry. Archived models are refused up front: Phi-3-mini-4k-instruct "
+        "is archived in today's azureml registry; set another (for example a Phi-4 model).")
+    experiment_name: str = _setting("EXPERIMENT_NAME", "",
+        "Experiment for jobs; empty means `chat_completion_<BASE_MODEL>` as in the notebook.")
+    inference_instance_type: str = _setting("INFERENCE_INSTANCE_TYPE", "Standard_NC6s_v3",
+        "Instance type of online deployments (checked against `inference_compute_allow_list`).")
+    inference_instance_count: int = _setting("INFERENCE_INSTANCE_COUNT", 1,
+        "Instances per online deployment.")
+    deployment_name: str = _setting("DEPLOYMENT_NAME", "demo",
+        "Name of the deployment created on each endpoint.")
+    app_id: str = _setting("APP_ID", "chatft",
+        "Ownership tag value: endpoints carrying it were created by this app and may be cleaned up.")
+    validation_max_invalid_fraction: float = _setting("VALIDATION_MAX_INVALID_FRACTION", 0.0,
+        "Largest fraction of invalid records an upload may have; invalid records are then left out.")
+    validation_max_record_bytes: int = _setting("VALIDATION_MAX_RECORD_BYTES", 1048576,
+        "Longest accepted line (bytes).")
+    validation_report_max_issues: int = _setting("VALIDATION_REPORT_MAX_ISSUES", 100,
+        "Errors and warnings listed in a report; beyond it only counts per code are kept.")
+    test_fraction: float = _setting("TEST_FRACTION", 0.1,
+        "Fraction of valid records split into `test.jsonl` (stable hash of prompt_id, else the record).")
+    max_delivery_count: int = _setting("MAX_DELIVERY_COUNT", 10,
+        "Deliveries of a queue message before it is dead-lettered: the Service Bus queue's "
+        "maxDeliveryCount (host.json `extensions.queues.maxDequeueCount` locally). On the last one a "
+        "still-failing run is marked Failed.")
+    deploy_check_seconds: int = _setting("DEPLOY_CHECK_SECONDS", 5,
+        "First delay of a deployment check; doubles up to 5 minutes.")
+    deploy_timeout_minutes: int = _setting("DEPLOY_TIMEOUT_MINUTES", 90,
+        "A deployment not ready after this is Failed and its endpoint deleted.")
+    endpoint_idle_hours: float = _setting("ENDPOINT_IDLE_HOURS", 24.0,
+        "An owned endpoint older than this with no scoring request in this window is deleted.")
+    cleanup_schedule: str = _setting("CLEANUP_SCHEDULE", "0 0 2 * * *",
+        "NCRONTAB (seconds first) of the idle cleanup timer.")
+    cleanup_dry_run: bool = _setting("CLEANUP_DRY_RUN", False,
+        "Report what cleanup would delete without deleting.")
+    cleanup_check_metrics: bool = _setting("CLEANUP_CHECK_METRICS", False,
+        "Azure only: also require zero `RequestsPerMinute` on the endpoint over the idle window.")
+    max_request_bytes: int = _setting("MAX_REQUEST_BYTES", 1048576,
+        "Largest accepted HTTP request body (413 beyond).")
+    score_timeout_seconds: float = _setting("SCORE_TIMEOUT_SECONDS", 90.0,
+        "Upstream timeout of a scoring request (the deployment's request timeout).")
+    chatft_state_dir: str = _setting("CHATFT_STATE_DIR", ".chatft",
+        "Local state: Azurite data, function keys, blob receipts, the local ML workspace.")
+    chatft_host_port: int = _setting("CHATFT_HOST_PORT", 7071,
+        "Port of the local Functions host on 127.0.0.1.")
+    local_base_model: str = _setting("LOCAL_BASE_MODEL", "",
+        "Local Hugging Face causal-LM directory to fine-tune; empty builds the small stand-in model.")
+    local_events_url: str = _setting("LOCAL_EVENTS_URL", "",
+        "Where the local workspace posts job events; empty means the local host's Event Grid webhook.")
 
-
-@dataclass(frozen=True)
-class Settings:
-    """Typed settings. Build with `Settings.from_env()`; tests pass overrides as keyword arguments."""
-
-    azurewebjobsstorage: str = AZURITE_CONNECTION
-    storage_account_name: str = ""
-    training_container: str = "training-data"
-    runs_container: str = "runs"
-    runs_table: str = "runs"
-    runs_queue: str = "runs"
-    deploy_queue: str = "deployments"
-    messaging: str = "storage-queue"
-    servicebusconnection: str = ""
-    ml_backend: str = "local"
-    azure_subscription_id: str = ""
-    azure_resource_group: str = ""
-    aml_workspace: str = ""
-    aml_registry: str = "azureml"
-    aml_compute: str = "gpu-cluster"
-    aml_datastore: str = "workspaceblobstore"
-    aml_pipeline_component: str = "chat_completion_pipeline"
-    base_model: str = "Phi-3-mini-4k-instruct"
-    experiment_name: str = ""
-    inference_instance_type: str = "Standard_NC6s_v3"
-    inference_instance_count: int = 1
-    deployment_name: str = "demo"
-    app_id: str = "chatft"
-    validation_max_invalid_fraction: float = 0.0
-    validation_max_record_bytes: int = 1048576
-    validation_report_max_issues: int = 100
-    test_fraction: float = 0.1
-    max_delivery_count: int = 10
-    deploy_check_seconds: int = 5
-    deploy_timeout_minutes: int = 90
-    endpoint_idle_hours: float = 24.0
-    cleanup_schedule: str = "0 0 2 * * *"
-    cleanup_dry_run: bool = False
-    cleanup_check_metrics: bool = False
-    max_request_bytes: int = 1048576
-    score_timeout_seconds: float = 90.0
-    chatft_state_dir: str = ".chatft"
-    chatft_host_port: int = 7071
-    local_base_model: str = ""
-    local_events_url: str = ""
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,) if _ONLY_GIVEN.get() else (init_settings, env_settings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Read every setting from `env` (default `os.environ`); malformed values raise `SettingError`."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, setting in SETTINGS.items():
-            raw = env.get(name)
-            if raw is not None and raw.strip() != "":
-                values[_attr(name)] = _parse(setting, raw)
-        values.update(overrides)
-        settings = cls(**values)
+        """Read every setting from `env` (default `os.environ`); overrides are by field name. Blank values mean
+        the default. Malformed values raise `SettingError` naming the setting and what it must be."""
+        token = _ONLY_GIVEN.set(env is not None)
+        try:
+            given = {name: value for name, value in (env or {}).items()
+                     if name in SETTINGS and isinstance(value, str) and value.strip()}
+            settings = cls(**given, **overrides)
+        except ValidationError as exc:
+            raise SettingError(_describe(exc)) from None
+        finally:
+            _ONLY_GIVEN.reset(token)
         settings.check()
         return settings
 
@@ -231,6 +168,20 @@ class Settings:
             if missing:
                 raise SettingError("ML_BACKEND=azureml needs setting(s) " + ", ".join(missing))
 
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with `changes` (field names), validated and checked like `from_env`."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(changes)
+        token = _ONLY_GIVEN.set(True)
+        try:
+            settings = type(self)(**values)
+        except ValidationError as exc:
+            raise SettingError(_describe(exc)) from None
+        finally:
+            _ONLY_GIVEN.reset(token)
+        settings.check()
+        return settings
+
     @property
     def storage_connection(self) -> str:
         return self.azurewebjobsstorage
@@ -238,18 +189,55 @@ class Settings:
     def binding_values(self) -> dict[str, str]:
         """Values for `%NAME%` binding expressions, as the Functions host resolves them from app settings."""
         out = {}
-        for name in SETTINGS:
-            value = getattr(self, _attr(name))
+        for name, setting in SETTINGS.items():
+            value = getattr(self, setting.attr)
             out[name] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
 
 
-def settings_attr(env_name: str) -> str:
-    """Attribute of `Settings` holding the setting named `env_name`."""
-    return _attr(env_name)
+@dataclass(frozen=True)
+class Setting:
+    """What the README and `local.settings.json.example` say of a setting, derived from its declaration."""
+
+    env: str
+    attr: str
+    default: Any
+    doc: str
+    secret: bool
+    choices: tuple[str, ...] = ()
 
 
-assert {f.name for f in fields(Settings)} == {_attr(n) for n in SETTINGS}, "Settings and SETTINGS disagree"
+def _declared() -> dict[str, Setting]:
+    out = {}
+    for attr, info in Settings.model_fields.items():
+        extra = info.json_schema_extra or {}
+        choices = tuple(get_args(info.annotation)) if get_origin(info.annotation) is Literal else ()
+        out[info.validation_alias] = Setting(info.validation_alias, attr, info.default, info.description or "",
+                                             bool(extra.get("secret")), choices)
+    return out
+
+
+# app setting name -> Setting, in declaration order.
+SETTINGS: dict[str, Setting] = _declared()
+
+_EXPECTED = {"int_parsing": "an integer", "int_from_float": "an integer", "float_parsing": "a number",
+             "bool_parsing": "true or false"}
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first error, in the settings' own words: `setting NAME must be <what>, got <value>`."""
+    err = exc.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else "?"
+    setting = SETTINGS.get(name) or next((s for s in SETTINGS.values() if s.attr == name), None)
+    if setting is not None:
+        name = setting.env
+    if setting is not None and setting.choices:
+        expected = "one of " + ", ".join(setting.choices)
+    else:
+        expected = _EXPECTED.get(err["type"], err["msg"])
+    shown = "<hidden>" if setting is not None and setting.secret else repr(err.get("input"))
+    return f"setting {name} must be {expected}, got {shown}"
+
 
 _cached: Settings | None = None
 
@@ -260,4 +248,3 @@ def get_settings(reload: bool = False) -> Settings:
     if _cached is None or reload:
         _cached = Settings.from_env()
     return _cached
-

@@ -8,15 +8,15 @@ GPU time is spent, not something to ignore. Pure: no Azure SDK.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .values import to_value
+
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 APP_KEYS = ("base_model", "keep", "test_fraction")  # used by the app itself, not passed to the pipeline
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 class OverrideError(ValueError):
@@ -36,7 +36,7 @@ class _Override:
 
 def _integer(name: str, low: int, high: int | None = None) -> _Override:
     def parse(raw: str) -> int:
-        value = int(raw)
+        value = to_value("integer", raw)
         if value < low or (high is not None and value > high):
             raise ValueError(raw)
         return value
@@ -47,8 +47,8 @@ def _integer(name: str, low: int, high: int | None = None) -> _Override:
 
 def _number(name: str, low: float, high: float, low_open: bool, high_open: bool) -> _Override:
     def parse(raw: str) -> float:
-        value = float(raw)
-        if not math.isfinite(value) or value < low or value > high or (low_open and value == low) \
+        value = to_value("number", raw)
+        if value < low or value > high or (low_open and value == low) \
                 or (high_open and value == high):
             raise ValueError(raw)
         return value
@@ -60,10 +60,7 @@ def _number(name: str, low: float, high: float, low_open: bool, high_open: bool)
 
 def _flag(name: str, pipeline_form: bool) -> _Override:
     def parse(raw: str) -> bool | str:
-        low = raw.lower()
-        if low not in _TRUE + _FALSE:
-            raise ValueError(raw)
-        value = low in _TRUE
+        value = to_value("boolean", raw, flag_words=True)
         # The pipeline's boolean-like inputs are the strings "true"/"false".
         return ("true" if value else "false") if pipeline_form else value
 

@@ -89,12 +89,10 @@ class LocalHarness:
     timeout = 240.0
 
     def __init__(self, settings: Any) -> None:
-        import dataclasses
-
         from chatft_local.workspace.local import ARCHIVED_LIST, LocalWorkspace
 
         self.events = EventSink()
-        self.settings = dataclasses.replace(settings, local_events_url=self.events.url)
+        self.settings = settings.replace(local_events_url=self.events.url)
         self.backend = LocalWorkspace(self.settings)
         self.base_model_name = self.settings.base_model
         self.compute_name = self.settings.aml_compute

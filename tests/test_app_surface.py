@@ -1,6 +1,7 @@
 """The app as the Functions host sees it: bindings, settings documentation, and a light cold start."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -38,12 +39,29 @@ def test_bindings_read_names_from_settings():
                 assert "function" in str(b.get("authLevel", "function")).lower(), name
 
 
+def _readme_settings_table() -> dict[str, tuple[str, str]]:
+    rows = {}
+    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+        found = re.match(r"^\| `([^`]+)` \| `([^`]*)` \| (.*) \|$", line)
+        if found:
+            rows[found.group(1)] = (found.group(2), found.group(3))
+    return rows
+
+
+def _shown(default) -> str:
+    return "(empty)" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
+
+
 def test_every_setting_is_documented_in_readme_and_example():
+    """The README's settings table and `local.settings.json.example` say what the declarations in
+    `shared/config.py` say: the same names, defaults and descriptions."""
     example = json.loads((PROJECT_ROOT / "local.settings.json.example").read_text())["Values"]
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    table = _readme_settings_table()
     for name, setting in SETTINGS.items():
         assert name in example, f"{name} missing from local.settings.json.example"
-        assert f"`{name}`" in readme, f"{name} missing from the README's settings table"
+        assert name in table, f"{name} missing from the README's settings table"
+        assert table[name] == (_shown(setting.default), setting.doc), f"README row of {name} disagrees with config"
+    assert set(table) == set(SETTINGS), "the README lists settings the app does not have"
     assert Settings.from_env(example)  # the example's values are valid as they stand
 
 

@@ -567,9 +567,7 @@ def test_submit_errors_are_the_ports(backend, cloud):
 
 
 def test_submit_refuses_an_inference_instance_type_the_model_does_not_allow(backend, cloud):
-    import dataclasses
-
-    backend.settings = dataclasses.replace(backend.settings, inference_instance_type="Standard_DS3_v2")
+    backend.settings = backend.settings.replace(inference_instance_type="Standard_DS3_v2")
     with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE"):
         backend.submit_job(request_for(backend))
     assert cloud.count("jobs.create_or_update") == 0

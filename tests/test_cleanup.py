@@ -49,7 +49,7 @@ def fake():
 
 
 def make_svc(settings, fake, clock, **changes):
-    return bootstrap(dataclasses.replace(settings, **changes), ml=fake, clock=clock)
+    return bootstrap(settings.replace(**changes), ml=fake, clock=clock)
 
 
 @pytest.fixture

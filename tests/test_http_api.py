@@ -154,7 +154,7 @@ def api(host, deployment, settings):
     backend = StandInBackend(deployment.base_url)
     deployment.backend = backend
     clock = Clock()
-    svc = bootstrap(dataclasses.replace(settings, score_timeout_seconds=SCORE_TIMEOUT), ml=backend, clock=clock)
+    svc = bootstrap(settings.replace(score_timeout_seconds=SCORE_TIMEOUT), ml=backend, clock=clock)
     override_services(svc)
     yield Api(host, svc, backend, clock, deployment)
     # Close the proxy's HTTP client on the host's loop, where it was made.
@@ -428,7 +428,7 @@ def test_model_still_deploying_is_503_and_no_model_at_all_is_503(api):
 
 
 def test_body_over_the_limit_is_413(api):
-    api.svc = dataclasses.replace(api.svc, settings=dataclasses.replace(api.svc.settings, max_request_bytes=4096))
+    api.svc = dataclasses.replace(api.svc, settings=api.svc.settings.replace(max_request_bytes=4096))
     override_services(api.svc)
     api.run(name="big")
     big = chat("x" * 5000)

@@ -14,37 +14,33 @@ from chatft_local.ncrontab import ScheduleError, parse
 
 def test_fields_take_values_ranges_steps_lists_and_names():
     s = parse("*/15 5-10/2 1,3,5 */10 JAN-mar MON-Fri")
-    assert s.seconds == {0, 15, 30, 45}
-    assert s.minutes == {5, 7, 9}
-    assert s.hours == {1, 3, 5}
-    assert s.days == {1, 11, 21, 31}
-    assert s.months == {1, 2, 3}
-    assert s.weekdays == {1, 2, 3, 4, 5}
-    assert parse("10/20 * * * * *").seconds == {10, 30, 50}  # `a/n`: from a to the end of the field
-    assert parse("0 0 0 * * sunday,sat").weekdays == {0, 6}
+    assert s.next_after(datetime(2026, 1, 1)) == datetime(2026, 1, 1, 1, 5, 0)  # Thursday the 1st
+    assert s.next_after(datetime(2026, 1, 1, 1, 5, 0)) == datetime(2026, 1, 1, 1, 5, 15)
+    assert s.next_after(datetime(2026, 1, 1, 5, 9, 45)) == datetime(2026, 1, 21, 1, 5, 0)  # 11th is a Sunday
+    assert parse("10/20 * * * * *").next_after(datetime(2026, 1, 1, 0, 0, 30)) == datetime(2026, 1, 1, 0, 0, 50)
+    assert parse("0 0 0 * * sunday,sat").next_after(datetime(2026, 1, 1)) == datetime(2026, 1, 3)
 
 
 @pytest.mark.parametrize("expression, says", [
     ("* * * * *", "6 fields"),
     ("* * * * * * *", "6 fields"),
-    ("60 * * * * *", "outside 0-59"),
-    ("* * 24 * * *", "outside 0-23"),
-    ("* * * 0 * *", "outside 1-31"),
-    ("* * * * 13 *", "outside 1-12"),
-    ("* * * * * 7", "outside 0-6"),
-    ("*/0 * * * * *", "invalid step"),
-    ("*/x * * * * *", "invalid step"),
-    ("5/ * * * * *", "invalid step"),
+    ("60 * * * * *", "out of range"),
+    ("* * 24 * * *", "out of range"),
+    ("* * * 0 * *", "out of range"),
+    ("* * * * 13 *", "out of range"),
+    ("*/0 * * * * *", "step"),
+    ("*/x * * * * *", "not valid"),
     ("* 10-5 * * * *", "runs backwards"),
-    ("* * * * FOO *", "not a valid month"),
-    ("* * * * * 1-", "not a valid day-of-week"),
-    ("a * * * * *", "not a valid second"),
-    ("0 0 0 30 2 *", "no day that exists"),
-    ("0 0 0 31 4,6,9,11 *", "no day that exists"),
+    ("* * * * FOO *", "not valid"),
+    ("* * * * * 1-", "not valid"),
+    ("a * * * * *", "not valid"),
+    ("0 0 0 30 2 *", "no occurrence"),
+    ("0 0 0 31 4,6,9,11 *", "no occurrence"),
 ])
 def test_invalid_expressions_say_what_is_wrong(expression, says):
-    with pytest.raises(ScheduleError, match=says):
+    with pytest.raises(ScheduleError, match=says) as caught:
         parse(expression)
+    assert repr(expression) in str(caught.value)
 
 
 @pytest.mark.parametrize("expression, after, expected", [
@@ -68,9 +64,9 @@ def test_next_after_keeps_the_time_zone():
     assert parse("0 0 0 * * *").next_after(after) == datetime(2024, 1, 2, tzinfo=timezone.utc)
 
 
-def _brute_force(schedule, after: datetime, step: timedelta, first: datetime) -> datetime:
+def _brute_force(matches, after: datetime, step: timedelta, first: datetime) -> datetime:
     t = first
-    while not (t > after and schedule.matches(t)):
+    while not (t > after and matches(t)):
         t += step
     return t
 
@@ -88,7 +84,9 @@ def _field_text(values: list[int]) -> str:
 def test_next_after_is_the_first_matching_second(seconds, minutes, after):
     schedule = parse(f"{_field_text(seconds)} {_field_text(minutes)} * * * *")
     first = after.replace(microsecond=0)
-    assert schedule.next_after(after) == _brute_force(schedule, after, timedelta(seconds=1), first)
+    expected = _brute_force(lambda t: t.second in seconds and t.minute in minutes, after, timedelta(seconds=1), first)
+    assert schedule.next_after(after) == expected
+    assert schedule.matches(expected)
 
 
 @settings(max_examples=60, deadline=None)
@@ -107,8 +105,13 @@ def test_next_after_is_the_first_matching_hour(hours, days, months, weekdays, af
         return  # no such date (30 February); covered above
     try:
         found = schedule.next_after(after)
-    except ScheduleError:  # only Feb 29 on a weekday can be that rare; check nothing matches for 28 years
-        assert schedule.months == {2} and schedule.days <= {29, 30, 31}
+    except ScheduleError:  # only Feb 29 on a weekday can be that rare
+        assert months == [2] * len(months) and set(days) <= {29, 30, 31}
         return
+
+    def matches(t: datetime) -> bool:  # NCrontab: every restricted field must match, day and weekday alike
+        return (t.hour in hours and (not days or t.day in days) and (not months or t.month in months)
+                and (not weekdays or (t.weekday() + 1) % 7 in weekdays))
+
     first = after.replace(minute=0, second=0, microsecond=0)
-    assert found == _brute_force(schedule, after, timedelta(hours=1), first)
+    assert found == _brute_force(matches, after, timedelta(hours=1), first)

@@ -5,7 +5,6 @@ endpoint a stand-in deployment that always answers), so valid scoring requests g
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import uuid
 
@@ -45,7 +44,7 @@ def fuzz_api(host, azurite, tmp_path_factory):  # noqa: F811 (the imported fixtu
                                   runs_container=f"{names}-runs", deploy_queue=f"{names}-deploy",
                                   runs_queue=f"{names}-runs", training_container=f"{names}-training",
                                   chatft_state_dir=str(tmp_path_factory.mktemp("fuzz-state")))
-    svc = bootstrap(dataclasses.replace(settings_, score_timeout_seconds=5.0), ml=backend, clock=Clock())
+    svc = bootstrap(settings_.replace(score_timeout_seconds=5.0), ml=backend, clock=Clock())
     override_services(svc)
     api = Api(host, svc, backend, Clock(), deployment)
     api.run(name="fuzzed")

@@ -291,7 +291,7 @@ def test_redeploy_refuses_runs_without_a_model(svc, ml):
 
 
 def test_instance_type_outside_the_models_allow_list_fails_the_deployment(settings, ml, clock):
-    svc = bootstrap(settings.__class__(**{**settings.__dict__, "inference_instance_type": "Standard_DS3_v2"}),
+    svc = bootstrap(settings.replace(inference_instance_type="Standard_DS3_v2"),
                     ml=ml, clock=clock)
     ml.instant_provisioning = True
     run = deploying(svc, ml)

@@ -17,6 +17,7 @@ VALID = [
     ("lora_r", "1", "lora_r", 1),
     ("lora_r", "256", "lora_r", 256),
     ("lora_alpha", "128", "lora_alpha", 128),
+    ("lora_alpha", "16.0", "lora_alpha", 16),  # whole numbers in any form, as every parameter converter reads them
     ("lora_dropout", "0", "lora_dropout", 0.0),
     ("lora_dropout", "0.05", "lora_dropout", 0.05),
     ("max_seq_length", "16", "max_seq_length", 16),
@@ -52,7 +53,7 @@ MALFORMED = [
     ("lora_r", "0", "an integer from 1 to 256"),
     ("lora_r", "257", "an integer from 1 to 256"),
     ("lora_alpha", "0", "an integer of at least 1"),
-    ("lora_alpha", "16.0", "an integer of at least 1"),
+    ("lora_alpha", "16.5", "an integer of at least 1"),
     ("lora_dropout", "1", "a number at least 0 and below 1"),
     ("lora_dropout", "-0.1", "a number at least 0 and below 1"),
     ("lora_dropout", "inf", "a number at least 0 and below 1"),

@@ -35,6 +35,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from transformers import TrainerCallback  # noqa: E402
 
+from shared.values import to_value  # noqa: E402
+
 from .files import file_lock  # noqa: E402
 
 log = logging.getLogger("chatft.trainer")
@@ -98,28 +100,11 @@ class TrainingParams:
 
 
 _FORMS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_KINDS = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
 
 
 def _convert(kind: str, raw: Any) -> Any:
-    if kind == "bool":
-        if isinstance(raw, bool):
-            return raw
-        if str(raw).strip().lower() not in ("true", "false"):
-            raise ValueError(raw)
-        return str(raw).strip().lower() == "true"
-    if isinstance(raw, bool):
-        raise TypeError(raw)
-    if kind == "int":
-        number = float(raw)
-        if not number.is_integer():
-            raise ValueError(raw)
-        return int(number)
-    if kind == "float":
-        number = float(raw)
-        if not math.isfinite(number):
-            raise ValueError(raw)
-        return number
-    return str(raw)
+    return to_value(_KINDS[kind], raw)
 
 
 def unused_parameters(params: Mapping[str, Any]) -> list[str]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ast
 import logging
-import math
 import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Iterable, Mapping
 
 from ..overrides import APP_KEYS
+from ..values import to_value
 from .naming import MODEL_MAX_LEN
 from .port import PermanentError
 
@@ -168,39 +168,27 @@ def _bad(key: str, value: Any, expected: str) -> PermanentError:
 
 
 def _integer(key: str, value: Any, spec: InputSpec) -> int:
-    if isinstance(value, bool):
-        raise _bad(key, value, "an integer")
     try:
-        number = float(value) if not isinstance(value, int) else value
-    except (TypeError, ValueError):
+        number = to_value("integer", value)
+    except ValueError:
         raise _bad(key, value, "an integer") from None
-    if isinstance(number, float) and not number.is_integer():
-        raise _bad(key, value, "an integer")
-    number = int(number)
     if spec.min is not None and number < spec.min:
         raise _bad(key, value, f"an integer of at least {spec.min:g}")
     return number
 
 
 def _number(key: str, value: Any, spec: InputSpec) -> float:
-    if isinstance(value, bool):
-        raise _bad(key, value, "a number")
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise _bad(key, value, "a number") from None
-    if not math.isfinite(number) or (spec.min is not None and number < spec.min):
+        number = to_value("number", value)
+    except ValueError:
+        number = None
+    if number is None or (spec.min is not None and number < spec.min):
         raise _bad(key, value, "a finite number" + (f" of at least {spec.min:g}" if spec.min is not None else ""))
     return number
 
 
 def _string(key: str, value: Any, spec: InputSpec) -> str:
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, float) and value.is_integer():
-        text = str(int(value))  # an enum such as deepspeed_stage "2" given as 2.0
-    else:
-        text = str(value)
+    text = to_value("string", value)
     if spec.enum == _TF:
         text = text.lower()
     if spec.enum and text not in spec.enum:
@@ -209,11 +197,10 @@ def _string(key: str, value: Any, spec: InputSpec) -> str:
 
 
 def _boolean(key: str, value: Any, spec: InputSpec) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in _TF:
-        return str(value).lower() == "true"
-    raise _bad(key, value, "true or false")
+    try:
+        return to_value("boolean", value)
+    except ValueError:
+        raise _bad(key, value, "true or false") from None
 
 
 _CONVERTERS = {"integer": _integer, "number": _number, "string": _string, "boolean": _boolean}
