@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
+# The identity-based datastore over RUNS_CONTAINER that infra/ creates (infra/app/ml.bicep, param runsDatastoreName).
+DEFAULT_DATASTORE = "chatft_runs"
 
 
 class SettingError(ValueError):
@@ -69,6 +71,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("AzureWebJobsStorage__accountName", "", "str",
                 "Azure: the storage account's name for an identity-based connection (the app's managed identity); "
                 "when set, it is used instead of the AzureWebJobsStorage connection string."),
+        Setting("AZURE_CLIENT_ID", "", "str",
+                "Azure: client id of the app's user-assigned managed identity (DefaultAzureCredential reads it). "
+                "The host's connections also need `<conn>__credential=managedidentity` and `<conn>__clientId`."),
         Setting("TRAINING_CONTAINER", "training-data", "str",
                 "Watched container: a `.jsonl` upload here starts a run."),
         Setting("RUNS_CONTAINER", "runs", "str",
@@ -91,8 +96,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("AML_WORKSPACE", "", "str", "Azure ML workspace name. Azure only."),
         Setting("AML_REGISTRY", "azureml", "str", "Registry holding base models and the pipeline component."),
         Setting("AML_COMPUTE", "gpu-cluster", "str", "GPU compute cluster for fine-tuning jobs."),
-        Setting("AML_DATASTORE", "workspaceblobstore", "str",
-                "Datastore over RUNS_CONTAINER's account; train/test files are passed as its paths."),
+        Setting("AML_DATASTORE", DEFAULT_DATASTORE, "str",
+                "Datastore over RUNS_CONTAINER (identity-based); train/test files are passed as its paths. The "
+                "default is the datastore `azd up` creates (infra/); `workspaceblobstore` would not hold them."),
         Setting("AML_PIPELINE_COMPONENT", "chat_completion_pipeline", "str",
                 "Registry pipeline component used for fine-tuning (label latest)."),
         Setting("BASE_MODEL", "Phi-3-mini-4k-instruct", "str",
@@ -100,8 +106,9 @@ SETTINGS: dict[str, Setting] = {
                 "is archived in today's azureml registry; set another (for example a Phi-4 model)."),
         Setting("EXPERIMENT_NAME", "", "str",
                 "Experiment for jobs; empty means `chat_completion_<BASE_MODEL>` as in the notebook."),
-        Setting("INFERENCE_INSTANCE_TYPE", "Standard_NC6s_v3", "str",
-                "Instance type of online deployments (checked against `inference_compute_allow_list`)."),
+        Setting("INFERENCE_INSTANCE_TYPE", "", "str",
+                "Instance type of online deployments; empty means the first (not retired) entry of the base "
+                "model's `inference_compute_allow_list` tag. A value is checked against that list."),
         Setting("INFERENCE_INSTANCE_COUNT", 1, "int", "Instances per online deployment."),
         Setting("DEPLOYMENT_NAME", "demo", "str", "Name of the deployment created on each endpoint."),
         Setting("APP_ID", "chatft", "str",
@@ -159,6 +166,7 @@ class Settings:
 
     azurewebjobsstorage: str = AZURITE_CONNECTION
     storage_account_name: str = ""
+    azure_client_id: str = ""
     training_container: str = "training-data"
     runs_container: str = "runs"
     runs_table: str = "runs"
@@ -172,11 +180,11 @@ class Settings:
     aml_workspace: str = ""
     aml_registry: str = "azureml"
     aml_compute: str = "gpu-cluster"
-    aml_datastore: str = "workspaceblobstore"
+    aml_datastore: str = DEFAULT_DATASTORE
     aml_pipeline_component: str = "chat_completion_pipeline"
     base_model: str = "Phi-3-mini-4k-instruct"
     experiment_name: str = ""
-    inference_instance_type: str = "Standard_NC6s_v3"
+    inference_instance_type: str = ""
     inference_instance_count: int = 1
     deployment_name: str = "demo"
     app_id: str = "chatft"
@@ -261,3 +269,68 @@ def get_settings(reload: bool = False) -> Settings:
         _cached = Settings.from_env()
     return _cached
 
+
+
+# --- Running in Azure with local-only values ------------------------------------------------------------------
+
+# App Service sets WEBSITE_INSTANCE_ID on every instance it runs (Kudu wiki "Azure runtime environment"); Linux
+# consumption-style plans may leave it out, so WEBSITE_SITE_NAME together with FUNCTIONS_EXTENSION_VERSION (both
+# set by the platform for every Function App) also counts, as OpenTelemetry's Azure Functions resource detector
+# does. Core Tools and this project's local host set neither WEBSITE_INSTANCE_ID nor WEBSITE_SITE_NAME.
+def running_in_azure(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the platform's own environment variables say this process runs in Azure App Service/Functions."""
+    env = os.environ if env is None else env
+    return bool(env.get("WEBSITE_INSTANCE_ID")) or (
+        bool(env.get("WEBSITE_SITE_NAME")) and bool(env.get("FUNCTIONS_EXTENSION_VERSION")))
+
+
+class MisconfiguredForAzure(SettingError):
+    """Running in Azure with settings that only work locally. `problems` is a list of (setting, fix) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("running in Azure with local-only settings: "
+                         + "; ".join(f"{name}: {fix}" for name, fix in problems))
+
+
+def _is_development_storage(connection: str) -> bool:
+    low = connection.lower()
+    return "usedevelopmentstorage=true" in low or "devstoreaccount1" in low or "127.0.0.1" in low
+
+
+def local_only_problems(settings: Settings, env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """The settings that hold a local-only value, each with what to set it to in Azure (empty: none)."""
+    env = os.environ if env is None else env
+    problems: list[tuple[str, str]] = []
+    if settings.ml_backend == "local":
+        problems.append(("ML_BACKEND", "is 'local' (the local ML workspace); set ML_BACKEND=azureml"))
+    if settings.messaging == "storage-queue":
+        problems.append(("MESSAGING", "is 'storage-queue' (no function reads those queues in Azure); set "
+                                      "MESSAGING=servicebus"))
+    if not settings.servicebusconnection:
+        problems.append(("ServiceBusConnection__fullyQualifiedNamespace",
+                         "is empty; set it to <namespace>.servicebus.windows.net"))
+    if not settings.storage_account_name and _is_development_storage(settings.storage_connection):
+        problems.append(("AzureWebJobsStorage__accountName", "is empty and AzureWebJobsStorage is development "
+                                                             "storage (Azurite); set it to the storage account's "
+                                                             "name (identity-based connection)"))
+    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AML_WORKSPACE"):
+        if not getattr(settings, name.lower()):
+            problems.append((name, "is empty; set it to the Azure ML workspace's coordinate"))
+    if not settings.aml_datastore or settings.aml_datastore == "workspaceblobstore":
+        problems.append(("AML_DATASTORE", f"is {settings.aml_datastore or 'empty'!s}, which does not hold "
+                                          f"RUNS_CONTAINER's files; set it to the datastore registered over "
+                                          f"RUNS_CONTAINER ({DEFAULT_DATASTORE} with azd up)"))
+    # Every LOCAL_* setting is a local testing aid (including ones other modules add later).
+    for name in sorted(n for n in env if n.startswith("LOCAL_") and str(env[n]).strip()):
+        problems.append((name, "is a local-only aid; remove it from the app settings"))
+    return problems
+
+
+def check_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    """Raise `MisconfiguredForAzure` when running in Azure (see `running_in_azure`) with local-only settings.
+    The one check behind `GET /api/health` and `shared.bootstrap.services()`, so every trigger gets it."""
+    if running_in_azure(env):
+        problems = local_only_problems(settings, env)
+        if problems:
+            raise MisconfiguredForAzure(problems)
