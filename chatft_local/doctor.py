@@ -348,7 +348,7 @@ def _norm(value):
     if isinstance(value, str):
         return value.lower()
     if isinstance(value, (tuple, list)):
-        return tuple(sorted(_norm(v) for v in value))
+        return tuple(sorted((_norm(v) for v in value), key=repr))
     return value
 
 
