@@ -51,7 +51,9 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = if (createWorkspace) 
   }
 }
 
-resource newWorkspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = if (createWorkspace) {
+// 2024-10-01-preview: the GA 2024-10-01 schema has no systemDatastoresAuthMode (bicep-types-az, machinelearningservices
+// 2024-10-01 vs 2024-10-01-preview types.md, WorkspaceProperties).
+resource newWorkspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01-preview' = if (createWorkspace) {
   name: workspaceName
   location: location
   tags: tags
@@ -63,7 +65,7 @@ resource newWorkspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' 
     keyVault: keyVault.id
     applicationInsights: applicationInsightsId
     // The workspace's own datastores use its identity: its storage account has shared keys disabled.
-    systemDatastoresAuthMode: 'identity'
+    systemDatastoresAuthMode: 'Identity'
     publicNetworkAccess: 'Enabled'
   }
 }

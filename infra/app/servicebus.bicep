@@ -25,7 +25,6 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2021-11-01' = {
   }
   properties: {
     disableLocalAuth: true
-    minimumTlsVersion: '1.2'
   }
 }
 
