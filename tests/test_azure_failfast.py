@@ -114,3 +114,23 @@ def test_a_malformed_setting_is_also_503(environment):
 
 def test_problems_list_is_empty_for_what_infra_sets():
     assert local_only_problems(Settings.from_env(AZURE_READY), AZURE_READY) == []
+
+
+def test_health_through_the_real_local_host_with_azures_variables(settings, tmp_path, environment):
+    """The same answer over HTTP from the real function_app served by the local host."""
+    import requests
+
+    from chatft_local.host import LocalHost
+
+    environment({})
+    env = {"AzureWebJobsStorage": settings.storage_connection, "TRAINING_CONTAINER": settings.training_container,
+           "RUNS_CONTAINER": settings.runs_container, **AZURE_PLATFORM}
+    host = LocalHost("function_app", state_dir=tmp_path / "state", port=0, env=env, services=False,
+                     blob_scan_seconds=5).start()
+    try:
+        response = requests.get(host.base_url + "/api/health", timeout=10)
+    finally:
+        host.stop()
+    assert response.status_code == 503
+    named = [s["name"] for s in response.json()["settings"]]
+    assert named[:2] == ["ML_BACKEND", "MESSAGING"]
