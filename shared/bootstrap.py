@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from .config import SettingError, Settings, get_settings
+from .config import SettingError, Settings, check_runtime, get_settings
 from .messaging import MessageSender, make_sender
 from .ml.port import MLBackend
 from .run_store import RunStore
@@ -76,11 +76,17 @@ _services: Services | None = None
 
 
 def services() -> Services:
-    """The worker's services, built on first use (not at import: cold start stays light)."""
+    """The worker's services, built on first use (not at import: cold start stays light).
+
+    Raises `SettingError` (`MisconfiguredForAzure` when running in Azure with local-only values): every trigger
+    goes through here, so each fails with the same message instead of doing half the work. Nothing is cached
+    on failure, so a fixed setting takes effect with the next worker."""
     global _services
     with _lock:
         if _services is None:
-            _services = bootstrap()
+            settings = get_settings()
+            check_runtime(settings)
+            _services = bootstrap(settings)
         return _services
 
 

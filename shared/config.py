@@ -8,6 +8,7 @@ declarations: the README's settings table and `local.settings.json.example` are 
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
@@ -16,6 +17,8 @@ from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
+# The identity-based datastore over RUNS_CONTAINER that infra/ creates (infra/app/ml.bicep, param runsDatastoreName).
+DEFAULT_DATASTORE = "chatft_runs"
 
 
 class SettingError(ValueError):
@@ -47,6 +50,9 @@ class Settings(BaseSettings):
     storage_account_name: str = _setting("AzureWebJobsStorage__accountName", "",
         "Azure: the storage account's name for an identity-based connection (the app's managed "
         "identity); when set, it is used instead of the AzureWebJobsStorage connection string.")
+    azure_client_id: str = _setting("AZURE_CLIENT_ID", "",
+        "Azure: client id of the app's user-assigned managed identity (DefaultAzureCredential reads it). "
+        "The host's connections also need `<conn>__credential=managedidentity` and `<conn>__clientId`.")
     training_container: str = _setting("TRAINING_CONTAINER", "training-data",
         "Watched container: a `.jsonl` upload here starts a run.")
     runs_container: str = _setting("RUNS_CONTAINER", "runs",
@@ -74,8 +80,9 @@ class Settings(BaseSettings):
         "Registry holding base models and the pipeline component.")
     aml_compute: str = _setting("AML_COMPUTE", "gpu-cluster",
         "GPU compute cluster for fine-tuning jobs.")
-    aml_datastore: str = _setting("AML_DATASTORE", "workspaceblobstore",
-        "Datastore over RUNS_CONTAINER's account; train/test files are passed as its paths.")
+    aml_datastore: str = _setting("AML_DATASTORE", DEFAULT_DATASTORE,
+        "Datastore over RUNS_CONTAINER (identity-based); train/test files are passed as its paths. The "
+        "default is the datastore `azd up` creates (infra/); `workspaceblobstore` would not hold them.")
     aml_pipeline_component: str = _setting("AML_PIPELINE_COMPONENT", "chat_completion_pipeline",
         "Registry pipeline component used for fine-tuning (label latest).")
     base_model: str = _setting("BASE_MODEL", "Phi-3-mini-4k-instruct",
@@ -83,8 +90,9 @@ class Settings(BaseSettings):
         "is archived in today's azureml registry; set another (for example a Phi-4 model).")
     experiment_name: str = _setting("EXPERIMENT_NAME", "",
         "Experiment for jobs; empty means `chat_completion_<BASE_MODEL>` as in the notebook.")
-    inference_instance_type: str = _setting("INFERENCE_INSTANCE_TYPE", "Standard_NC6s_v3",
-        "Instance type of online deployments (checked against `inference_compute_allow_list`).")
+    inference_instance_type: str = _setting("INFERENCE_INSTANCE_TYPE", "",
+        "Instance type of online deployments; empty means the first (not retired) entry of the base "
+        "model's `inference_compute_allow_list` tag. A value is checked against that list.")
     inference_instance_count: int = _setting("INFERENCE_INSTANCE_COUNT", 1,
         "Instances per online deployment.")
     deployment_name: str = _setting("DEPLOYMENT_NAME", "demo",
@@ -248,3 +256,68 @@ def get_settings(reload: bool = False) -> Settings:
     if _cached is None or reload:
         _cached = Settings.from_env()
     return _cached
+
+
+# --- Running in Azure with local-only values ------------------------------------------------------------------
+
+# App Service sets WEBSITE_INSTANCE_ID on every instance it runs (Kudu wiki "Azure runtime environment"); Linux
+# consumption-style plans may leave it out, so WEBSITE_SITE_NAME together with FUNCTIONS_EXTENSION_VERSION (both
+# set by the platform for every Function App) also counts, as OpenTelemetry's Azure Functions resource detector
+# does. Core Tools and this project's local host set neither WEBSITE_INSTANCE_ID nor WEBSITE_SITE_NAME.
+def running_in_azure(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the platform's own environment variables say this process runs in Azure App Service/Functions."""
+    env = os.environ if env is None else env
+    return bool(env.get("WEBSITE_INSTANCE_ID")) or (
+        bool(env.get("WEBSITE_SITE_NAME")) and bool(env.get("FUNCTIONS_EXTENSION_VERSION")))
+
+
+class MisconfiguredForAzure(SettingError):
+    """Running in Azure with settings that only work locally. `problems` is a list of (setting, fix) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("running in Azure with local-only settings: "
+                         + "; ".join(f"{name}: {fix}" for name, fix in problems))
+
+
+def _is_development_storage(connection: str) -> bool:
+    low = connection.lower()
+    return "usedevelopmentstorage=true" in low or "devstoreaccount1" in low or "127.0.0.1" in low
+
+
+def local_only_problems(settings: Settings, env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """The settings that hold a local-only value, each with what to set it to in Azure (empty: none)."""
+    env = os.environ if env is None else env
+    problems: list[tuple[str, str]] = []
+    if settings.ml_backend == "local":
+        problems.append(("ML_BACKEND", "is 'local' (the local ML workspace); set ML_BACKEND=azureml"))
+    if settings.messaging == "storage-queue":
+        problems.append(("MESSAGING", "is 'storage-queue' (no function reads those queues in Azure); set "
+                                      "MESSAGING=servicebus"))
+    if not settings.servicebusconnection:
+        problems.append(("ServiceBusConnection__fullyQualifiedNamespace",
+                         "is empty; set it to <namespace>.servicebus.windows.net"))
+    if not settings.storage_account_name and _is_development_storage(settings.storage_connection):
+        problems.append(("AzureWebJobsStorage__accountName", "is empty and AzureWebJobsStorage is development "
+                                                             "storage (Azurite); set it to the storage account's "
+                                                             "name (identity-based connection)"))
+    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AML_WORKSPACE"):
+        if not getattr(settings, name.lower()):
+            problems.append((name, "is empty; set it to the Azure ML workspace's coordinate"))
+    if not settings.aml_datastore or settings.aml_datastore == "workspaceblobstore":
+        problems.append(("AML_DATASTORE", f"is {settings.aml_datastore or 'empty'!s}, which does not hold "
+                                          f"RUNS_CONTAINER's files; set it to the datastore registered over "
+                                          f"RUNS_CONTAINER ({DEFAULT_DATASTORE} with azd up)"))
+    # Every LOCAL_* setting is a local testing aid (including ones other modules add later).
+    for name in sorted(n for n in env if n.startswith("LOCAL_") and str(env[n]).strip()):
+        problems.append((name, "is a local-only aid; remove it from the app settings"))
+    return problems
+
+
+def check_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    """Raise `MisconfiguredForAzure` when running in Azure (see `running_in_azure`) with local-only settings.
+    The one check behind `GET /api/health` and `shared.bootstrap.services()`, so every trigger gets it."""
+    if running_in_azure(env):
+        problems = local_only_problems(settings, env)
+        if problems:
+            raise MisconfiguredForAzure(problems)

@@ -1,4 +1,8 @@
-"""The app's Azure identity: one DefaultAzureCredential per worker (managed identity in Azure; no browser)."""
+"""The app's Azure identity: one DefaultAzureCredential per worker (managed identity in Azure; no browser).
+
+With a user-assigned identity (what `azd up` creates) the credential must be told which one: AZURE_CLIENT_ID
+holds its client id. DefaultAzureCredential reads that variable itself; it is passed explicitly too so the
+dependence is visible here (azure-identity docs: DefaultAzureCredential, managed_identity_client_id)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ def default_credential() -> Any:
     global _credential
     with _lock:
         if _credential is None:
+            import os
+
             from azure.identity import DefaultAzureCredential
 
-            _credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+            _credential = DefaultAzureCredential(exclude_interactive_browser_credential=True,
+                                                 managed_identity_client_id=os.environ.get("AZURE_CLIENT_ID") or None)
         return _credential

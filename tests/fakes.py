@@ -29,7 +29,8 @@ from shared.ml.port import (JOB_DONE, TAG_RUN, BaseModel, Compute, Deployment, E
                             MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                             TransientError)
 from shared.ml.training_params import (archive_reason, archived_model_error, check_finetune_compute,
-                                       check_inference_instance_type, finetune_parameters, gpus_per_node)
+                                       finetune_parameters, gpus_per_node,
+                                       resolve_inference_instance_type)
 
 REGISTRY = "fake-registry"
 
@@ -267,7 +268,7 @@ class FakeMLBackend:
             if registered is None:
                 raise NotFound(f"model {model.name} version {model.version} not found")
             base_tags = self.jobs[registered[1]].request.base_model.tags
-            check_inference_instance_type(instance_type, base_tags)
+            instance_type = resolve_inference_instance_type(instance_type, base_tags)
             state = "Succeeded" if self.instant_provisioning else "Creating"
             ep.deployments[deployment_name] = Deployment(endpoint_name, deployment_name, state)
             ep.instance[deployment_name] = (instance_type, instance_count, model)

@@ -41,7 +41,10 @@ def test_bindings_read_names_from_settings():
 
 def _readme_settings_table() -> dict[str, tuple[str, str]]:
     rows = {}
-    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Settings\n"):]
+    section = section[:section.find("\n## ", 1)]
+    for line in section.splitlines():
         found = re.match(r"^\| `([^`]+)` \| `([^`]*)` \| (.*) \|$", line)
         if found:
             rows[found.group(1)] = (found.group(2), found.group(3))

@@ -225,7 +225,7 @@ def test_deployment_checks_walk_to_deployed(svc, ml):
     dep = ml.get_deployment(run.endpoint_name, svc.settings.deployment_name)
     assert dep.provisioning_state == "Creating"
     instance_type, count, model = ml.endpoints[run.endpoint_name].instance[svc.settings.deployment_name]
-    assert (instance_type, count) == ("Standard_NC6s_v3", 1) and model.name == run.model_name
+    assert (instance_type, count) == ("Standard_NC24ads_A100_v4", 1)  # first not-retired of the allow-list and model.name == run.model_name
     ml.set_deployment_state(run.endpoint_name, svc.settings.deployment_name, "Succeeded")
     check_deployment(svc, run.run_id)  # sets traffic
     assert ml.get_endpoint(run.endpoint_name).traffic == {"demo": 100}

@@ -247,3 +247,20 @@ def test_inference_instance_type_is_checked_against_the_models_allow_list():
     check_inference_instance_type("Standard_DS3_v2", {})  # no allow-list: no check
     with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE Standard_DS3_v2.*Standard_NC12s_v3"):
         check_inference_instance_type("Standard_DS3_v2", tags)
+
+
+def test_empty_inference_instance_type_takes_the_first_current_size_of_the_allow_list():
+    from shared.ml.training_params import resolve_inference_instance_type
+
+    tags = {"inference_compute_allow_list": "['Standard_NC6s_v3', 'Standard_NC24ads_A100_v4', 'Standard_NC48ads_A100_v4']"}
+    # Standard_NC6s_v3 is first but retired (2025-09-30): never chosen by default.
+    assert resolve_inference_instance_type("", tags) == "Standard_NC24ads_A100_v4"
+    assert resolve_inference_instance_type("Standard_NC48ads_A100_v4", tags) == "Standard_NC48ads_A100_v4"
+    with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE Standard_DS3_v2"):
+        resolve_inference_instance_type("Standard_DS3_v2", tags)
+    with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE is empty.*set INFERENCE_INSTANCE_TYPE"):
+        resolve_inference_instance_type("", {})
+    with pytest.raises(PermanentError, match="only retired sizes: Standard_NC6s_v3"):
+        resolve_inference_instance_type("", {"inference_compute_allow_list": "['Standard_NC6s_v3']"})
+    assert resolve_inference_instance_type("", {}, fallback="local") == "local"
+    assert resolve_inference_instance_type("Standard_DS3_v2", {}) == "Standard_DS3_v2"  # no list: no check

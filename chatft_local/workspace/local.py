@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from shared.ml import naming
 from shared.ml.port import (JOB_DONE, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus, NotFound,
                             PermanentError, RegisteredModel, ScoringTarget, TransientError)
-from shared.ml.training_params import (archive_reason, archived_model_error, check_inference_instance_type,
-                                       finetune_parameters)
+from shared.ml.training_params import (archive_reason, archived_model_error, finetune_parameters,
+                                       resolve_inference_instance_type)
 
 from .endpoints import EndpointStore
 from .registry import ModelRegistry
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 REGISTRY_NAME = "local"
 LOCAL_COMPUTE = "local"
+# What a deployment records as its instance type when INFERENCE_INSTANCE_TYPE is empty: it runs on this machine.
+LOCAL_INSTANCE_TYPE = "local"
 EVENTS_FUNCTION = "job_events"
 ARCHIVED_LIST = "archived-base-models"
 ARCHIVED_MARKER = "chatft-archived"
@@ -148,7 +150,9 @@ class LocalWorkspace:
         # Azure's rules (shared.ml.naming); a job name is also a folder name here, so nothing else may get through.
         name = naming.check_job_name(request.job_name)
         naming.check_experiment_name(request.experiment_name)
-        check_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags)
+        # The local model servers run on this machine: an empty setting needs no VM size from the model's tags.
+        resolve_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags,
+                                        fallback=LOCAL_INSTANCE_TYPE)
         if jobs.job_exists(self.state_dir, name):
             return name
         params = finetune_parameters(request.base_model.tags, request.params)
@@ -246,6 +250,7 @@ class LocalWorkspace:
             raise NotFound(f"endpoint {endpoint_name} not found")
         if self.endpoints.deployment(endpoint_name, deployment_name) is not None:
             return
+        instance_type = resolve_inference_instance_type(instance_type, None, fallback=LOCAL_INSTANCE_TYPE)
         self.endpoints.create_deployment(endpoint_name, deployment_name, model, self.registry.model_dir(model),
                                          instance_type, instance_count)
 

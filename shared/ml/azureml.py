@@ -26,7 +26,7 @@ from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Depl
                    JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                    TransientError)
 from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
-                              check_inference_instance_type, display_name, finetune_parameters, gpus_per_node)
+                              display_name, finetune_parameters, gpus_per_node, resolve_inference_instance_type)
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ class AzureMLBackend:
         if existing is not None:  # a resubmission (after a crash or a redelivery) finds the job it made
             return existing.name
         # Refuse a deployment the base model will not allow before hours of GPU time are spent.
-        check_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags)
+        resolve_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags)
         train_uri, test_uri = training_data_uris(self.settings, request.train_path, request.test_path)
         job = build_pipeline_job(
             self.pipeline_component(), model_id=request.base_model.id, model_tags=request.base_model.tags,
@@ -486,7 +486,7 @@ class AzureMLBackend:
         naming.check_deployment_name(deployment_name)
         if self.get_deployment(endpoint_name, deployment_name) is not None:
             return
-        check_inference_instance_type(instance_type, self._base_model_tags(model))
+        instance_type = resolve_inference_instance_type(instance_type, self._base_model_tags(model))
         deployment = build_deployment(endpoint_name, deployment_name, model_id=model.id or
                                       f"azureml:{model.name}:{model.version}", instance_type=instance_type,
                                       instance_count=instance_count)

@@ -291,3 +291,32 @@ def check_inference_instance_type(instance_type: str, model_tags: Mapping[str, A
     if allow is not None and instance_type.lower() not in {str(s).lower() for s in allow}:
         raise PermanentError(f"INFERENCE_INSTANCE_TYPE {instance_type} is not allowed for this base model; use one "
                              f"of: {', '.join(map(str, allow))}")
+
+
+# VM sizes Azure has retired: a model's allow-list may still name them (tags are written once, sizes retire
+# later). NCv3 retired 2025-09-30 (azure-docs, "NCv3 series retirement"); NC/NCv2/ND (K80/P100/P40) before it.
+RETIRED_VM_SIZES = frozenset(s.lower() for s in (
+    "Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24rs_v3",
+    "Standard_NC6s_v2", "Standard_NC12s_v2", "Standard_NC24s_v2", "Standard_NC24rs_v2",
+    "Standard_ND6s", "Standard_ND12s", "Standard_ND24s", "Standard_ND24rs", *UNSUPPORTED_FINETUNE_SIZES))
+
+
+def resolve_inference_instance_type(instance_type: str, model_tags: Mapping[str, Any] | None, *,
+                                    fallback: str = "") -> str:
+    """The instance type an online deployment of this base model uses. A set `instance_type` (the
+    INFERENCE_INSTANCE_TYPE setting) is checked against the model's `inference_compute_allow_list` and returned;
+    empty means the first entry of that list that is not a retired size. With no usable list, `fallback` (the
+    local workspace, which serves on this machine) or a PermanentError naming INFERENCE_INSTANCE_TYPE."""
+    if instance_type:
+        check_inference_instance_type(instance_type, model_tags)
+        return instance_type
+    allow = tag_literal(model_tags, INFERENCE_ALLOW_TAG) or []
+    current = [str(s) for s in allow if str(s).lower() not in RETIRED_VM_SIZES]
+    if current:
+        return current[0]
+    if fallback:
+        return fallback
+    listed = f" (it lists only retired sizes: {', '.join(map(str, allow))})" if allow else ""
+    raise PermanentError(f"INFERENCE_INSTANCE_TYPE is empty and the base model has no usable "
+                         f"{INFERENCE_ALLOW_TAG} tag{listed}; set INFERENCE_INSTANCE_TYPE to a GPU VM size "
+                         f"offered in your region")

@@ -1,0 +1,19 @@
+// The storage account's Event Grid system topic. Its subscription (BlobCreated in TRAINING_CONTAINER -> the
+// blobs-extension webhook of `ingest`) needs the app's blobs_extension system key, which exists only once the
+// code is deployed: scripts/postdeploy.sh creates it, as the quickstart's post-up script does.
+param storageTopicName string
+param storageAccountId string
+param location string
+param tags object
+
+resource storageTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+  name: storageTopicName
+  location: location
+  tags: tags
+  properties: {
+    source: storageAccountId
+    topicType: 'Microsoft.Storage.StorageAccounts'
+  }
+}
+
+output storageTopicName string = storageTopic.name
