@@ -58,8 +58,27 @@ BAD_LINES = {
     "missing_content": orjson.dumps({"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}),
     "empty_content": orjson.dumps({"messages": [{"role": "user", "content": ""},
                                                 {"role": "assistant", "content": "a"}]}),
-    "empty_content_not_string": orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text"}]},
+    "empty_content:whitespace": orjson.dumps({"messages": [{"role": "user", "content": "q"},
+                                                         {"role": "assistant", "content": " \t\n\u00a0 "}]}),
+    "content_not_string": orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                                                     {"role": "assistant", "content": "a"}]}),
+    "content_not_string:object": orjson.dumps({"messages": [{"role": "user", "content": {"text": "q"}},
+                                                            {"role": "assistant", "content": "a"}]}),
+    "content_not_string:number": orjson.dumps({"messages": [{"role": "user", "content": "q"},
+                                                            {"role": "assistant", "content": 42}]}),
+    "content_not_string:boolean": orjson.dumps({"messages": [{"role": "user", "content": True},
+                                                             {"role": "assistant", "content": "a"}]}),
+    "missing_content:null": orjson.dumps({"messages": [{"role": "user", "content": None},
+                                                       {"role": "assistant", "content": "a"}]}),
+    "missing_role:null": orjson.dumps({"messages": [{"role": None, "content": "q"},
+                                                    {"role": "assistant", "content": "a"}]}),
+    "unrecognized_role:number": orjson.dumps({"messages": [{"role": 1, "content": "q"},
                                                            {"role": "assistant", "content": "a"}]}),
+    "unrecognized_role:capitalised": orjson.dumps({"messages": [{"role": "User", "content": "q"},
+                                                                {"role": "assistant", "content": "a"}]}),
+    "unrecognized_role:tool": orjson.dumps({"messages": [{"role": "user", "content": "q"},
+                                                         {"role": "tool", "content": "x"},
+                                                         {"role": "assistant", "content": "a"}]}),
     "system_not_first": orjson.dumps(chat("user", "system", "assistant")),
     "no_assistant_message": orjson.dumps(chat("system", "user")),
 }
@@ -67,7 +86,7 @@ BAD_LINES = {
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
 def test_each_error_code_is_reported_with_its_line(case):
-    code = case.removesuffix("_not_list").removesuffix("_not_string")
+    code = case.removesuffix("_not_list").split(":")[0]
     data = TEN_GOOD + BAD_LINES[case] + b"\n" + good(10) + b"\n"
     records, report = run(data)
     assert (11, code) in codes(report)
@@ -377,7 +396,8 @@ def test_split_is_the_same_in_another_process():
 
 # --- property-based ---
 
-text = st.text(min_size=1, max_size=40)
+# Content with at least one character that is not whitespace (whitespace-only content is `empty_content`).
+text = st.text(min_size=1, max_size=40).filter(lambda t: not t.isspace())
 
 
 @st.composite
@@ -449,6 +469,14 @@ def _number_content(r, i):
     r["messages"][i]["content"] = 3
 
 
+def _blank_content(r, i):
+    r["messages"][i]["content"] = " \n\t "
+
+
+def _parts_content(r, i):
+    r["messages"][i]["content"] = [{"type": "text", "text": r["messages"][i]["content"]}]
+
+
 def _late_system(r, i):
     r["messages"].insert(max(i, 1), {"role": "system", "content": "be brief"})
 
@@ -462,7 +490,8 @@ def _no_assistant(r, i):
 MUTATIONS = [(_drop_messages, "missing_messages"), (_not_a_list, "missing_messages"),
              (_one_message, "too_few_messages"), (_not_object, "message_not_object"), (_no_role, "missing_role"),
              (_bad_role, "unrecognized_role"), (_no_content, "missing_content"),
-             (_empty_content, "empty_content"), (_number_content, "empty_content"),
+             (_empty_content, "empty_content"), (_number_content, "content_not_string"),
+             (_blank_content, "empty_content"), (_parts_content, "content_not_string"),
              (_late_system, "system_not_first"), (_no_assistant, "no_assistant_message")]
 
 
@@ -492,5 +521,6 @@ def test_the_fast_path_agrees_with_the_full_inspection(record):
     errors, warnings = inspect_record(record)
     records, report = run(orjson.dumps(record), min_records=1, max_invalid_fraction=1.0)
     assert [c for line, c in codes(report) if line] == [c for c, _ in errors]
-    assert [c for _, c in codes(report, "warnings")] == ([] if errors else [c for c, _ in warnings])
+    # Warnings are reported whether or not the record also has an error.
+    assert [c for _, c in codes(report, "warnings")] == [c for c, _ in warnings]
     assert bool(records) == (not errors)
