@@ -634,7 +634,7 @@ def file_fault(head: bytes, whole: bool) -> tuple[str, str] | None:
     # away (the method of RFC 4627 section 3).
     first = head[:4]
     if len(first) == 4 and 0 in first:
-        name = {(True, False, False, False): "UTF-32 BE", (False, True, True, True): "UTF-32 LE",
+        name = {(True, True, True, False): "UTF-32 BE", (False, True, True, True): "UTF-32 LE",
                 (True, False, True, False): "UTF-16 BE", (False, True, False, True): "UTF-16 LE"}.get(
             tuple(b == 0 for b in first))
         if name:
