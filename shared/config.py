@@ -112,6 +112,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("VALIDATION_MAX_RECORD_BYTES", 1048576, "int", "Longest accepted line (bytes)."),
         Setting("VALIDATION_REPORT_MAX_ISSUES", 100, "int",
                 "Errors and warnings listed in a report; beyond it only counts per code are kept."),
+        Setting("TOKENIZER_DIR", "", "str",
+                "Directory holding the base model's `tokenizer.json`, for token counts in validation reports; "
+                "empty means the local base model's tokenizer (local runtime), else a characters/4 estimate."),
         Setting("TEST_FRACTION", 0.1, "float",
                 "Fraction of valid records split into `test.jsonl` (stable hash of prompt_id, else the record)."),
         # Deployment follow-up and cleanup
@@ -183,6 +186,7 @@ class Settings:
     validation_max_invalid_fraction: float = 0.0
     validation_max_record_bytes: int = 1048576
     validation_report_max_issues: int = 100
+    tokenizer_dir: str = ""
     test_fraction: float = 0.1
     max_delivery_count: int = 10
     deploy_check_seconds: int = 5

@@ -4,7 +4,7 @@ Training truncates each conversation, rendered in the model's chat format, to `m
 right); a record whose assistant text starts past the cut teaches nothing. To say that before any GPU time is
 spent, the validator counts each record's tokens with a `TokenCounter`:
 
-- `Estimate` (always available): ceil(characters / 4) per message's content, the common rule of thumb for English
+- `Estimate` (always available): ceil(characters / 4) of the record's contents, the common rule of thumb for English
   with BPE tokenizers (OpenAI: "one token generally corresponds to ~4 characters of text for common English
   text", https://help.openai.com/en/articles/4936856), plus the chat format's tokens.
 - `TokenizerCounter`: the content tokens counted by the model's own fast (Rust) tokenizer, loaded from its
@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 
 MESSAGE_TOKENS = 4  # chat-format tokens around each message (Phi-3: `<|role|>`, "\n", `<|end|>`, "\n")
 HEADER_TOKENS = 2  # chat-format tokens before a message's content (Phi-3: `<|role|>`, "\n")
-ESTIMATE_METHOD = "estimate: ceil(characters / 4) per content + 4 chat-format tokens per message"
+ESTIMATE_METHOD = "estimate: ceil(characters / 4) of the contents + 4 chat-format tokens per message"
 
 
 class TokenCounter(Protocol):
@@ -108,3 +108,40 @@ def record_tokens(contents_tokens: Sequence[int], first_assistant: int) -> tuple
     total = sum(contents_tokens) + MESSAGE_TOKENS * len(contents_tokens)
     start = sum(contents_tokens[:first_assistant]) + MESSAGE_TOKENS * first_assistant + HEADER_TOKENS
     return total, start
+
+
+class Budget(NamedTuple):
+    """What the validator needs for the token budget of one run: the counter, `max_seq_length` (None: unknown,
+    truncation not checked) and where it came from, the epochs, and a note when a named tokenizer was unusable."""
+
+    counter: TokenCounter
+    max_seq_length: int | None
+    max_seq_length_source: str
+    epochs: float | None
+    note: str = ""
+
+
+def budget(tokenizer_dir: str, overrides: Mapping[str, Any] | None = None,
+           hints: tuple[str, Mapping[str, Any]] | None = None, default_epochs: float | None = None) -> Budget:
+    """The token budget of a run.
+
+    Tokenizer: `tokenizer_dir` (the TOKENIZER_DIR setting) when set, else the base model's tokenizer directory
+    from `hints` (the local runtime's base model, when it is at hand), else the estimate. `max_seq_length`: the
+    upload's override, else the base model's default (from `hints`), else None. Epochs: the override
+    (`num_train_epochs`), else the model's default, else `default_epochs` (the notebook's).
+    `hints` is `(tokenizer directory or "", the base model's default training parameters)`."""
+    overrides = overrides or {}
+    hint_dir, defaults = hints or ("", {})
+    counter, note = token_counter(tokenizer_dir or hint_dir)
+    if overrides.get("max_seq_length"):
+        limit, source = int(overrides["max_seq_length"]), "the upload's override"
+    elif _positive(defaults.get("max_seq_length")):
+        limit, source = int(defaults["max_seq_length"]), "the base model's default"
+    else:
+        limit, source = None, ""
+    epochs = overrides.get("num_train_epochs") or defaults.get("num_train_epochs") or default_epochs
+    return Budget(counter, limit, source, float(epochs) if epochs else None, note)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
