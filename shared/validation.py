@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -212,6 +212,9 @@ class Validator:
         self._started = self._finished = False
         self._bytes = self._line_count = self._blank = self._valid = 0
         self._file_error: tuple[str, str] | None = None
+        # Called with (line, code, message) for every error of a line, beyond the report's cap (`chatft convert`
+        # names every record it leaves out).
+        self.on_error: Callable[[int, str, str], None] | None = None
         self._errors: list[dict[str, Any]] = []
         self._warnings: list[dict[str, Any]] = []
         self._error_counts: dict[str, int] = {}
@@ -522,6 +525,8 @@ class Validator:
         self._error(line_no, "invalid_json", f"not valid JSON: {exc.msg} (column {exc.colno})" + _json_hint(text, exc))
 
     def _error(self, line: int, code: str, message: str) -> None:
+        if self.on_error is not None:
+            self.on_error(line, code, message)
         self._error_counts[code] = self._error_counts.get(code, 0) + 1
         if len(self._errors) < self.max_issues:
             self._errors.append({"line": line, "code": code, "message": message})
