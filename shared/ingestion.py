@@ -93,13 +93,18 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     counts = {"train": 0, "test": 0}
     train_tokens = 0
     limit = plan.max_seq_length or 1 << 62
-    for valid in validator.records(read_chunks(blob_client, etag=etag)):
-        part = split_of(valid.record, test_fraction)
-        writers[part].write(valid.raw)
-        writers[part].write(b"\n")
-        counts[part] += 1
-        if part == "train":
-            train_tokens += min(valid.tokens, limit)
+    try:
+        for valid in validator.records(read_chunks(blob_client, etag=etag)):
+            part = split_of(valid.record, test_fraction)
+            writers[part].write(valid.raw)
+            writers[part].write(b"\n")
+            counts[part] += 1
+            if part == "train":
+                train_tokens += min(valid.tokens, limit)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
     report = validator.report()
     tokens = report["tokens"]
     # What GPU time scales with: the train split's tokens (after truncation) times the epochs.
@@ -111,9 +116,8 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
         report["ok"] = False
         report["reason"] = "every valid record fell into the test split; lower TEST_FRACTION"
         report["errors"].insert(0, {"line": 0, "code": "too_few_records", "message": report["reason"]})
-    if report["ok"]:
-        for writer in writers.values():
-            writer.close()
+    for writer in writers.values():
+        writer.close() if report["ok"] else writer.abort()
     return report, counts
 
 
