@@ -171,9 +171,13 @@ def ingest_once(azurite: PrivateAzurite, path: Path, state_dir: Path) -> dict:
             raise RuntimeError(f"run {run_id} was rejected: {run.report.get('reason')}")
         seconds = parse_iso(queued).timestamp() - uploaded
         rss = _vm_hwm_mb(host._process.pid)
+        # The ceiling, twice, once the host is idle; the faster counts (load from others on a shared machine only
+        # slows a run down, and the faster ceiling makes the ratio conservative).
         split = run.report.get("split", {})
-        ceiling_s = ceiling(azurite.connection_string, names["TRAINING_CONTAINER"], "ultrachat.jsonl")
-        return {"ingest_s": round(seconds, 2), "ceiling_s": round(ceiling_s, 2), "host_peak_rss_mb": round(rss, 1),
+        ceilings = [ceiling(azurite.connection_string, names["TRAINING_CONTAINER"], "ultrachat.jsonl")
+                    for _ in range(2)]
+        return {"ingest_s": round(seconds, 2), "ceiling_s": round(min(ceilings), 2),
+                "ceiling_runs_s": [round(c, 2) for c in ceilings], "host_peak_rss_mb": round(rss, 1),
                 "split": split, "records": run.report.get("valid_records")}
     finally:
         host.stop()

@@ -77,7 +77,7 @@ class TokenizerCounter:
         self.method = f"tokenizer: {path}"
 
     def count(self, contents: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self._encode(list(contents), add_special_tokens=False)]
+        return [len(e) for e in self._encode(list(contents), add_special_tokens=False)]
 
 
 class TokenizerUnavailable(Exception):
