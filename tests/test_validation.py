@@ -701,3 +701,10 @@ def test_a_system_prompt_counts_before_the_assistant():
 def test_without_max_seq_length_nothing_is_cut():
     _, report = run(TEN_GOOD + _long(40000, 40000) + b"\n")
     assert report["ok"] and report["tokens"]["max_seq_length"] is None and report["tokens"]["tokens_cut"] == 0
+
+
+def test_every_code_is_in_the_readme_table_with_its_level():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for codes_, level in ((ERROR_CODES, "error"), (WARNING_CODES, "warning")):
+        for code in codes_:
+            assert f"| `{code}` | {level} |" in readme, code
