@@ -275,10 +275,12 @@ class Validator:
                     self._error(line_no, "not_an_object", f"line is {_kind(record)}, expected an object")
                     continue
                 errors, warnings, tally = examine(record)
-                for code, text in errors:
-                    self._error(line_no, code, text)
-                for code, text in warnings:
-                    self._warn(line_no, code, text)
+                if errors:
+                    for code, text in errors:
+                        self._error(line_no, code, text)
+                if warnings:
+                    for code, text in warnings:
+                        self._warn(line_no, code, text)
                 if tally is None:
                     continue
                 # The line is parsed from a view of its chunk; only a valid one is copied out, so the caller holds
