@@ -143,8 +143,20 @@ def _dataset_dir(path: Path) -> Source:
     files = sorted(path.rglob("*.parquet"))
     if files:
         return _parquet(files, f"a Parquet dataset ({len(files)} file(s))")
+    arrows = sorted(path.rglob("*.arrow"))
+    if arrows:  # Arrow files without save_to_disk's state.json (the datasets cache's layout)
+        from datasets import Dataset
+
+        def rows() -> Iterator[tuple[int, Any, str]]:
+            number = 0
+            for file in arrows:
+                for row in Dataset.from_file(str(file)):  # memory-mapped
+                    number += 1
+                    yield number, row, ""
+
+        return Source(f"an Arrow dataset ({len(arrows)} file(s))", "row", rows())
     raise ConvertError(f"{path} is a directory without a saved Hugging Face dataset (dataset_dict.json or "
-                       "state.json, as save_to_disk writes) or Parquet files")
+                       "state.json, as save_to_disk writes), Parquet or Arrow files")
 
 
 def _parquet(files: list[Path], name: str) -> Source:

@@ -135,6 +135,14 @@ def test_a_saved_hugging_face_dataset_directory_and_a_parquet_folder(tmp_path):
     assert "Parquet dataset (1 file(s)) of Alpaca records" in result.stderr
     assert validated(tmp_path / "out2.jsonl")[1]["ok"]
 
+    (tmp_path / "arrow").mkdir()
+    for arrow in (tmp_path / "saved" / "train").glob("*.arrow"):  # Arrow files alone, without state.json
+        (tmp_path / "arrow" / arrow.name).write_bytes(arrow.read_bytes())
+    result = chatft("convert", str(tmp_path / "arrow"), str(tmp_path / "out3.jsonl"))
+    assert result.returncode == 0, result.stderr
+    assert "an Arrow dataset (1 file(s)) of ShareGPT records" in result.stderr
+    assert len(validated(tmp_path / "out3.jsonl")[0]) == 12
+
 
 def test_every_dropped_record_is_named_with_its_reason(tmp_path):
     lines = [orjson.dumps(sharegpt(i)) for i in range(12)]
