@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import orjson
@@ -18,9 +17,18 @@ from shared.validation import Validator, read_chunks
 from .conftest import PROJECT_ROOT
 
 
+_STATE: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _state_dir(tmp_path_factory):
+    """A local state folder of the tests' own (no stand-in model built there: counts are estimated)."""
+    _STATE["dir"] = str(tmp_path_factory.mktemp("convert-state"))
+
+
 def chatft(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("VALIDATION_", "TOKENIZER_DIR"))}
-    state = env.pop("CHATFT_STATE_DIR", None) or tempfile.mkdtemp(prefix="chatft-convert-state-")
+    state = env.pop("CHATFT_STATE_DIR", None) or _STATE["dir"]
     return subprocess.run([sys.executable, "-m", "chatft_local", *args], capture_output=True, text=True,
                           cwd=PROJECT_ROOT, env={**clean, "CHATFT_STATE_DIR": state, **env}, timeout=300)
 
@@ -192,7 +200,7 @@ def _peak_rss_mb(*args: str) -> float:
     """The child's own peak RSS (VmHWM: per address space, so not the forking pytest's memory, which
     `ru_maxrss` would include)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VALIDATION_", "TOKENIZER_DIR"))}
-    env["CHATFT_STATE_DIR"] = tempfile.mkdtemp(prefix="chatft-convert-state-")
+    env["CHATFT_STATE_DIR"] = _STATE["dir"]
     code = ("import sys; from chatft_local.cli import main; rc = main(sys.argv[1:]); "
             "sys.stderr.write([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]); sys.exit(rc)")
     result = subprocess.run([sys.executable, "-c", code, *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
