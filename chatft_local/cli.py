@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "host": ("chatft_local.commands.host", "serve function_app locally on Azurite (foreground; Ctrl-C stops)"),
     "key": ("chatft_local.commands.key", "print the local function key for the HTTP routes"),
     "validate": ("chatft_local.commands.validate", "check a chat JSONL file before uploading it"),
+    "convert": ("chatft_local.commands.convert", "turn ShareGPT, Alpaca, prompt/completion, JSON or a dataset into "
+                                                 "chat JSONL"),
     "prepare-data": ("chatft_local.commands.prepare_data", "write a dataset's splits as chat JSONL"),
     "upload": ("chatft_local.commands.upload", "upload training JSONL to the watched container"),
     "runs": ("chatft_local.commands.runs", "list runs, or show one run in detail"),

@@ -12,7 +12,9 @@ from typing import Any
 from .bootstrap import Services
 from .overrides import OverrideError, parse_overrides
 from .runs import Run, State, new_run, run_id_for
+from .ml.training_params import NOTEBOOK_DEFAULTS
 from .storage import read_chunks
+from .tokens import budget
 from .validation import Validator, split_of
 
 log = logging.getLogger(__name__)
@@ -79,26 +81,57 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
                         overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
     s = svc.settings
     test_fraction = float(overrides.get("test_fraction", s.test_fraction))
+    plan = budget(s.tokenizer_dir, overrides, _data_hints(svc),
+                  default_epochs=NOTEBOOK_DEFAULTS["num_train_epochs"])
     validator = Validator(max_record_bytes=s.validation_max_record_bytes,
                           max_issues=s.validation_report_max_issues,
-                          max_invalid_fraction=s.validation_max_invalid_fraction)
+                          max_invalid_fraction=s.validation_max_invalid_fraction,
+                          max_seq_length=plan.max_seq_length, max_seq_length_source=plan.max_seq_length_source,
+                          counter=plan.counter, epochs=plan.epochs)
     writers = {"train": svc.blobs.writer(s.runs_container, f"{run_id}/train.jsonl"),
                "test": svc.blobs.writer(s.runs_container, f"{run_id}/test.jsonl")}
     counts = {"train": 0, "test": 0}
-    for valid in validator.records(read_chunks(blob_client, etag=etag)):
-        part = split_of(valid.record, test_fraction)
-        writers[part].write(valid.raw)
-        writers[part].write(b"\n")
-        counts[part] += 1
+    train_tokens = 0
+    limit = plan.max_seq_length or 1 << 62
+    try:
+        for valid in validator.records(read_chunks(blob_client, etag=etag)):
+            part = split_of(valid.record, test_fraction)
+            writers[part].write(valid.raw)
+            writers[part].write(b"\n")
+            counts[part] += 1
+            if part == "train":
+                train_tokens += min(valid.tokens, limit)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
     report = validator.report()
+    tokens = report["tokens"]
+    # What GPU time scales with: the train split's tokens (after truncation) times the epochs.
+    tokens["train_tokens_per_epoch"] = train_tokens
+    tokens["train_tokens_total"] = round(train_tokens * plan.epochs) if plan.epochs else None
+    if plan.note:
+        tokens["note"] = plan.note
     if report["ok"] and counts["train"] == 0:
         report["ok"] = False
         report["reason"] = "every valid record fell into the test split; lower TEST_FRACTION"
         report["errors"].insert(0, {"line": 0, "code": "too_few_records", "message": report["reason"]})
-    if report["ok"]:
-        for writer in writers.values():
-            writer.close()
+    for writer in writers.values():
+        writer.close() if report["ok"] else writer.abort()
     return report, counts
+
+
+def _data_hints(svc: Services) -> tuple[str, dict[str, Any]] | None:
+    """The ML backend's hints for token counts (the local workspace has them; Azure's backend would need a
+    registry call per upload, so there the TOKENIZER_DIR setting and the upload's max_seq_length are used)."""
+    hints = getattr(svc.ml, "data_hints", None)
+    if hints is None:
+        return None
+    try:
+        return hints()
+    except Exception:  # hints only refine the report; a backend that cannot give them must not fail ingestion
+        log.warning("ingest: the ML backend's data hints failed; token counts are estimated", exc_info=True)
+        return None
 
 
 def _summary(report: dict[str, Any], report_path: str) -> dict[str, Any]:
@@ -112,6 +145,7 @@ def _summary(report: dict[str, Any], report_path: str) -> dict[str, Any]:
         "reason": report.get("reason", ""),
         "errors": report.get("errors", [])[:SUMMARY_ISSUES],
         "split": report.get("split", {}),
+        "tokens": {k: v for k, v in report.get("tokens", {}).items() if k != "histogram"},
         "report_path": report_path,
     }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import collections
+import itertools
 import json
 import threading
 import uuid
@@ -13,6 +15,8 @@ from .config import AZURITE_CONNECTION, Settings
 
 READ_CHUNK = 4 * 1024 * 1024
 BLOCK_SIZE = 4 * 1024 * 1024
+PREFETCH_CHUNKS = 2  # chunks fetched ahead of the reader
+STAGE_AHEAD = 2  # blocks staged behind the writer
 
 
 @dataclass(frozen=True)
@@ -97,22 +101,47 @@ class Blobs:
         return BlockWriter(self.blob(container, name))
 
 
-def read_chunks(blob_client, etag: str | None = None, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
-    """Stream a blob in chunks; with `etag`, fail if the blob changed since that version was seen."""
+def read_chunks(blob_client, etag: str | None = None, chunk_size: int = READ_CHUNK,
+                prefetch: int = PREFETCH_CHUNKS) -> Iterator[bytes]:
+    """Stream a blob in `chunk_size` chunks (the last may be shorter); with `etag`, fail (ResourceModifiedError)
+    if the blob changed since that version was seen.
+
+    Each chunk is one ranged GET, and up to `prefetch` further chunks are fetched on a background thread while
+    the caller works on the current one, so the network and the caller's CPU overlap; memory stays at
+    (1 + prefetch) chunks. (The SDK's own `download_blob()` first GETs up to 32 MiB at once,
+    `max_single_get_size`, and `chunks()` fetches the next chunk only when asked.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
     kwargs: dict[str, Any] = {"max_concurrency": 1}
     if etag:
         from azure.core import MatchConditions
 
         kwargs.update(etag=etag, match_condition=MatchConditions.IfNotModified)
-    downloader = blob_client.download_blob(**kwargs)
-    for chunk in downloader.chunks():
-        # chunks() yields the SDK's own chunk sizes (4 MiB by default): re-slice for callers that care
-        for start in range(0, len(chunk), chunk_size):
-            yield chunk[start:start + chunk_size]
+
+    def fetch(offset: int) -> bytes:
+        return blob_client.download_blob(offset=offset, length=chunk_size, **kwargs).readall()
+
+    # The size first (an empty blob has no range to GET: that is a 416), checked against the version too.
+    conditions = {k: v for k, v in kwargs.items() if k != "max_concurrency"}
+    total = blob_client.get_blob_properties(**conditions).size
+    offsets = iter(range(0, total, chunk_size))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-read") as pool:
+        ahead: collections.deque = collections.deque(pool.submit(fetch, o) for o in itertools.islice(offsets, prefetch))
+        try:
+            while ahead:
+                data = ahead.popleft().result()
+                nxt = next(offsets, None)
+                if nxt is not None:
+                    ahead.append(pool.submit(fetch, nxt))
+                yield data
+        finally:
+            for future in ahead:  # the caller stopped early: fetch nothing more
+                future.cancel()
 
 
 class BlockWriter:
-    """Writes a block blob in fixed-size blocks: memory stays at one block whatever the blob size."""
+    """Writes a block blob in fixed-size blocks, staged on a background thread while the caller goes on: memory
+    stays at a few blocks (the one filling, up to `STAGE_AHEAD` being staged) whatever the blob size."""
 
     def __init__(self, blob_client, block_size: int = BLOCK_SIZE):
         self._blob = blob_client
@@ -120,6 +149,8 @@ class BlockWriter:
         self._buffer = bytearray()
         self._blocks: list[str] = []
         self._prefix = uuid.uuid4().hex[:8]
+        self._staging: collections.deque = collections.deque()
+        self._pool = None
         self.bytes_written = 0
 
     def write(self, data: bytes) -> None:
@@ -131,8 +162,14 @@ class BlockWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-write")
+        while len(self._staging) >= STAGE_AHEAD:
+            self._staging.popleft().result()  # a failed stage raises here, in the caller
         block_id = base64.b64encode(f"{self._prefix}-{len(self._blocks):06d}".encode()).decode()
-        self._blob.stage_block(block_id, bytes(self._buffer))
+        self._staging.append(self._pool.submit(self._blob.stage_block, block_id, bytes(self._buffer)))
         self._blocks.append(block_id)
         self._buffer.clear()
 
@@ -140,6 +177,20 @@ class BlockWriter:
         """Commit the blocks (an empty blob if nothing was written)."""
         from azure.storage.blob import BlobBlock, ContentSettings
 
-        self._flush()
+        try:
+            self._flush()
+            while self._staging:
+                self._staging.popleft().result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
         self._blob.commit_block_list([BlobBlock(block_id=b) for b in self._blocks],
                                      content_settings=ContentSettings(content_type=content_type))
+
+    def abort(self) -> None:
+        """Stop staging (blocks never committed are dropped by the service after a week)."""
+        self._staging.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

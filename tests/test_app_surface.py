@@ -9,7 +9,7 @@ from shared.config import SETTINGS, Settings, SettingError
 
 from .conftest import PROJECT_ROOT
 
-HEAVY = ("azure.ai.ml", "mlflow", "torch", "transformers", "pandas", "datasets")
+HEAVY = ("azure.ai.ml", "mlflow", "torch", "transformers", "pandas", "datasets", "tokenizers", "ijson")
 
 
 def test_importing_function_app_loads_nothing_heavy():

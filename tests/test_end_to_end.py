@@ -179,8 +179,10 @@ def test_invalid_upload_is_rejected_and_starts_no_job(deployed, tmp_path):
     assert not (Path(deployed.settings.chatft_state_dir) / "workspace" / "jobs" / f"chatft-{run_id}").exists()
 
 
-def test_a_job_with_an_impossible_setting_fails_with_a_reason(deployed, tmp_path):
-    # Every conversation opens with a long system message: 16 tokens leave no assistant token to learn from.
+def test_an_impossible_max_seq_length_is_rejected_before_any_training(deployed, tmp_path):
+    # Every conversation opens with a long system message: 16 tokens leave no assistant token to learn from. The
+    # token budget at ingestion says so per line (the trainer's own check, for what a count misses, is in
+    # test_local_training).
     system = {"role": "system", "content": "You are a careful assistant for Azure Machine Learning engineers who "
                                            "answer in full sentences and explain every term you use."}
     records = [{**r, "messages": [system] + [m for m in r["messages"] if m["role"] != "system"]}
@@ -188,9 +190,11 @@ def test_a_job_with_an_impossible_setting_fails_with_a_reason(deployed, tmp_path
     data = tmp_path / "short.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     _, run_id = upload_training_file(deployed.settings, data, {"max_seq_length": "16"}, blob_name="short.jsonl")
-    run = wait_for_run(deployed.store, run_id, (State.FAILED, State.DEPLOYED), timeout=RUN_TIMEOUT)
-    assert run.state == State.FAILED and run.failure.stage == "training"
-    assert "max_seq_length" in run.failure.reason
+    run = wait_for_run(deployed.store, run_id, (State.REJECTED, State.FAILED, State.DEPLOYED), timeout=RUN_TIMEOUT)
+    assert run.state == State.REJECTED and run.report["error_counts"] == {"too_few_records": 1,
+                                                                          "assistant_truncated": 30}
+    assert run.report["errors"][1]["code"] == "assistant_truncated" and run.report["errors"][1]["line"] == 1
+    assert "max_seq_length 16 (the upload's override)" in run.report["errors"][1]["message"]
 
 
 def test_idle_cleanup_deletes_only_the_idle_owned_endpoint_and_redeploy_brings_it_back(deployed):

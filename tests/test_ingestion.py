@@ -131,3 +131,35 @@ def test_crash_mid_validation_is_completed_by_redelivery(svc):
     svc.runs.create(stuck)
     run = ingest(svc, blob)
     assert run.run_id == run_id and run.state == State.QUEUED
+
+
+def _long_record(i, user_chars, assistant_chars):
+    return json.dumps({"prompt_id": f"long-{i}", "messages": [{"role": "user", "content": "u" * user_chars},
+                                                              {"role": "assistant", "content": "a" * assistant_chars}]})
+
+
+def test_the_uploads_max_seq_length_sets_the_token_budget(settings):
+    svc = bootstrap(settings.replace(validation_max_invalid_fraction=0.1), ml=FakeMLBackend())
+    # 400 + 400 characters: 208 estimated tokens, the assistant's first at 106
+    lines = valid_lines(40) + [_long_record(1, 400, 400), _long_record(2, 40000, 40)]
+    blob = upload(svc, "budget.jsonl", lines, metadata={"max_seq_length": "150", "epochs": "2"})
+    run = ingest(svc, blob)
+    report = svc.blobs.read_json(svc.settings.runs_container, f"{run.run_id}/validation.json")
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(42, "assistant_truncated")]
+    assert [(w["line"], w["code"]) for w in report["warnings"]] == [(41, "exceeds_max_seq_length")]
+    assert "the upload's override" in report["warnings"][0]["message"]
+    tokens = report["tokens"]
+    assert tokens["method"].startswith("estimate") and tokens["max_seq_length"] == 150 and tokens["epochs"] == 2
+    assert tokens["truncated_records"] == 1 and tokens["tokens_cut"] == 58
+    assert run.state == State.QUEUED
+    train = read_lines(svc, run.train_path)
+    expected = sum(min(150, (len(m["messages"][0]["content"]) + len(m["messages"][1]["content"]) + 3) // 4 + 8)
+                   for m in train)
+    assert tokens["train_tokens_per_epoch"] == expected > 0 and tokens["train_tokens_total"] == 2 * expected
+    assert run.report["tokens"]["max_seq_length"] == 150 and "histogram" not in run.report["tokens"]
+
+
+def test_without_an_override_or_model_hint_truncation_is_not_checked(svc):
+    run = ingest(svc, upload(svc, "nobudget.jsonl", valid_lines(40) + [_long_record(1, 40000, 40)]))
+    assert run.state == State.QUEUED
+    assert run.report["tokens"]["max_seq_length"] is None and run.report["tokens"]["epochs"] == 3

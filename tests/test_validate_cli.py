@@ -104,3 +104,43 @@ def test_an_empty_file_is_invalid(tmp_path):
     path.write_bytes(b"")
     result = chatft("validate", str(path))
     assert result.returncode == 1 and "line 0: empty_file:" in result.stdout
+
+
+def test_max_seq_length_and_the_token_distribution(tmp_path):
+    path = tmp_path / "long.jsonl"
+    long = orjson.dumps({"messages": [{"role": "user", "content": "u" * 400}, {"role": "assistant", "content": "a" * 400}]})
+    cut = orjson.dumps({"messages": [{"role": "user", "content": "u" * 800}, {"role": "assistant", "content": "a"}]})
+    path.write_bytes(b"".join(good(i) + b"\n" for i in range(12)) + long + b"\n" + cut + b"\n")
+    result = chatft("validate", str(path), "--max-seq-length", "150", "--epochs", "2",
+                    CHATFT_STATE_DIR=str(tmp_path / "state"), VALIDATION_MAX_INVALID_FRACTION="0.5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "line 13: exceeds_max_seq_length: 208 tokens, over max_seq_length 150 (--max-seq-length)" in out
+    assert "line 14: assistant_truncated:" in out
+    assert "min 9, p50 9, p95 208, max 208" in out and "#" in out
+    assert "max_seq_length 150 (--max-seq-length): 1 record(s) truncated, 58 tokens cut" in out
+    assert "x 2 epochs" in out and "estimate" in out
+    report = json.loads(chatft("validate", str(path), "--json", "--max-seq-length", "150",
+                               CHATFT_STATE_DIR=str(tmp_path / "state")).stdout)
+    assert report["tokens"]["max_seq_length"] == 150 and report["error_counts"] == {"assistant_truncated": 1}
+
+
+def test_the_local_base_model_default_and_a_bad_max_seq_length(tmp_path, valid_file):
+    result = chatft("validate", str(valid_file), CHATFT_STATE_DIR=str(tmp_path / "state"))
+    assert "max_seq_length 384 (the base model's default)" in result.stdout  # the stand-in's tag
+    assert chatft("validate", str(valid_file), "--max-seq-length", "0").returncode == 2
+
+
+def test_tokenizer_dir_counts_with_the_named_tokenizer(tmp_path, valid_file):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    report = json.loads(chatft("validate", str(valid_file), "--json", TOKENIZER_DIR=str(tmp_path),
+                               CHATFT_STATE_DIR=str(tmp_path / "state")).stdout)
+    assert report["tokens"]["method"] == f"tokenizer: {tmp_path / 'tokenizer.json'}"
+    assert report["tokens"]["max"] == 1 + 1 + 8  # one word a message
+    report = json.loads(chatft("validate", str(valid_file), "--json", TOKENIZER_DIR=str(tmp_path / "none"),
+                               CHATFT_STATE_DIR=str(tmp_path / "state")).stdout)
+    assert report["tokens"]["method"].startswith("estimate") and "no tokenizer.json" in report["tokens"]["note"]

@@ -58,8 +58,27 @@ BAD_LINES = {
     "missing_content": orjson.dumps({"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}),
     "empty_content": orjson.dumps({"messages": [{"role": "user", "content": ""},
                                                 {"role": "assistant", "content": "a"}]}),
-    "empty_content_not_string": orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text"}]},
+    "empty_content:whitespace": orjson.dumps({"messages": [{"role": "user", "content": "q"},
+                                                         {"role": "assistant", "content": " \t\n\u00a0 "}]}),
+    "content_not_string": orjson.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                                                     {"role": "assistant", "content": "a"}]}),
+    "content_not_string:object": orjson.dumps({"messages": [{"role": "user", "content": {"text": "q"}},
+                                                            {"role": "assistant", "content": "a"}]}),
+    "content_not_string:number": orjson.dumps({"messages": [{"role": "user", "content": "q"},
+                                                            {"role": "assistant", "content": 42}]}),
+    "content_not_string:boolean": orjson.dumps({"messages": [{"role": "user", "content": True},
+                                                             {"role": "assistant", "content": "a"}]}),
+    "missing_content:null": orjson.dumps({"messages": [{"role": "user", "content": None},
+                                                       {"role": "assistant", "content": "a"}]}),
+    "missing_role:null": orjson.dumps({"messages": [{"role": None, "content": "q"},
+                                                    {"role": "assistant", "content": "a"}]}),
+    "unrecognized_role:number": orjson.dumps({"messages": [{"role": 1, "content": "q"},
                                                            {"role": "assistant", "content": "a"}]}),
+    "unrecognized_role:capitalised": orjson.dumps({"messages": [{"role": "User", "content": "q"},
+                                                                {"role": "assistant", "content": "a"}]}),
+    "unrecognized_role:tool": orjson.dumps({"messages": [{"role": "user", "content": "q"},
+                                                         {"role": "tool", "content": "x"},
+                                                         {"role": "assistant", "content": "a"}]}),
     "system_not_first": orjson.dumps(chat("user", "system", "assistant")),
     "no_assistant_message": orjson.dumps(chat("system", "user")),
 }
@@ -67,7 +86,7 @@ BAD_LINES = {
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
 def test_each_error_code_is_reported_with_its_line(case):
-    code = case.removesuffix("_not_list").removesuffix("_not_string")
+    code = case.removesuffix("_not_list").split(":")[0]
     data = TEN_GOOD + BAD_LINES[case] + b"\n" + good(10) + b"\n"
     records, report = run(data)
     assert (11, code) in codes(report)
@@ -377,7 +396,8 @@ def test_split_is_the_same_in_another_process():
 
 # --- property-based ---
 
-text = st.text(min_size=1, max_size=40)
+# Content with at least one character that is not whitespace (whitespace-only content is `empty_content`).
+text = st.text(min_size=1, max_size=40).filter(lambda t: not t.isspace())
 
 
 @st.composite
@@ -449,6 +469,14 @@ def _number_content(r, i):
     r["messages"][i]["content"] = 3
 
 
+def _blank_content(r, i):
+    r["messages"][i]["content"] = " \n\t "
+
+
+def _parts_content(r, i):
+    r["messages"][i]["content"] = [{"type": "text", "text": r["messages"][i]["content"]}]
+
+
 def _late_system(r, i):
     r["messages"].insert(max(i, 1), {"role": "system", "content": "be brief"})
 
@@ -462,7 +490,8 @@ def _no_assistant(r, i):
 MUTATIONS = [(_drop_messages, "missing_messages"), (_not_a_list, "missing_messages"),
              (_one_message, "too_few_messages"), (_not_object, "message_not_object"), (_no_role, "missing_role"),
              (_bad_role, "unrecognized_role"), (_no_content, "missing_content"),
-             (_empty_content, "empty_content"), (_number_content, "empty_content"),
+             (_empty_content, "empty_content"), (_number_content, "content_not_string"),
+             (_blank_content, "empty_content"), (_parts_content, "content_not_string"),
              (_late_system, "system_not_first"), (_no_assistant, "no_assistant_message")]
 
 
@@ -492,5 +521,190 @@ def test_the_fast_path_agrees_with_the_full_inspection(record):
     errors, warnings = inspect_record(record)
     records, report = run(orjson.dumps(record), min_records=1, max_invalid_fraction=1.0)
     assert [c for line, c in codes(report) if line] == [c for c, _ in errors]
-    assert [c for _, c in codes(report, "warnings")] == ([] if errors else [c for c, _ in warnings])
+    # Warnings are reported whether or not the record also has an error.
+    assert [c for _, c in codes(report, "warnings")] == [c for c, _ in warnings]
     assert bool(records) == (not errors)
+
+
+# --- faults of the whole file: one error at line 0, no per-line noise, no extra record ---
+
+RECORDS = [{"messages": [{"role": "user", "content": f"question {i}"},
+                         {"role": "assistant", "content": f"answer {i} café"}]} for i in range(12)]
+JSONL_TEXT = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS)
+
+
+@pytest.mark.parametrize("encoding,name", [
+    ("utf-16", "UTF-16 LE"),  # Python writes a BOM and little-endian, as PowerShell's `>` does
+    ("utf-16-le", "UTF-16 LE"), ("utf-16-be", "UTF-16 BE"), ("utf-32", "UTF-32 LE"), ("utf-32-le", "UTF-32 LE"),
+    ("utf-32-be", "UTF-32 BE"),
+])
+def test_utf16_and_utf32_are_one_file_level_not_utf8(encoding, name):
+    data = JSONL_TEXT.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data  # with a BOM too
+    for chunk_size in (None, 3):
+        records, report = run(data, chunk_size)
+        assert codes(report) == [(0, "not_utf8")] and records == []
+        message = report["errors"][0]["message"]
+        assert name in message and "iconv -f" in message
+        assert report["error_counts"] == {"not_utf8": 1} and report["warnings"] == []
+        assert report["records"] == 0 and report["bytes"] == len(data) and not report["ok"]
+        assert report["reason"] == message
+
+
+def test_a_legacy_8bit_file_names_the_encoding_on_each_bad_line():
+    data = JSONL_TEXT.encode("cp1252")
+    _, report = run(data, max_invalid_fraction=1.0)
+    assert codes(report) == [(0, "too_few_records")] + [(i, "invalid_utf8") for i in range(1, 13)]
+    assert "Windows-1252" in report["errors"][1]["message"]
+
+
+def _pretty_objects(indent):
+    return "".join(json.dumps(r, indent=indent) + "\n" for r in RECORDS).encode()
+
+
+@pytest.mark.parametrize("data,what", [
+    (json.dumps(RECORDS, indent=2).encode(), "JSON array"),  # json.dump(records, f, indent=2)
+    (json.dumps(RECORDS).encode(), "JSON array"),  # json.dump(records, f): one line
+    (json.dumps(RECORDS).encode() + b"\n", "JSON array"),
+    (b"\xef\xbb\xbf" + json.dumps(RECORDS, indent=4).encode(), "JSON array"),
+    (b"[\n" + b",\n".join(json.dumps(r).encode() for r in RECORDS) + b"\n]\n", "JSON array"),  # one per line
+    (_pretty_objects(2), "pretty-printed"),  # jq . of a JSONL file
+    (_pretty_objects("\t"), "pretty-printed"),
+    (b"\r\n".join(_pretty_objects(2).split(b"\n")), "pretty-printed"),
+    (b"prompt,completion\nhello,world\n", "CSV"),
+    (b"\x1f\x8b\x08\x00" + bytes(40), "gzip"),
+    (b"PAR1" + bytes(40), "Parquet"),
+    (b"PK\x03\x04" + bytes(40), "ZIP"),
+])
+def test_a_json_document_or_other_format_is_one_file_level_not_json_lines(data, what):
+    for chunk_size in (None, 7):
+        records, report = run(data, chunk_size)
+        assert codes(report) == [(0, "not_json_lines")], report["errors"][:3]
+        assert what in report["errors"][0]["message"] and records == []
+        assert report["warnings"] == [] and report["records"] == 0 and report["bytes"] == len(data)
+    if what in ("JSON array", "pretty-printed", "CSV"):
+        assert "chatft convert" in report["errors"][0]["message"]
+
+
+def test_a_large_one_line_json_array_is_found_from_its_start():
+    data = json.dumps(RECORDS * 2000).encode()  # over HEAD_BYTES, no line break at all
+    _, report = run(data, 65536, max_record_bytes=1 << 16)
+    assert codes(report) == [(0, "not_json_lines")]
+
+
+def test_a_record_broken_by_one_line_break_is_still_a_per_line_error():
+    broken = b'{"messages": [{"role": "user", "content": "line one\n'
+    rest = b'line two"}, {"role": "assistant", "content": "a"}]}\n'
+    records, report = run(broken + rest + TEN_GOOD, max_invalid_fraction=1.0)
+    assert codes(report) == [(1, "invalid_json"), (2, "invalid_json")]
+    assert "ends early" in report["errors"][0]["message"] and len(records) == 10
+
+
+def test_arrays_on_lines_of_a_jsonl_file_stay_per_line():
+    _, report = run(b'[{"messages": []}]\n' + TEN_GOOD)
+    assert codes(report) == [(1, "not_an_object")]
+
+
+@pytest.mark.parametrize("line,hint", [
+    (b'{"a": 1}{"b": 2}', "two or more JSON values on one line"),
+    (b"{'messages': []}", "Python dict"),
+])
+def test_invalid_json_hints(line, hint):
+    _, report = run(TEN_GOOD + line + b"\n")
+    assert codes(report) == [(11, "invalid_json")] and hint in report["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("record,name", [
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "ShareGPT"),
+    ({"instruction": "q", "input": "", "output": "a"}, "Alpaca"),
+    ({"prompt": "q", "completion": "a"}, "prompt/completion"),
+])
+def test_other_record_formats_are_named_with_the_way_to_convert(record, name):
+    _, report = run(TEN_GOOD + orjson.dumps(record) + b"\n")
+    assert codes(report) == [(11, "missing_messages")]
+    assert name in report["errors"][0]["message"] and "chatft convert" in report["errors"][0]["message"]
+
+
+def test_foreign_role_names_point_to_convert():
+    record = {"messages": [{"role": "human", "content": "q"}, {"role": "gpt", "content": "a"}]}
+    _, report = run(TEN_GOOD + orjson.dumps(record) + b"\n")
+    assert [c for _, c in codes(report)] == ["unrecognized_role", "unrecognized_role", "no_assistant_message"]
+    assert "ShareGPT" in report["errors"][0]["message"]
+
+
+def test_unexpected_keys_are_warned_even_when_the_record_has_an_error():
+    record = {"messages": [{"role": "user", "content": "q", "name": "x"}, {"role": "assistant", "content": " "}],
+              "source": "web"}
+    records, report = run(TEN_GOOD + orjson.dumps(record) + b"\n")
+    assert codes(report) == [(11, "empty_content")]
+    assert codes(report, "warnings") == [(11, "unexpected_key"), (11, "unexpected_key")]
+    assert "'source'" in report["warnings"][0]["message"] and "'name'" in report["warnings"][1]["message"]
+    assert len(records) == 10
+
+
+def test_a_message_with_two_keys_of_which_one_is_unknown_is_warned_and_failed():
+    record = {"messages": [{"role": "user", "text": "q"}, {"role": "assistant", "content": "a"}]}
+    _, report = run(TEN_GOOD + orjson.dumps(record) + b"\n")
+    assert codes(report) == [(11, "missing_content")] and codes(report, "warnings") == [(11, "unexpected_key")]
+
+
+# --- token budget ---
+
+def _long(user_chars: int, assistant_chars: int, system_chars: int = 0) -> bytes:
+    messages = [{"role": "system", "content": "s" * system_chars}] if system_chars else []
+    messages += [{"role": "user", "content": "u" * user_chars}, {"role": "assistant", "content": "a" * assistant_chars}]
+    return orjson.dumps({"messages": messages})
+
+
+def test_estimated_tokens_per_record_and_their_distribution():
+    # "question 0" (10 chars) + "answer 0" (8): ceil(18 / 4) = 5 content tokens + 2 messages x 4 = 13
+    records = [orjson.dumps({"messages": [{"role": "user", "content": "question 0"},
+                                          {"role": "assistant", "content": "answer 0"}]})] * 10
+    valid, report = run(b"\n".join(records) + b"\n" + _long(400, 400) + b"\n", epochs=3)
+    tokens = report["tokens"]
+    assert tokens["method"].startswith("estimate") and tokens["records"] == 11
+    assert (tokens["min"], tokens["p50"], tokens["p95"], tokens["max"]) == (13, 13, 208, 208)
+    assert tokens["total"] == 10 * 13 + 208 and tokens["trained_per_epoch"] == tokens["total"]
+    assert tokens["epochs"] == 3 and tokens["trained_total"] == 3 * tokens["total"]
+    assert sum(row[2] for row in tokens["histogram"]) == 11
+    assert all(low <= high for low, high, _ in tokens["histogram"])
+
+
+def test_a_record_over_max_seq_length_is_warned_with_the_tokens_cut():
+    # 400 + 400 characters: 200 content tokens + 8 = 208 tokens; the assistant's start at 100 + 4 + 2 = 106
+    valid, report = run(TEN_GOOD + _long(400, 400) + b"\n", max_seq_length=150, max_seq_length_source="upload")
+    assert codes(report, "warnings") == [(11, "exceeds_max_seq_length")] and report["ok"]
+    message = report["warnings"][0]["message"]
+    assert "208 tokens" in message and "max_seq_length 150 (upload)" in message and "last 58" in message
+    assert report["tokens"]["truncated_records"] == 1 and report["tokens"]["tokens_cut"] == 58
+    assert report["tokens"]["trained_per_epoch"] == report["tokens"]["total"] - 58
+    assert valid[-1][0] == 11
+
+
+def test_a_record_whose_assistant_text_is_wholly_cut_is_an_error():
+    valid, report = run(TEN_GOOD + _long(400, 400) + b"\n" + _long(4, 4) + b"\n", max_seq_length=106,
+                        max_invalid_fraction=0.5)
+    assert codes(report) == [(11, "assistant_truncated")] and codes(report, "warnings") == []
+    assert "106" in report["errors"][0]["message"]
+    assert [line for line, _ in valid] == [*range(1, 11), 12]
+    # one token more and the first assistant token survives: a warning only
+    _, report = run(TEN_GOOD + _long(400, 400) + b"\n", max_seq_length=107)
+    assert codes(report, "warnings") == [(11, "exceeds_max_seq_length")] and report["error_counts"] == {}
+
+
+def test_a_system_prompt_counts_before_the_assistant():
+    _, report = run(TEN_GOOD + _long(4, 4, system_chars=800) + b"\n", max_seq_length=150)
+    assert codes(report) == [(11, "assistant_truncated")]
+
+
+def test_without_max_seq_length_nothing_is_cut():
+    _, report = run(TEN_GOOD + _long(40000, 40000) + b"\n")
+    assert report["ok"] and report["tokens"]["max_seq_length"] is None and report["tokens"]["tokens_cut"] == 0
+
+
+def test_every_code_is_in_the_readme_table_with_its_level():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for codes_, level in ((ERROR_CODES, "error"), (WARNING_CODES, "warning")):
+        for code in codes_:
+            assert f"| `{code}` | {level} |" in readme, code

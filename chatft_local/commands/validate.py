@@ -11,6 +11,8 @@ import sys
 from typing import Any
 
 from shared.config import SettingError, Settings
+from shared.ml.training_params import NOTEBOOK_DEFAULTS
+from shared.tokens import budget
 from shared.validation import Validator, read_chunks
 
 
@@ -19,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the full validation report as JSON")
     parser.add_argument("--show", type=int, default=10, metavar="N",
                         help="errors and warnings listed in the summary (default 10)")
+    parser.add_argument("--max-seq-length", type=int, default=None, metavar="N",
+                        help="the run's max_seq_length (default: the local base model's); records longer are "
+                             "truncated in training")
+    parser.add_argument("--epochs", type=float, default=None, metavar="N",
+                        help="epochs, for the training-token total (default: the base model's, else 3)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -27,9 +34,19 @@ def main(args: argparse.Namespace) -> int:
     except SettingError as exc:
         print(f"chatft validate: {exc}", file=sys.stderr)
         return 2
+    if args.max_seq_length is not None and args.max_seq_length < 1:
+        print("chatft validate: --max-seq-length must be a positive number of tokens", file=sys.stderr)
+        return 2
+    overrides = {"max_seq_length": args.max_seq_length, "num_train_epochs": args.epochs}
+    plan = budget(settings.tokenizer_dir, overrides, _hints(settings),
+                  default_epochs=NOTEBOOK_DEFAULTS["num_train_epochs"])
+    if args.max_seq_length:
+        plan = plan._replace(max_seq_length_source="--max-seq-length")
     validator = Validator(max_record_bytes=settings.validation_max_record_bytes,
                           max_issues=settings.validation_report_max_issues,
-                          max_invalid_fraction=settings.validation_max_invalid_fraction)
+                          max_invalid_fraction=settings.validation_max_invalid_fraction,
+                          max_seq_length=plan.max_seq_length, max_seq_length_source=plan.max_seq_length_source,
+                          counter=plan.counter, epochs=plan.epochs)
     try:
         with open(args.file, "rb") as stream:
             for _ in validator.records(read_chunks(stream)):
@@ -38,6 +55,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"chatft validate: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     report = validator.report()
+    if plan.note:
+        report["tokens"]["note"] = plan.note
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -69,7 +88,41 @@ def summary(name: str, report: dict[str, Any], show: int) -> str:
         lines.append(f"  messages per record: min {per_record['min']}, mean {per_record['mean']}, "
                      f"max {per_record['max']}; system {roles['system']}, user {roles['user']}, "
                      f"assistant {roles['assistant']}")
-        tokens = stats["estimated_tokens"]
-        lines.append(f"  about {tokens['total']} tokens ({tokens['assistant']} from the assistant; "
-                     f"{stats['token_estimate']})")
+        lines += token_lines(report["tokens"])
     return "\n".join(lines)
+
+
+def token_lines(tokens: dict[str, Any], width: int = 30) -> list[str]:
+    """The token budget for a person: how counted, the distribution with a small text histogram, what truncation
+    cuts, and the training tokens x epochs (what GPU time scales with)."""
+    if not tokens.get("records"):
+        return []
+    lines = [f"  tokens per record ({tokens['method']}"
+             + (f"; {tokens['note']}" if tokens.get("note") else "") + "):",
+             f"    min {tokens['min']}, p50 {tokens['p50']}, p95 {tokens['p95']}, max {tokens['max']}"]
+    rows = tokens["histogram"]
+    most = max(n for _, _, n in rows)
+    for low, high, n in rows:
+        bar = "#" * max(1, round(width * n / most))
+        lines.append(f"    {low:>7}-{high:<7} {bar} {n}")
+    limit = tokens["max_seq_length"]
+    if limit:
+        source = f" ({tokens['max_seq_length_source']})" if tokens.get("max_seq_length_source") else ""
+        lines.append(f"  max_seq_length {limit}{source}: {tokens['truncated_records']} record(s) truncated, "
+                     f"{tokens['tokens_cut']} tokens cut")
+    else:
+        lines.append("  max_seq_length unknown (--max-seq-length N): truncation not checked")
+    epochs = tokens.get("epochs")
+    total = f" x {epochs:g} epochs = {tokens['trained_total']}" if epochs else ""
+    lines.append(f"  training tokens: {tokens['trained_per_epoch']} per epoch{total} (all records; the upload's "
+                 "test split is left out of training)")
+    return lines
+
+
+def _hints(settings: Settings) -> tuple[str, dict] | None:
+    """The local base model's tokenizer and defaults when the local runtime fine-tunes (nothing is built)."""
+    if settings.ml_backend != "local":
+        return None
+    from chatft_local.workspace.base_model import base_model_hints
+
+    return base_model_hints(settings.chatft_state_dir, settings.local_base_model)

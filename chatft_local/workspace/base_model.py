@@ -189,3 +189,30 @@ def build_model(tokenizer):
     model.generation_config = GenerationConfig(eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id,
                                                bos_token_id=tokenizer.pad_token_id)
     return model
+
+
+def base_model_hints(state_dir: str | os.PathLike, local_base_model: str = "") -> tuple[str, dict]:
+    """(tokenizer directory or "", default training parameters) of the base model local fine-tuning uses, for
+    token counts at validation. Nothing is built or loaded: the stand-in's tokenizer is used once it has been
+    built (by the first local fine-tuning or `chatft demo`); before that the caller falls back to the estimate.
+
+    LOCAL_BASE_MODEL carries no `model_specific_defaults`, so its default `max_seq_length` is what the trainer
+    takes when none is set: the smaller of `max_position_embeddings` (config.json) and the tokenizer's
+    `model_max_length` (tokenizer_config.json)."""
+    import ast
+
+    if local_base_model:
+        path = Path(local_base_model).expanduser()
+        limits = []
+        for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
+            try:
+                value = json.loads((path / name).read_text()).get(key)
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(value, int) and 0 < value < 10**7:  # transformers writes 1e30 for "no limit"
+                limits.append(value)
+        defaults = {"max_seq_length": min(limits)} if limits else {}
+        return (str(path) if (path / "tokenizer.json").is_file() else ""), defaults
+    target = Path(state_dir) / "workspace" / "base-models" / TINY_NAME / TINY_VERSION
+    defaults = ast.literal_eval(TINY_TAGS["model_specific_defaults"])
+    return (str(target) if (target / "tokenizer.json").is_file() else ""), defaults

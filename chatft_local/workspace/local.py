@@ -105,6 +105,13 @@ class LocalWorkspace:
 
     # ------------------------------------------------------------------ base model and compute
 
+    def data_hints(self) -> tuple[str, dict]:
+        """(tokenizer directory or "", default training parameters) of the local base model, for token counts
+        at ingestion (optional part of the backend: `shared.ingestion` asks for it when the backend has it)."""
+        from .base_model import base_model_hints
+
+        return base_model_hints(self.state_dir, self.settings.local_base_model)
+
     def archived_base_models(self) -> set[str]:
         """Names the local workspace treats as archived (one per line in `<workspace>/archived-base-models`)."""
         try:

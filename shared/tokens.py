@@ -1,0 +1,147 @@
+"""Token counts of chat records: the base model's tokenizer when one is at hand, else a documented estimate.
+
+Training truncates each conversation, rendered in the model's chat format, to `max_seq_length` tokens (from the
+right); a record whose assistant text starts past the cut teaches nothing. To say that before any GPU time is
+spent, the validator counts each record's tokens with a `TokenCounter`:
+
+- `Estimate` (always available): ceil(characters / 4) of the record's contents, the common rule of thumb for English
+  with BPE tokenizers (OpenAI: "one token generally corresponds to ~4 characters of text for common English
+  text", https://help.openai.com/en/articles/4936856), plus the chat format's tokens.
+- `TokenizerCounter`: the content tokens counted by the model's own fast (Rust) tokenizer, loaded from its
+  `tokenizer.json` with the `tokenizers` package alone (no torch, no transformers) and run over batches of
+  contents (`encode_batch_fast`, which skips the offsets), plus the chat format's tokens.
+
+The chat format's tokens are a fixed count per message, not the template rendered: Phi-3's format (the default
+base model's) wraps each message as `<|role|>\\n` + content + `<|end|>\\n` (4 tokens: 2 special tokens and 2 line
+breaks), and the assistant's content starts 2 tokens into its message. Other chat formats (ChatML, Llama 3) spend
+3 to 5 tokens a message, so the count is within a few tokens a message of the real one.
+
+Pure: no Azure SDK, no settings import; `tokenizers` is imported only when a tokenizer is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
+
+log = logging.getLogger(__name__)
+
+MESSAGE_TOKENS = 4  # chat-format tokens around each message (Phi-3: `<|role|>`, "\n", `<|end|>`, "\n")
+HEADER_TOKENS = 2  # chat-format tokens before a message's content (Phi-3: `<|role|>`, "\n")
+ESTIMATE_METHOD = "estimate: ceil(characters / 4) of the contents + 4 chat-format tokens per message"
+
+
+class TokenCounter(Protocol):
+    """Counts content tokens. `method` says which counter it is (for the report); `count` takes a batch of
+    message contents and returns their token counts (chat-format tokens not included), in order."""
+
+    method: str
+    batch_records: int  # how many records the validator collects before calling `count`
+
+    def count(self, contents: Sequence[str]) -> list[int]: ...
+
+
+class Estimate:
+    """ceil(characters / 4) per content (see the module docstring for the source of the rule)."""
+
+    method = ESTIMATE_METHOD
+    batch_records = 1
+
+    def count(self, contents: Sequence[str]) -> list[int]:
+        return [(len(c) + 3) >> 2 for c in contents]
+
+
+class TokenizerCounter:
+    """Content tokens counted by a Hugging Face fast tokenizer (`tokenizer.json`), in batches.
+
+    Raises `TokenizerUnavailable` when the directory holds no tokenizer.json or `tokenizers` is not installed."""
+
+    batch_records = 256  # enough contents per call for the Rust tokenizer to spread them over its threads
+
+    def __init__(self, directory: str | os.PathLike):
+        path = Path(directory).expanduser() / "tokenizer.json"
+        if not path.is_file():
+            raise TokenizerUnavailable(f"{path.parent} has no tokenizer.json")
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise TokenizerUnavailable("the `tokenizers` package is not installed") from None
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # a corrupt or newer-format file: fall back rather than fail validation
+            raise TokenizerUnavailable(f"{path} could not be loaded ({type(exc).__name__})") from None
+        # encode_batch_fast (tokenizers >= 0.20) skips computing character offsets, which a count does not need.
+        self._encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+        self.method = f"tokenizer: {path}"
+
+    def count(self, contents: Sequence[str]) -> list[int]:
+        return [len(e) for e in self._encode(list(contents), add_special_tokens=False)]
+
+
+class TokenizerUnavailable(Exception):
+    """No usable tokenizer at the given place; the message says why."""
+
+
+_cache: dict[str, TokenCounter] = {}
+
+
+def token_counter(tokenizer_dir: str | os.PathLike | None) -> tuple[TokenCounter, str]:
+    """The counter for `tokenizer_dir` (cached per process) or the estimate; with a note on why the estimate is
+    used when a directory was named but is unusable ("" otherwise)."""
+    if not tokenizer_dir:
+        return Estimate(), ""
+    key = str(tokenizer_dir)
+    if key not in _cache:
+        try:
+            _cache[key] = TokenizerCounter(tokenizer_dir)
+        except TokenizerUnavailable as exc:
+            log.warning("token counts are estimated: %s", exc)
+            return Estimate(), str(exc)
+    return _cache[key], ""
+
+
+def record_tokens(contents_tokens: Sequence[int], first_assistant: int) -> tuple[int, int]:
+    """(tokens of the rendered record, position of its first assistant content token) from the content token
+    counts of its messages in order and the index of its first assistant message."""
+    total = sum(contents_tokens) + MESSAGE_TOKENS * len(contents_tokens)
+    start = sum(contents_tokens[:first_assistant]) + MESSAGE_TOKENS * first_assistant + HEADER_TOKENS
+    return total, start
+
+
+class Budget(NamedTuple):
+    """What the validator needs for the token budget of one run: the counter, `max_seq_length` (None: unknown,
+    truncation not checked) and where it came from, the epochs, and a note when a named tokenizer was unusable."""
+
+    counter: TokenCounter
+    max_seq_length: int | None
+    max_seq_length_source: str
+    epochs: float | None
+    note: str = ""
+
+
+def budget(tokenizer_dir: str, overrides: Mapping[str, Any] | None = None,
+           hints: tuple[str, Mapping[str, Any]] | None = None, default_epochs: float | None = None) -> Budget:
+    """The token budget of a run.
+
+    Tokenizer: `tokenizer_dir` (the TOKENIZER_DIR setting) when set, else the base model's tokenizer directory
+    from `hints` (the local runtime's base model, when it is at hand), else the estimate. `max_seq_length`: the
+    upload's override, else the base model's default (from `hints`), else None. Epochs: the override
+    (`num_train_epochs`), else the model's default, else `default_epochs` (the notebook's).
+    `hints` is `(tokenizer directory or "", the base model's default training parameters)`."""
+    overrides = overrides or {}
+    hint_dir, defaults = hints or ("", {})
+    counter, note = token_counter(tokenizer_dir or hint_dir)
+    if overrides.get("max_seq_length"):
+        limit, source = int(overrides["max_seq_length"]), "the upload's override"
+    elif _positive(defaults.get("max_seq_length")):
+        limit, source = int(defaults["max_seq_length"]), "the base model's default"
+    else:
+        limit, source = None, ""
+    epochs = overrides.get("num_train_epochs") or defaults.get("num_train_epochs") or default_epochs
+    return Budget(counter, limit, source, float(epochs) if epochs else None, note)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,97 @@
+"""Token counts: a real (Rust) tokenizer in batches, the estimate, where max_seq_length and the tokenizer come
+from, and the local base model's hints."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+
+from chatft_local.workspace.base_model import TINY_NAME, TINY_VERSION, base_model_hints
+from shared.tokens import ESTIMATE_METHOD, MESSAGE_TOKENS, Estimate, TokenizerCounter, budget, token_counter
+from shared.validation import Validator
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer(tmp_path_factory):
+    """A tokenizer.json whose tokens are whitespace-separated words: counts a test can compute by hand."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate("alpha beta gamma delta".split())}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    directory = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def rec(user_words: int, assistant_words: int) -> bytes:
+    return orjson.dumps({"messages": [{"role": "user", "content": " ".join(["alpha"] * user_words)},
+                                      {"role": "assistant", "content": " ".join(["beta"] * assistant_words)}]})
+
+
+def test_a_tokenizer_counts_each_content_in_batches(word_tokenizer):
+    counter = TokenizerCounter(word_tokenizer)
+    assert counter.count(["alpha beta", "gamma", "x y z w"]) == [2, 1, 4]
+    assert str(word_tokenizer) in counter.method
+    # 300 records cross a batch (256): every record's count is its own, and issues keep line order
+    lines = [rec(i % 7 + 1, 3) for i in range(300)] + [rec(40, 1), rec(8, 1)]
+    validator = Validator(counter=counter, max_seq_length=30, max_invalid_fraction=0.5)
+    valid = list(validator.records([b"\n".join(lines) + b"\n"]))
+    assert [v.tokens for v in valid[:7]] == [(i + 1) + 3 + 2 * MESSAGE_TOKENS for i in range(7)]
+    report = validator.report()
+    # line 301: 40 user words + 4 + 2 header tokens put the assistant at 46, past 30: wholly cut
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(301, "assistant_truncated")]
+    assert report["warnings"] == [] and report["tokens"]["method"] == counter.method
+    assert report["tokens"]["max"] == 7 + 3 + 8 and len(valid) == 301
+
+
+def test_tokenizer_and_estimate_disagree_where_the_words_are_short(word_tokenizer):
+    data = b"\n".join([rec(100, 100)] * 10)
+    counted = Validator(counter=TokenizerCounter(word_tokenizer))
+    estimated = Validator()
+    for v in (counted, estimated):
+        list(v.records([data]))
+    assert counted.report()["tokens"]["max"] == 200 + 8
+    assert estimated.report()["tokens"]["max"] == (599 + 499 + 3) // 4 + 8  # "alpha alpha ..." is 599 chars
+    assert estimated.report()["tokens"]["method"] == ESTIMATE_METHOD
+
+
+def test_an_unusable_tokenizer_dir_falls_back_to_the_estimate_and_says_why(tmp_path):
+    counter, note = token_counter(tmp_path)
+    assert isinstance(counter, Estimate) and "no tokenizer.json" in note
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    counter, note = token_counter(tmp_path)
+    assert isinstance(counter, Estimate) and "could not be loaded" in note
+    assert isinstance(token_counter("")[0], Estimate) and token_counter("")[1] == ""
+
+
+def test_budget_takes_the_override_then_the_model_default(word_tokenizer):
+    hints = (str(word_tokenizer), {"max_seq_length": 384, "num_train_epochs": 2})
+    plan = budget("", {"max_seq_length": 1024}, hints, default_epochs=3)
+    assert (plan.max_seq_length, plan.max_seq_length_source, plan.epochs) == (1024, "the upload's override", 2.0)
+    assert isinstance(plan.counter, TokenizerCounter)
+    plan = budget("", {"num_train_epochs": 5}, hints, default_epochs=3)
+    assert (plan.max_seq_length, plan.max_seq_length_source, plan.epochs) == (384, "the base model's default", 5.0)
+    plan = budget("", {}, None, default_epochs=3)
+    assert (plan.max_seq_length, plan.epochs) == (None, 3.0) and isinstance(plan.counter, Estimate)
+    plan = budget(str(word_tokenizer), {}, ("/nowhere", {}), default_epochs=3)  # TOKENIZER_DIR wins
+    assert isinstance(plan.counter, TokenizerCounter) and plan.note == ""
+
+
+def test_base_model_hints_build_nothing(tmp_path, word_tokenizer):
+    tokenizer_dir, defaults = base_model_hints(tmp_path)
+    assert tokenizer_dir == "" and defaults["max_seq_length"] == 384 and defaults["num_train_epochs"] == 3
+    assert not (tmp_path / "workspace").exists()
+    built = tmp_path / "workspace" / "base-models" / TINY_NAME / TINY_VERSION
+    built.mkdir(parents=True)
+    (built / "tokenizer.json").write_bytes((word_tokenizer / "tokenizer.json").read_bytes())
+    assert base_model_hints(tmp_path)[0] == str(built)
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
+    (model / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 2048}))
+    assert base_model_hints(tmp_path, str(model)) == ("", {"max_seq_length": 2048})
+    (model / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1e30}))
+    assert base_model_hints(tmp_path, str(model)) == ("", {"max_seq_length": 4096})
