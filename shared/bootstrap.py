@@ -33,9 +33,10 @@ def make_ml_backend(settings: Settings) -> MLBackend:
         from .ml.azureml import AzureMLBackend
 
         return AzureMLBackend(settings)
+    from chatft_local.workspace.faults import with_faults
     from chatft_local.workspace.local import LocalWorkspace
 
-    return LocalWorkspace(settings)
+    return with_faults(LocalWorkspace(settings), settings.local_faults)
 
 
 def bootstrap(settings: Settings | None = None, *, ml: MLBackend | None = None,

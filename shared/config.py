@@ -117,8 +117,8 @@ SETTINGS: dict[str, Setting] = {
         # Deployment follow-up and cleanup
         Setting("MAX_DELIVERY_COUNT", 10, "int",
                 "Deliveries of a queue message before it is dead-lettered: the Service Bus queue's "
-                "maxDeliveryCount (host.json `extensions.queues.maxDequeueCount` locally). On the last one a "
-                "still-failing run is marked Failed."),
+                "maxDeliveryCount (host.json `extensions.queues.maxDequeueCount` locally). A dead-lettered "
+                "message's run is marked Failed with the reason."),
         Setting("DEPLOY_CHECK_SECONDS", 5, "int", "First delay of a deployment check; doubles up to 5 minutes."),
         Setting("DEPLOY_TIMEOUT_MINUTES", 90, "int",
                 "A deployment not ready after this is Failed and its endpoint deleted."),
@@ -140,6 +140,21 @@ SETTINGS: dict[str, Setting] = {
                 "Local Hugging Face causal-LM directory to fine-tune; empty builds the small stand-in model."),
         Setting("LOCAL_EVENTS_URL", "", "str",
                 "Where the local workspace posts job events; empty means the local host's Event Grid webhook."),
+        # Reliability: retries of transient faults, the reconciler, fault injection
+        Setting("RETRY_WINDOW_MINUTES", 60.0, "float",
+                "How long `submit` and `deployments` retry a step that keeps failing transiently (throttling, 5xx, "
+                "network) before the run is Failed with the last error."),
+        Setting("RETRY_BASE_SECONDS", 10.0, "float",
+                "Delay of the first retry of a transient fault; doubles per retry (with jitter) up to 5 minutes."),
+        Setting("RECONCILE_SCHEDULE", "0 */5 * * * *", "str",
+                "NCRONTAB (seconds first) of the `reconcile` timer, which drives runs whose events or messages "
+                "were lost."),
+        Setting("RECONCILE_AFTER_MINUTES", 15.0, "float",
+                "A run in progress (Submitted to Deploying) with no progress for this long is reconciled with the "
+                "backend's word on its job or endpoint."),
+        Setting("LOCAL_FAULTS", "", "str",
+                "Local testing aid: make port methods of the local workspace fail, e.g. "
+                "`submit_job=transient:3,register_model=transient:2,begin_create_endpoint=permanent:1`. Empty."),
     ]
 }
 
@@ -197,6 +212,11 @@ class Settings:
     chatft_host_port: int = 7071
     local_base_model: str = ""
     local_events_url: str = ""
+    retry_window_minutes: float = 60.0
+    retry_base_seconds: float = 10.0
+    reconcile_schedule: str = "0 */5 * * * *"
+    reconcile_after_minutes: float = 15.0
+    local_faults: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -222,6 +242,13 @@ class Settings:
                      "max_request_bytes", "inference_instance_count"):
             if getattr(self, name) <= 0:
                 raise SettingError(f"setting {name.upper()} must be positive")
+        for name in ("retry_window_minutes", "retry_base_seconds", "reconcile_after_minutes"):
+            if getattr(self, name) <= 0:
+                raise SettingError(f"setting {name.upper()} must be positive")
+        if self.local_faults:
+            from .ml.faults import parse_faults
+
+            parse_faults(self.local_faults)  # raises SettingError naming LOCAL_FAULTS
         if self.messaging == "servicebus" and not self.servicebusconnection:
             raise SettingError("setting ServiceBusConnection__fullyQualifiedNamespace is required when "
                                "MESSAGING=servicebus")

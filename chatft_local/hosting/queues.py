@@ -6,10 +6,15 @@ after `queues.maxDequeueCount` failed deliveries (default 10, like Service Bus's
 `<queue>-deadletter`. At most `serviceBus.maxConcurrentCalls` messages of one function run at once. A scheduled
 message was sent invisible, so it is not delivered before its time. Messages carry the envelope of
 `shared.messaging`; its `messageId` becomes the message's `message_id`.
+
+A trigger on `<queue>/$deadletterqueue` (Service Bus's path of a queue's dead-letter subqueue) is served from
+`<queue>-deadletter`; its messages carry `dead_letter_reason` and `dead_letter_error_description` as Service Bus
+sets them, and, as there, a dead-lettered message is never dead-lettered again: a failure only retries it later.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -29,6 +34,40 @@ from .invoker import Invoker
 log = logging.getLogger("chatft.host")
 
 DEADLETTER_SUFFIX = "-deadletter"
+DEADLETTER_SUBQUEUE = "/$deadletterqueue"  # case-insensitive in Service Bus entity paths
+# What Service Bus puts on a message it dead-letters after maxDeliveryCount deliveries
+# (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-dead-letter-queues, "Moving messages to the
+# DLQ").
+MAX_DELIVERY_REASON = "MaxDeliveryCountExceeded"
+MAX_DELIVERY_DESCRIPTION = "Message couldn't be consumed after maximum delivery attempts."
+
+
+def storage_queue_name(queue_name: str) -> tuple[str, bool]:
+    """The Storage Queue serving a Service Bus queue path, and whether the path is a dead-letter subqueue."""
+    if queue_name.lower().endswith(DEADLETTER_SUBQUEUE):
+        return queue_name[:-len(DEADLETTER_SUBQUEUE)] + DEADLETTER_SUFFIX, True
+    return queue_name, False
+
+
+def deadletter_content(content: str, message_id: str, delivery_count: int) -> str:
+    """The envelope of a message moved to `<queue>-deadletter`, with the properties Service Bus adds."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    if not (isinstance(data, dict) and isinstance(data.get("body"), str)):
+        data = {"messageId": message_id, "body": content}
+    data.update(deadLetterReason=MAX_DELIVERY_REASON, deadLetterErrorDescription=MAX_DELIVERY_DESCRIPTION,
+                deliveryCount=delivery_count)
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _deadletter_properties(content: str) -> dict[str, Any]:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass
@@ -50,9 +89,10 @@ class QueueListener:
         self.spec = spec
         if spec.trigger.get("cardinality", "one") != "one":
             raise IndexingError(f"function {spec.name}: the local host delivers Service Bus messages one at a time")
-        self.queue_name = spec.trigger["queueName"]
+        self.queue_name, self.is_deadletter = storage_queue_name(spec.trigger["queueName"])
         self._queue = QueueClient.from_connection_string(connection, self.queue_name)
-        self._deadletter = QueueClient.from_connection_string(connection, self.queue_name + DEADLETTER_SUFFIX)
+        self._deadletter = (None if self.is_deadletter else
+                            QueueClient.from_connection_string(connection, self.queue_name + DEADLETTER_SUFFIX))
         self._invoker = invoker
         self._max_dequeue = max_dequeue_count
         self._lock_seconds = lock_seconds
@@ -67,6 +107,8 @@ class QueueListener:
 
     def start(self) -> None:
         for client in (self._queue, self._deadletter):
+            if client is None:
+                continue
             try:
                 client.create_queue()
             except ResourceExistsError:
@@ -115,7 +157,8 @@ class QueueListener:
                     continue
                 lease = _Lease(message, message.pop_receipt, time.monotonic() + self._lock_seconds / 2)
                 self._leases[message.id] = lease
-            if message.dequeue_count > self._max_dequeue:  # the host died during its earlier deliveries
+            if message.dequeue_count > self._max_dequeue and not self.is_deadletter:
+                # the host died during its earlier deliveries
                 self._invoker.submit(self._settle_failed, lease)
             else:
                 self._invoker.submit(self._deliver, lease)
@@ -150,12 +193,13 @@ class QueueListener:
 
     def _settle_failed(self, lease: _Lease) -> None:
         message = lease.message
-        if message.dequeue_count >= self._max_dequeue:
+        if message.dequeue_count >= self._max_dequeue and self._deadletter is not None:
             log.error("queue trigger %s: message %s failed %d deliveries; moved to %s%s", self.spec.name,
                       message.id, message.dequeue_count, self.queue_name, DEADLETTER_SUFFIX)
 
             def deadletter() -> None:
-                self._deadletter.send_message(message.content)
+                message_id = decode_envelope(message.content)[0] or message.id
+                self._deadletter.send_message(deadletter_content(message.content, message_id, message.dequeue_count))
                 self._queue.delete_message(message.id, lease.pop_receipt)
 
             self._settle(lease, deadletter)
@@ -182,10 +226,19 @@ class QueueListener:
             return body
         if self.spec.arg_type is str:
             return body.decode()
+        extra: dict[str, Any] = {}
+        delivery: Any = None
+        if self.is_deadletter:
+            props = _deadletter_properties(message.content)
+            extra = {"dead_letter_reason": props.get("deadLetterReason"),
+                     "dead_letter_error_description": props.get("deadLetterErrorDescription"),
+                     "dead_letter_source": self.queue_name[:-len(DEADLETTER_SUFFIX)]}
+            delivery = props.get("deliveryCount")
         return ServiceBusMessage(
+            **extra,
             body=body,
             message_id=message_id,
-            delivery_count=message.dequeue_count,
+            delivery_count=delivery if isinstance(delivery, int) else message.dequeue_count,
             content_type="application/json",
             enqueued_time_utc=message.inserted_on,
             locked_until=datetime.now(timezone.utc) + timedelta(seconds=self._lock_seconds),
