@@ -194,7 +194,7 @@ def settle_job(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY, expect_
                     current = run
                     return _retry_later(svc, run, "settle", attempt, f"the job was reported Completed but says "
                                         f"{job.status}", svc.settings.deploy_queue, {},
-                                        origin=attempt.origin or f"{run_id}-settle",
+                                        origin=attempt.origin or f"{run_id}-settle-{run.state.value.lower()}",
                                         give_up=lambda reason: current)  # the reconciler takes it from here
                 return run
             run = svc.runs.update(run_id, lambda r: r.advance(State.TRAINED, svc.clock(), job_status="Completed",
@@ -211,8 +211,11 @@ def settle_job(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY, expect_
         if isinstance(exc, PermanentError) or not is_transient(exc):
             raise
         failed_step = step
+        # One origin per step and state: a duplicate trigger failing the same way sends the same retry ids, which
+        # duplicate detection drops (register happens once per run; the others once per state).
+        origin = attempt.origin or f"{run_id}-{failed_step.replace(' ', '-')}-{run.state.value.lower()}"
         return _retry_later(svc, run, failed_step, attempt, _describe(exc), svc.settings.deploy_queue, {},
-                            origin=attempt.origin or f"{run_id}-{failed_step.replace(' ', '-')}",
+                            origin=origin,
                             give_up=lambda reason: _fail(svc, run_id, failed_step, reason))
 
 
@@ -285,13 +288,12 @@ def schedule_check(svc: Services, run: Run) -> None:
 
 
 def continue_run(svc: Services, run_id: str, body: dict[str, Any], message_id: str = "") -> Run | None:
-    """Handle one DEPLOY_QUEUE message: a deployment check (`step` check, or none: messages from before steps
-    existed), or a retry of settling the job or registering its model (`step` settle, job status, register)."""
+    """Handle one DEPLOY_QUEUE message: a deployment check, or a retry of a step after training (`step` settle,
+    job status, register, deploy). What to do is read from the run's state, not the message: a run between its
+    job and Deploying is settled, a Deploying one checked; anything else (a stale message) changes nothing."""
     attempt = Attempt.from_body(body)
-    step = body.get("step") or "check"
-    if step in ("settle", "job status", "register"):
-        if svc.runs.find(run_id) is None:
-            return None
+    run = svc.runs.find(run_id)
+    if run is not None and run.state in SETTLING:
         return settle_job(svc, run_id, attempt=attempt)
     return check_deployment(svc, run_id, attempt=attempt, message_id=message_id)
 
@@ -418,16 +420,17 @@ def _retry_later(svc: Services, run: Run, step: str, attempt: Attempt, error: st
     message = {**body, "run_id": run.run_id, "step": step, "attempt": number, "since": iso(first), "origin": origin}
     # Sent before the note: should noting fail, the redelivered message sends this retry again under the same id,
     # which Service Bus duplicate detection drops (locally the handlers are idempotent).
-    svc.messages.send(queue, message, message_id=f"{origin}-{number}", delay_seconds=delay)
+    message_id = f"{origin}-{number}"
+    svc.messages.send(queue, message, message_id=message_id, delay_seconds=delay)
     log.warning("run %s: %s failed transiently (try %d); retrying in %.1f s: %s", run.run_id, step, number, delay,
                 error)
-    key = f"retry {number} of {step} "
-    detail = f"{key}in {delay:.1f} s: {error}"
-    since = iso(first)
+    # The message id ends the line: a duplicate trigger that failed the same way sent the same retry (dropped by
+    # duplicate detection) and notes nothing more.
+    tag = f"[{message_id}]"
+    detail = f"retry {number} of {step} in {delay:.1f} s: {error} {tag}"
 
     def note(r: Run) -> Run | None:
-        if r.state != run.state or any(t.kind == "retry" and t.detail.startswith(key) and t.at >= since
-                                       for t in r.history):
+        if r.state != run.state or any(t.kind == "retry" and t.detail.endswith(tag) for t in r.history):
             return None
         return r.note(now, detail, "retry", delay)
 

@@ -263,8 +263,8 @@ def test_duplicate_deliveries_at_every_step_make_one_job_one_model_version_one_e
     try:
         run_id = sc.upload("duplicates")
         sc.wait(run_id, (State.QUEUED, State.SUBMITTED, State.TRAINING), timeout=120)
-        for _ in range(2):  # the submit message again, as a redelivery or a second send
-            sender.send(s.runs_queue, {"run_id": run_id}, message_id=run_id)
+        for n in range(2):  # the submit message again; ids of their own, so duplicate detection lets them pass
+            sender.send(s.runs_queue, {"run_id": run_id}, message_id=f"{run_id}-dup{n}")
             duplicates += 1
         run = sc.wait(run_id, (State.TRAINED, State.REGISTERED, State.DEPLOYING, State.DEPLOYED), timeout=300)
         for status in ("Completed", "Running", "Completed"):  # events again, out of order
@@ -318,7 +318,8 @@ def test_all_of_these_at_once_on_one_upload_still_give_one_deployed_run(private_
         run_id = sc.upload("everything", epochs="2")
         from azure.storage.queue import QueueClient
 
-        StorageQueueSender(s.storage_connection).send(s.runs_queue, {"run_id": run_id}, message_id=run_id)  # again
+        StorageQueueSender(s.storage_connection).send(s.runs_queue, {"run_id": run_id},
+                                                      message_id=f"{run_id}-again")  # a duplicate submit
         # A message no handler can read, in the same queue: dead-lettered, then dropped (it names no run).
         QueueClient.from_connection_string(s.storage_connection, s.runs_queue).send_message("{not json")
         sc.wait(run_id, (State.SUBMITTED, State.TRAINING), timeout=180)

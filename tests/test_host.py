@@ -295,6 +295,19 @@ def test_message_is_dead_lettered_after_max_dequeue_count(host, app_env, azurite
     assert QueueClient.from_connection_string(azurite, queue).get_queue_properties().approximate_message_count == 0
 
 
+def test_a_second_message_with_the_same_message_id_is_dropped_as_service_bus_duplicate_detection_does(
+        host, app_env, azurite):
+    sender, queue = StorageQueueSender(azurite), app_env["HOSTAPP_QUEUE"]
+    sender.send(queue, {"copy": 1}, message_id="same")
+    wait_for(lambda: records(app_env, "on_message"), "the first copy")
+    sender.send(queue, {"copy": 2}, message_id="same")
+    sender.send(queue, {"copy": 3}, message_id="other")
+    wait_for(lambda: len(records(app_env, "on_message")) == 2, "the other message")
+    client = QueueClient.from_connection_string(azurite, queue)
+    wait_for(lambda: client.get_queue_properties().approximate_message_count == 0, "the duplicate to be removed")
+    assert sorted(r["body"]["copy"] for r in records(app_env, "on_message")) == [1, 3]
+
+
 def test_scheduled_message_is_not_delivered_early(host, app_env, azurite):
     sender, queue = StorageQueueSender(azurite), app_env["HOSTAPP_QUEUE"]
     sent = time.time()

@@ -7,6 +7,11 @@ after `queues.maxDequeueCount` failed deliveries (default 10, like Service Bus's
 message was sent invisible, so it is not delivered before its time. Messages carry the envelope of
 `shared.messaging`; its `messageId` becomes the message's `message_id`.
 
+Like a Service Bus queue with duplicate detection, a message whose `messageId` was already delivered within the
+last `DUPLICATE_WINDOW_SECONDS` (Service Bus's default history window, 10 minutes:
+https://learn.microsoft.com/azure/service-bus-messaging/duplicate-detection) is dropped unprocessed; the host
+remembers ids while it runs, so a restarted host may deliver a duplicate once more (handlers are idempotent).
+
 A trigger on `<queue>/$deadletterqueue` (Service Bus's path of a queue's dead-letter subqueue) is served from
 `<queue>-deadletter`; its messages carry `dead_letter_reason` and `dead_letter_error_description` as Service Bus
 sets them, and, as there, a dead-lettered message is never dead-lettered again: a failure only retries it later.
@@ -34,6 +39,7 @@ from .invoker import Invoker
 log = logging.getLogger("chatft.host")
 
 DEADLETTER_SUFFIX = "-deadletter"
+DUPLICATE_WINDOW_SECONDS = 600.0
 DEADLETTER_SUBQUEUE = "/$deadletterqueue"  # case-insensitive in Service Bus entity paths
 # What Service Bus puts on a message it dead-letters after maxDeliveryCount deliveries
 # (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-dead-letter-queues, "Moving messages to the
@@ -101,6 +107,7 @@ class QueueListener:
         self._max_in_flight = max_in_flight
         self._leases: dict[str, _Lease] = {}  # queue message id -> lease, so a message never runs twice at once
         self._leases_lock = threading.Lock()
+        self._delivered: dict[str, tuple[str, float]] = {}  # messageId -> (queue message id, first delivered at)
         self._wake = threading.Event()  # set by a finished message (a free slot) and by stop()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"queue-{spec.name}", daemon=True)
@@ -184,12 +191,29 @@ class QueueListener:
         message = lease.message
         message_id, body = decode_envelope(message.content)
         message_id = message_id or message.id
+        if self._is_duplicate(message_id, message.id):
+            log.info("queue trigger %s: message %s was delivered already; duplicate dropped", self.spec.name,
+                     message_id)
+            self._settle(lease, lambda: self._queue.delete_message(message.id, lease.pop_receipt))
+            return
         try:
             self._invoker.call(self.spec, self._value(message, message_id, body), message_id)
         except Exception:
             self._settle_failed(lease)
         else:
             self._settle(lease, lambda: self._queue.delete_message(message.id, lease.pop_receipt))
+
+    def _is_duplicate(self, message_id: str, queue_message_id: str) -> bool:
+        """Another queue message with this messageId was delivered within the window (a redelivery of the same
+        queue message is not a duplicate). Dead-letter subqueues keep every message, as in Service Bus."""
+        if self.is_deadletter:
+            return False
+        now = time.monotonic()
+        with self._leases_lock:
+            for key in [k for k, (_, at) in self._delivered.items() if now - at > DUPLICATE_WINDOW_SECONDS]:
+                del self._delivered[key]
+            first = self._delivered.setdefault(message_id, (queue_message_id, now))
+            return first[0] != queue_message_id
 
     def _settle_failed(self, lease: _Lease) -> None:
         message = lease.message
