@@ -178,7 +178,7 @@ def test_every_job_event_lost_is_deployed_by_the_reconciler(azurite, tmp_path):
 
 
 def test_transient_faults_at_submit_registration_and_endpoint_creation_are_retried(azurite, tmp_path):
-    faults = "submit_job=transient:3,register_model=transient:2,begin_create_endpoint=transient:3"
+    faults = "submit_job=transient:3,register_model=transient:3,begin_create_endpoint=transient:3"
     sc = Scenario(tmp_path, {"LOCAL_FAULTS": faults})
     host = LocalHost(port=0, env=sc.env).start()
     try:
@@ -187,10 +187,12 @@ def test_transient_faults_at_submit_registration_and_endpoint_creation_are_retri
         injected = sc.injected()
         sc.record("transient faults at submit, register, endpoint", sum(injected.values()), run)
         assert run.state == State.DEPLOYED, (run.failure, run.history)
-        assert injected == {"submit_job": 3, "register_model": 2, "begin_create_endpoint": 3}
-        for step, count in (("submit", 3), ("register", 2), ("deploy", 2)):
+        assert injected == {"submit_job": 3, "register_model": 3, "begin_create_endpoint": 3}
+        # A job's Completed comes as two events (RunStatusChanged and RunCompleted), often handled at once: both
+        # may fail registering, and their identical retries are one (same message id). So 2 or 3 retries there.
+        for step, fewest, most in (("submit", 3, 3), ("register", 2, 3), ("deploy", 2, 2)):
             delays = _retries(run, step)
-            assert len(delays) == count, (step, delays, run.history)
+            assert fewest <= len(delays) <= most, (step, delays, run.history)
             assert all(b >= a for a, b in zip(delays, delays[1:])), f"{step} delays grow: {delays}"
         assert [t for t in run.history if t.kind == "retry" and "creating endpoint" in t.detail]
         sc.one_of_everything(run)
