@@ -284,7 +284,8 @@ def schedule_check(svc: Services, run: Run) -> None:
     svc.messages.send(svc.settings.deploy_queue,
                       {"run_id": run.run_id, "step": "check", "check": run.deploy_checks,
                        "endpoint": run.endpoint_name},
-                      message_id=f"{run.endpoint_name}-check-{uuid.uuid4().hex[:12]}", delay_seconds=check_delay(svc, run))
+                      message_id=f"{run.endpoint_name}-check-{uuid.uuid4().hex[:12]}",
+                      delay_seconds=check_delay(svc, run))
 
 
 def continue_run(svc: Services, run_id: str, body: dict[str, Any], message_id: str = "") -> Run | None:

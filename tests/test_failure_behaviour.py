@@ -330,8 +330,9 @@ def test_all_of_these_at_once_on_one_upload_still_give_one_deployed_run(private_
         sc.wait(run_id, (State.DEPLOYING, State.DEPLOYED, State.FAILED), timeout=300)
         slowest = max(slowest, time.monotonic() - mark)
         run = sc.store.get(run_id)
-        StorageQueueSender(s.storage_connection).send(s.deploy_queue, {"run_id": run_id, "step": "check", "endpoint": run.endpoint_name},
-                    message_id=f"{run.endpoint_name}-check-dup")  # a duplicate check
+        duplicate_check = {"run_id": run_id, "step": "check", "endpoint": run.endpoint_name}
+        StorageQueueSender(s.storage_connection).send(s.deploy_queue, duplicate_check,
+                                                      message_id=f"{run.endpoint_name}-check-dup")
         host.kill()
         host = HostProcess(state_dir=sc.state_dir, env=sc.env, port=port).start()
         mark = time.monotonic()

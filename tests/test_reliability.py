@@ -262,7 +262,8 @@ def test_a_dead_lettered_submit_fails_its_queued_run_with_the_reason(svc, ml):
     run = dead_lettered(svc, svc.settings.runs_queue, f'{{"run_id": "{run_id}"}}'.encode(),
                         "MaxDeliveryCountExceeded", "could not be consumed", 10)
     assert run.state == State.FAILED and run.failure.stage == "submit"
-    assert "dead-lettered after 10 deliveries" in run.failure.reason and "MaxDeliveryCountExceeded" in run.failure.reason
+    assert "dead-lettered after 10 deliveries" in run.failure.reason
+    assert "MaxDeliveryCountExceeded" in run.failure.reason
 
 
 def test_a_stale_dead_letter_changes_nothing(svc, ml):
