@@ -2,9 +2,10 @@
 
 import azure.functions as func
 
-from functions import cleanup, deployments, health, ingest, job_events, runs_api, scoring, submit
+from functions import (cleanup, deadletters, deployments, health, ingest, job_events, reconcile, runs_api, scoring,
+                       submit)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for module in (health, ingest, submit, job_events, deployments, scoring, runs_api, cleanup):
+for module in (health, ingest, submit, job_events, deployments, scoring, runs_api, cleanup, reconcile, deadletters):
     app.register_functions(module.bp)

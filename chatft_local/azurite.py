@@ -79,3 +79,41 @@ def ensure_azurite(state_dir: str | os.PathLike, timeout: float = 30.0) -> Azuri
         time.sleep(0.1)
     proc.kill()
     raise TimeoutError(f"Azurite did not listen within {timeout:.0f}s; see {data / 'azurite.log'}")
+
+
+# Azurite's one well-known development account (https://learn.microsoft.com/azure/storage/common/
+# storage-use-azurite, "Well-known storage account and key"): public by design, not a secret.
+DEV_ACCOUNT = "devstoreaccount1"
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def connection_string(ports: dict[str, int]) -> str:
+    """The connection string of an Azurite listening on 127.0.0.1 at `ports` (blob, queue, table)."""
+    return (f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{ports['blob']}/{DEV_ACCOUNT};"
+            f"QueueEndpoint=http://127.0.0.1:{ports['queue']}/{DEV_ACCOUNT};"
+            f"TableEndpoint=http://127.0.0.1:{ports['table']}/{DEV_ACCOUNT};")
+
+
+def start_private_azurite(data_dir: str | os.PathLike, ports: dict[str, int], timeout: float = 30.0) -> Azurite:
+    """Start an Azurite of our own on `ports` with its data in `data_dir` (never the shared one on the default
+    ports): tests that stop and restart storage use it. Starting it again on the same folder keeps the data."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    log = open(data / "azurite.log", "ab")
+    args = [str(azurite_binary()), "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose",
+            "--location", str(data), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost",
+            "127.0.0.1", "--blobPort", str(ports["blob"]), "--queuePort", str(ports["queue"]), "--tablePort",
+            str(ports["table"])]
+    node = shutil.which("node")
+    proc = subprocess.Popen([node, *args] if node else args, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Azurite exited with {proc.returncode}; see {data / 'azurite.log'}")
+        if all(_listening(p) for p in ports.values()):
+            return Azurite(connection_string(ports), proc)
+        time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError(f"Azurite did not listen within {timeout:.0f}s; see {data / 'azurite.log'}")

@@ -7,9 +7,10 @@ from typing import Any
 
 
 def _local_workspace(settings: Any) -> Any:
-    from chatft_local.workspace.local import LocalWorkspace  # imported when a backend is first built
+    from chatft_local.workspace.faults import with_faults  # imported when a backend is first built
+    from chatft_local.workspace.local import LocalWorkspace
 
-    return LocalWorkspace(settings)
+    return with_faults(LocalWorkspace(settings), settings.local_faults)
 
 
 def use_local_workspace() -> None:

@@ -10,7 +10,7 @@ bp = func.Blueprint()
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%RUNS_QUEUE%", connection="ServiceBusConnection")
 def submit(msg: func.ServiceBusMessage) -> None:
     from shared.bootstrap import services
-    from shared.orchestration import submit_run
+    from shared.orchestration import Attempt, submit_run
 
     body = json.loads(msg.get_body())
-    submit_run(services(), str(body["run_id"]), delivery_count=msg.delivery_count or 1)
+    submit_run(services(), str(body["run_id"]), attempt=Attempt.from_body(body))

@@ -112,8 +112,8 @@ class Settings(BaseSettings):
         "Fraction of valid records split into `test.jsonl` (stable hash of prompt_id, else the record).")
     max_delivery_count: int = _setting("MAX_DELIVERY_COUNT", 10,
         "Deliveries of a queue message before it is dead-lettered: the Service Bus queue's "
-        "maxDeliveryCount (host.json `extensions.queues.maxDequeueCount` locally). On the last one a "
-        "still-failing run is marked Failed.")
+        "maxDeliveryCount (host.json `extensions.queues.maxDequeueCount` locally). A dead-lettered "
+        "message's run is marked Failed with the reason.")
     deploy_check_seconds: int = _setting("DEPLOY_CHECK_SECONDS", 5,
         "First delay of a deployment check; doubles up to 5 minutes.")
     deploy_timeout_minutes: int = _setting("DEPLOY_TIMEOUT_MINUTES", 90,
@@ -130,6 +130,18 @@ class Settings(BaseSettings):
         "Largest accepted HTTP request body (413 beyond).")
     score_timeout_seconds: float = _setting("SCORE_TIMEOUT_SECONDS", 90.0,
         "Upstream timeout of a scoring request (the deployment's request timeout).")
+    # Reliability: retries of transient faults, the reconciler, fault injection
+    retry_window_minutes: float = _setting("RETRY_WINDOW_MINUTES", 60.0,
+        "How long `submit` and `deployments` retry a step that keeps failing transiently (throttling, 5xx, "
+        "network) before the run is Failed with the last error.")
+    retry_base_seconds: float = _setting("RETRY_BASE_SECONDS", 10.0,
+        "Delay of the first retry of a transient fault; doubles per retry (with jitter) up to 5 minutes.")
+    reconcile_schedule: str = _setting("RECONCILE_SCHEDULE", "0 */5 * * * *",
+        "NCRONTAB (seconds first) of the `reconcile` timer, which drives runs whose events or messages "
+        "were lost.")
+    reconcile_after_minutes: float = _setting("RECONCILE_AFTER_MINUTES", 15.0,
+        "A run in progress (Submitted to Deploying) with no progress for this long is reconciled with the "
+        "backend's word on its job or endpoint.")
     chatft_state_dir: str = _setting("CHATFT_STATE_DIR", ".chatft",
         "Local state: Azurite data, function keys, blob receipts, the local ML workspace.")
     chatft_host_port: int = _setting("CHATFT_HOST_PORT", 7071,
@@ -138,6 +150,9 @@ class Settings(BaseSettings):
         "Local Hugging Face causal-LM directory to fine-tune; empty builds the small stand-in model.")
     local_events_url: str = _setting("LOCAL_EVENTS_URL", "",
         "Where the local workspace posts job events; empty means the local host's Event Grid webhook.")
+    local_faults: str = _setting("LOCAL_FAULTS", "",
+        "Local testing aid: make port methods of the local workspace fail, e.g. "
+        "`submit_job=transient:3,register_model=transient:2,begin_create_endpoint=permanent:1`. Empty.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -170,6 +185,13 @@ class Settings(BaseSettings):
                      "max_request_bytes", "inference_instance_count"):
             if getattr(self, name) <= 0:
                 raise SettingError(f"setting {name.upper()} must be positive")
+        for name in ("retry_window_minutes", "retry_base_seconds", "reconcile_after_minutes"):
+            if getattr(self, name) <= 0:
+                raise SettingError(f"setting {name.upper()} must be positive")
+        if self.local_faults:
+            from .ml.faults import parse_faults
+
+            parse_faults(self.local_faults)  # raises SettingError naming LOCAL_FAULTS
         if self.messaging == "servicebus" and not self.servicebusconnection:
             raise SettingError("setting ServiceBusConnection__fullyQualifiedNamespace is required when "
                                "MESSAGING=servicebus")

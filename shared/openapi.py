@@ -201,7 +201,14 @@ def _schemas() -> dict[str, Any]:
                 "history": {"type": "array", "items": {
                     "type": "object", "required": ["state", "at"],
                     "properties": {"state": {"type": "string"}, "at": {"type": "string"},
-                                   "detail": {"type": "string"}}}},
+                                   "detail": {"type": "string"},
+                                   "kind": {"type": "string", "enum": ["retry"],
+                                            "description": "Set on a line that is not a move: `retry`, a step "
+                                                           "that failed transiently, tried again after "
+                                                           "`delay_seconds`."},
+                                   "delay_seconds": {"type": "number"}}}},
+                "reconciled_at": _nullable({"type": "string", "description": "When the reconciler last "
+                                                                             "checked the run with the backend."}),
                 "upload": {"type": "object"},
                 "report": {"type": "object", "description": "Validation summary (the full report is "
                                                             "`report_path` in RUNS_CONTAINER)."},

@@ -8,17 +8,19 @@ compare-and-swap; backend calls are idempotent by name (job name, model version,
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from .bootstrap import Services
-from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequest, MLBackendError,
+from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequest, MLBackendError, NotFound,
                       PermanentError, RegisteredModel)
 from .ml.training_params import registered_model_name
 from .overrides import APP_KEYS
+from .retry import is_transient, retry_policy
 from .run_store import RunNotFound
 from .runs import (Run, State, endpoint_name_for, experiment_name_for, iso, job_name_for, parse_iso,
                    run_id_from_job_name)
@@ -34,15 +36,47 @@ class NotRedeployable(ValueError):
     """The run has no registered model to deploy again, or is deployed already."""
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What a queue message says of earlier tries of its step (message body fields `attempt`, `since`, `origin`):
+    the retry number (0: the first try), when the step first failed (ISO 8601), and the id retries derive their
+    message ids from (`<origin>-<attempt>`: each retry has its own id, so Service Bus duplicate detection drops
+    only copies of the same retry)."""
+
+    number: int = 0
+    since: str = ""
+    origin: str = ""
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "Attempt":
+        """Read leniently: a message without these fields (or from before they existed) is a first try."""
+        try:
+            number = max(0, int(body.get("attempt") or 0))
+        except (TypeError, ValueError):
+            number = 0
+        since = body.get("since") if isinstance(body.get("since"), str) else ""
+        try:
+            parse_iso(since) if since else None
+        except ValueError:
+            since = ""
+        origin = body.get("origin") if isinstance(body.get("origin"), str) else ""
+        return cls(number, since, origin[:100])
+
+
+FIRST_TRY = Attempt()
+
+
 # ---------------------------------------------------------------------------------------------- submit
 
 
-def submit_run(svc: Services, run_id: str, delivery_count: int = 1) -> Run | None:
+def submit_run(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY) -> Run | None:
     """Carry out a queued run: preflight the base model and compute, submit the job, mark the run Submitted.
 
     A permanent failure marks the run Failed and returns (the message completes: no retry storm). A transient
-    one raises so the message is redelivered, except on the last delivery, where the run is marked Failed
-    rather than left behind in the dead-letter queue.
+    one (`shared.retry.is_transient`) completes the message too and sends a scheduled retry to RUNS_QUEUE with
+    backoff (`attempt` + 1), noted in the run's history; past RETRY_WINDOW_MINUTES the run is Failed with the
+    last error. Anything else raises: the message is redelivered, and once dead-lettered the run is Failed by
+    `dead_lettered`.
     """
     run = svc.runs.find(run_id)
     if run is None:
@@ -56,12 +90,11 @@ def submit_run(svc: Services, run_id: str, delivery_count: int = 1) -> Run | Non
     except PermanentError as exc:
         return _fail(svc, run_id, "submit", str(exc))
     except Exception as exc:
-        if delivery_count >= svc.settings.max_delivery_count:
-            reason = (f"submission kept failing ({delivery_count} attempts); last error: "
-                      f"{_describe(exc)}")
-            return _fail(svc, run_id, "submit", reason)
-        log.warning("submit: run %s attempt %d failed, will retry: %s", run_id, delivery_count, _describe(exc))
-        raise
+        if not is_transient(exc):
+            raise
+        return _retry_later(svc, run, "submit", attempt, _describe(exc), svc.settings.runs_queue, {},
+                            origin=attempt.origin or f"{run_id}-submit",
+                            give_up=lambda reason: _fail(svc, run_id, "submit", reason))
     return svc.runs.update(
         run_id,
         lambda r: r.advance(State.SUBMITTED, svc.clock(), f"job {job_name}", job_name=job_name)
@@ -128,30 +161,63 @@ def handle_job_event(svc: Services, event: JobEvent) -> Run | None:
                                if r.state == State.SUBMITTED else None)
     if event.status in JOB_DONE:
         # Events are hints, delivered late or out of order: the backend's word on the job decides.
-        return settle_job(svc, run.run_id)
+        return settle_job(svc, run.run_id, expect_done=event.status == "Completed")
     return run
 
 
-def settle_job(svc: Services, run_id: str) -> Run:
-    """Bring a run whose job may have finished up to date: fail it, or register and begin deploying."""
+SETTLING = (State.SUBMITTED, State.TRAINING, State.TRAINED, State.REGISTERED)
+
+
+def settle_job(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY, expect_done: bool = False) -> Run:
+    """Bring a run whose job may have finished up to date: fail it, or register and begin deploying.
+
+    Called by job events, by retries from DEPLOY_QUEUE (`step` settle or register) and by the reconciler. A job
+    gone from the workspace fails the run. A transient fault schedules a retry (see `submit_run`). With
+    `expect_done` (a Completed event) a job that still says Finalizing is looked at again later, with backoff,
+    rather than left for the reconciler.
+    """
     run = svc.runs.get(run_id)
-    if run.state not in (State.SUBMITTED, State.TRAINING, State.TRAINED, State.REGISTERED):
+    if run.state not in SETTLING:
         return run
-    if run.state in (State.SUBMITTED, State.TRAINING):
-        job = svc.ml.get_job(run.job_name)
-        if job.status in ("Failed", "Canceled"):
-            reason = f"fine-tuning job {job.status.lower()}: {job.error or 'no error summary from the job'}"
-            return _fail(svc, run_id, "training", reason, job_status=job.status, metrics=job.metrics)
-        if job.status != "Completed":
-            return run
-        run = svc.runs.update(run_id, lambda r: r.advance(State.TRAINED, svc.clock(), job_status="Completed",
-                                                          metrics=job.metrics)
-                              if r.state in (State.SUBMITTED, State.TRAINING) else None)
-    if run.state == State.TRAINED:
-        run = _register(svc, run)
-    if run.state == State.REGISTERED:
-        run = begin_deployment(svc, run.run_id, from_states=(State.REGISTERED,))
-    return run
+    step = "job status"
+    try:
+        if run.state in (State.SUBMITTED, State.TRAINING):
+            try:
+                job = svc.ml.get_job(run.job_name)
+            except NotFound as exc:
+                return _fail(svc, run_id, "training", f"job {run.job_name} no longer exists in the workspace "
+                                                      f"(deleted?): {exc}")
+            if job.status in ("Failed", "Canceled"):
+                reason = f"fine-tuning job {job.status.lower()}: {job.error or 'no error summary from the job'}"
+                return _fail(svc, run_id, "training", reason, job_status=job.status, metrics=job.metrics)
+            if job.status != "Completed":
+                if expect_done or attempt.number:
+                    current = run
+                    return _retry_later(svc, run, "settle", attempt, f"the job was reported Completed but says "
+                                        f"{job.status}", svc.settings.deploy_queue, {},
+                                        origin=attempt.origin or f"{run_id}-settle-{run.state.value.lower()}",
+                                        give_up=lambda reason: current)  # the reconciler takes it from here
+                return run
+            run = svc.runs.update(run_id, lambda r: r.advance(State.TRAINED, svc.clock(), job_status="Completed",
+                                                              metrics=job.metrics)
+                                  if r.state in (State.SUBMITTED, State.TRAINING) else None)
+        if run.state == State.TRAINED:
+            step = "register"
+            run = _register(svc, run)
+        if run.state == State.REGISTERED:
+            step = "deploy"
+            run = begin_deployment(svc, run.run_id, from_states=(State.REGISTERED,))
+        return run
+    except Exception as exc:
+        if isinstance(exc, PermanentError) or not is_transient(exc):
+            raise
+        failed_step = step
+        # One origin per step and state: a duplicate trigger failing the same way sends the same retry ids, which
+        # duplicate detection drops (register happens once per run; the others once per state).
+        origin = attempt.origin or f"{run_id}-{failed_step.replace(' ', '-')}-{run.state.value.lower()}"
+        return _retry_later(svc, run, failed_step, attempt, _describe(exc), svc.settings.deploy_queue, {},
+                            origin=origin,
+                            give_up=lambda reason: _fail(svc, run_id, failed_step, reason))
 
 
 def _register(svc: Services, run: Run) -> Run:
@@ -179,7 +245,7 @@ def begin_deployment(svc: Services, run_id: str, from_states: tuple[State, ...])
     def start(r: Run) -> Run | None:
         if r.state not in from_states:
             return None
-        attempt = sum(1 for t in r.history if t.state == State.DEPLOYING)
+        attempt = r.moves_into(State.DEPLOYING)
         return r.advance(State.DEPLOYING, now, endpoint_name=endpoint_name_for(r.run_id, attempt),
                          deployment_name=svc.settings.deployment_name, deploy_started_at=iso(now), deploy_checks=0,
                          scoring_uri="", failure=None)
@@ -196,6 +262,10 @@ def begin_deployment(svc: Services, run_id: str, from_states: tuple[State, ...])
     except MLBackendError as exc:
         log.warning("creating endpoint %s failed; the scheduled check tries again: %s", run.endpoint_name,
                     _describe(exc))
+        delay, detail = check_delay(svc, run), f"creating endpoint {run.endpoint_name} failed: {_describe(exc)}"
+        return svc.runs.update(run_id, lambda r: r.note(svc.clock(), f"{detail}; the first check, in {delay} s, "
+                                                                     f"tries again", "retry", float(delay))
+                               if r.state == State.DEPLOYING and r.endpoint_name == run.endpoint_name else None)
     return run
 
 
@@ -207,17 +277,38 @@ def _create_endpoint(svc: Services, run: Run) -> None:
                                  description=f"chatft: {run.model_name} v{run.model_version} (run {run.run_id})")
 
 
+def check_delay(svc: Services, run: Run) -> int:
+    return min(svc.settings.deploy_check_seconds * (2 ** min(run.deploy_checks, 10)), MAX_CHECK_DELAY_SECONDS)
+
+
 def schedule_check(svc: Services, run: Run) -> None:
-    delay = min(svc.settings.deploy_check_seconds * (2 ** min(run.deploy_checks, 10)), MAX_CHECK_DELAY_SECONDS)
-    svc.messages.send(svc.settings.deploy_queue, {"run_id": run.run_id, "check": run.deploy_checks},
-                      message_id=f"{run.endpoint_name}-check-{uuid.uuid4().hex[:12]}", delay_seconds=delay)
+    svc.messages.send(svc.settings.deploy_queue,
+                      {"run_id": run.run_id, "step": "check", "check": run.deploy_checks,
+                       "endpoint": run.endpoint_name},
+                      message_id=f"{run.endpoint_name}-check-{uuid.uuid4().hex[:12]}",
+                      delay_seconds=check_delay(svc, run))
 
 
-def check_deployment(svc: Services, run_id: str) -> Run | None:
+def continue_run(svc: Services, run_id: str, body: dict[str, Any], message_id: str = "") -> Run | None:
+    """Handle one DEPLOY_QUEUE message: a deployment check, or a retry of a step after training (`step` settle,
+    job status, register, deploy). What to do is read from the run's state, not the message: a run between its
+    job and Deploying is settled, a Deploying one checked; anything else (a stale message) changes nothing."""
+    attempt = Attempt.from_body(body)
+    run = svc.runs.find(run_id)
+    if run is not None and run.state in SETTLING:
+        return settle_job(svc, run_id, attempt=attempt)
+    return check_deployment(svc, run_id, attempt=attempt, message_id=message_id)
+
+
+def check_deployment(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY, message_id: str = "",
+                     reschedule: bool = True) -> Run | None:
     """One scheduled look at a deployment in progress: take the next step, or check again later.
 
     Endpoint ready -> create the deployment -> ready -> traffic 100% -> Deployed. Past DEPLOY_TIMEOUT_MINUTES,
-    or on a failed provisioning, the run fails and the half-made endpoint is deleted so it stops costing.
+    or on a failed provisioning, the run fails and the half-made endpoint is deleted so it stops costing. A
+    transient fault schedules a retry of the check with backoff (see `submit_run`); past RETRY_WINDOW_MINUTES the
+    deployment is abandoned with the last error. `reschedule=False` (the reconciler) takes the steps that can
+    be taken now and schedules nothing: a transient fault then raises.
     """
     run = svc.runs.find(run_id)
     if run is None or run.state != State.DEPLOYING:
@@ -228,12 +319,19 @@ def check_deployment(svc: Services, run_id: str) -> Run | None:
         return _abandon_deployment(svc, run, f"deployment not ready after {s.deploy_timeout_minutes} minutes")
 
     try:
-        return _deployment_steps(svc, run)
+        return _deployment_steps(svc, run, reschedule)
     except PermanentError as exc:  # e.g. an instance type the model does not allow: retrying cannot help
         return _abandon_deployment(svc, run, str(exc))
+    except Exception as exc:
+        if not reschedule or not is_transient(exc):
+            raise
+        origin = attempt.origin or message_id or f"{run.endpoint_name}-deploy-{uuid.uuid4().hex[:12]}"
+        return _retry_later(svc, run, "deploy", attempt, _describe(exc), s.deploy_queue,
+                            {"check": run.deploy_checks, "endpoint": run.endpoint_name}, origin=origin,
+                            give_up=lambda reason: _abandon_deployment(svc, run, reason))
 
 
-def _deployment_steps(svc: Services, run: Run) -> Run:
+def _deployment_steps(svc: Services, run: Run, reschedule: bool = True) -> Run:
     """Take every step that can be taken now (locally, and sometimes in Azure, a step completes at once); wait
     only for what is still provisioning."""
     ml, s = svc.ml, svc.settings
@@ -267,7 +365,7 @@ def _deployment_steps(svc: Services, run: Run) -> Run:
         uri = endpoint.scoring_uri
         return svc.runs.update(run.run_id, lambda r: r.advance(State.DEPLOYED, svc.clock(), scoring_uri=uri)
                                if r.state == State.DEPLOYING and r.endpoint_name == run.endpoint_name else None)
-    return _check_later(svc, run, progressed)
+    return _check_later(svc, run, progressed) if reschedule else run
 
 
 def _check_later(svc: Services, run: Run, progressed: bool = False) -> Run:
@@ -304,6 +402,80 @@ def redeploy(svc: Services, run_id: str) -> Run:
     return begin_deployment(svc, run_id, from_states=(State.RETIRED, State.FAILED))
 
 
+# ------------------------------------------------------------------------------------ retries, dead letters
+
+
+def _retry_later(svc: Services, run: Run, step: str, attempt: Attempt, error: str, queue: str,
+                 body: dict[str, Any], *, origin: str, give_up: Callable[[str], Run]) -> Run:
+    """Schedule retry `attempt.number + 1` of `step` on `queue` with backoff and note it in the run's history;
+    past the retry window call `give_up` with a reason naming the step and the last error instead."""
+    now = svc.clock()
+    first = parse_iso(attempt.since) if attempt.since else now
+    number = attempt.number + 1
+    delay = retry_policy(svc.settings).next_delay(number, first, now)
+    if delay is None:
+        minutes = (now - first).total_seconds() / 60
+        log.warning("run %s: %s still failing after %d tries over %.1f minutes; giving up", run.run_id, step,
+                    number, minutes)
+        return give_up(f"{step} kept failing transiently ({number} tries over {minutes:.1f} minutes, retry window "
+                       f"{svc.settings.retry_window_minutes:g} minutes); last error: {error}")
+    message = {**body, "run_id": run.run_id, "step": step, "attempt": number, "since": iso(first), "origin": origin}
+    # Sent before the note: should noting fail, the redelivered message sends this retry again under the same id,
+    # which Service Bus duplicate detection drops (locally the handlers are idempotent).
+    message_id = f"{origin}-{number}"
+    svc.messages.send(queue, message, message_id=message_id, delay_seconds=delay)
+    log.warning("run %s: %s failed transiently (try %d); retrying in %.1f s: %s", run.run_id, step, number, delay,
+                error)
+    # The message id ends the line: a duplicate trigger that failed the same way sent the same retry (dropped by
+    # duplicate detection) and notes nothing more.
+    tag = f"[{message_id}]"
+    detail = f"retry {number} of {step} in {delay:.1f} s: {error} {tag}"
+
+    def note(r: Run) -> Run | None:
+        if r.state != run.state or any(t.kind == "retry" and t.detail.endswith(tag) for t in r.history):
+            return None
+        return r.note(now, detail, "retry", delay)
+
+    return svc.runs.update(run.run_id, note)
+
+
+# Which runs a dead-lettered message may fail: only a run still at the step the message was for. A stale message
+# (its run moved on, or was redeployed under a new endpoint) changes nothing.
+_DEAD_LETTER_STATES = {
+    "submit": (State.QUEUED,),
+    "settle": SETTLING, "job status": SETTLING, "register": SETTLING,
+    "check": (State.DEPLOYING,), "deploy": (State.DEPLOYING,),
+}
+
+
+def dead_lettered(svc: Services, queue: str, body: bytes, reason: str = "", description: str = "",
+                  delivery_count: int | None = None) -> Run | None:
+    """A message of RUNS_QUEUE or DEPLOY_QUEUE reached its dead-letter queue: fail its run with the reason, if the
+    run is still where the message was to move it (a Deploying run's endpoint is deleted, as on any failed
+    deployment). Returns the run, or None for a message that names no run of ours (logged, then dropped)."""
+    try:
+        data = json.loads(body)
+        run_id = str(data["run_id"])
+    except (ValueError, TypeError, KeyError):
+        log.error("dead-lettered message on %s names no run; dropped: %r", queue, body[:200])
+        return None
+    run = svc.runs.find(run_id)
+    if run is None:
+        log.error("dead-lettered message on %s for unknown run %s; dropped", queue, run_id[:80])
+        return None
+    step = str(data.get("step") or ("submit" if queue == svc.settings.runs_queue else "check"))
+    if run.state not in _DEAD_LETTER_STATES.get(step, ()) or (
+            run.state == State.DEPLOYING and data.get("endpoint") not in (None, run.endpoint_name)):
+        log.info("dead-lettered %s message for run %s (%s now) changes nothing", step, run_id, run.state)
+        return run
+    count = f" after {delivery_count} deliveries" if delivery_count else ""
+    why = ": ".join(x for x in (reason, description) if x) or "no reason given"
+    text = f"its {step} message was dead-lettered{count} ({why}); see the function's log for the error"
+    if run.state == State.DEPLOYING:
+        return _abandon_deployment(svc, run, text)
+    return _fail(svc, run_id, step, text)
+
+
 # ------------------------------------------------------------------------------------------- helpers
 
 
@@ -326,5 +498,5 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-__all__ = ["submit_run", "handle_job_event", "settle_job", "check_deployment", "redeploy", "begin_deployment",
-           "JobEvent", "NotRedeployable", "RunNotFound"]
+__all__ = ["submit_run", "handle_job_event", "settle_job", "check_deployment", "continue_run", "redeploy",
+           "begin_deployment", "dead_lettered", "Attempt", "JobEvent", "NotRedeployable", "RunNotFound"]

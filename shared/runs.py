@@ -77,9 +77,26 @@ def parse_iso(text: str) -> datetime:
 
 @dataclass
 class Transition:
+    """One line of a run's history: a move into `state`, or (`kind` set) something that happened while in it."""
+
     state: State
     at: str
     detail: str = ""
+    kind: str = ""  # "" a move; "retry" a scheduled retry of a step that failed transiently (see shared/retry.py)
+    delay_seconds: float | None = None  # of a retry: how long until it runs
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"state": self.state.value, "at": self.at, "detail": self.detail}
+        if self.kind:
+            data["kind"] = self.kind
+        if self.delay_seconds is not None:
+            data["delay_seconds"] = self.delay_seconds
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Transition":
+        return cls(State(data["state"]), data["at"], data.get("detail", ""), data.get("kind", ""),
+                   data.get("delay_seconds"))
 
 
 @dataclass
@@ -114,6 +131,7 @@ class Run:
     deploy_checks: int = 0
     last_used_at: str = ""
     keep: bool = False
+    reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
     failure: Failure | None = None
     etag: str | None = field(default=None, compare=False)  # the store's version; never serialized
 
@@ -124,7 +142,7 @@ class Run:
     def entered_at(self, state: State) -> str | None:
         """When the run last entered `state`, if it did."""
         for t in reversed(self.history):
-            if t.state == state:
+            if t.state == state and not t.kind:
                 return t.at
         return None
 
@@ -143,6 +161,17 @@ class Run:
         moved.etag = self.etag
         return moved
 
+    def note(self, at: datetime, detail: str, kind: str, delay_seconds: float | None = None) -> "Run":
+        """Record in the history something that happened without a move (a retry scheduled): the state stays."""
+        noted = dataclasses.replace(self, history=[*self.history, Transition(self.state, iso(at), detail, kind,
+                                                                             delay_seconds)])
+        noted.etag = self.etag
+        return noted
+
+    def moves_into(self, state: State) -> int:
+        """How many times the run moved into `state` (notes made while in it do not count)."""
+        return sum(1 for t in self.history if t.state == state and not t.kind)
+
     def fail(self, stage: str, reason: str, at: datetime) -> "Run":
         """Move to Failed with the stage and a reason a user can act on."""
         return self.advance(State.FAILED, at, detail=reason, failure=Failure(stage=stage, reason=reason))
@@ -151,14 +180,14 @@ class Run:
         data = dataclasses.asdict(self)
         data.pop("etag")
         data["state"] = self.state.value
-        data["history"] = [{"state": t.state.value, "at": t.at, "detail": t.detail} for t in self.history]
+        data["history"] = [t.to_dict() for t in self.history]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], etag: str | None = None) -> "Run":
         data = dict(data)
         data["state"] = State(data["state"])
-        data["history"] = [Transition(State(t["state"]), t["at"], t.get("detail", "")) for t in data.get("history", [])]
+        data["history"] = [Transition.from_dict(t) for t in data.get("history", [])]
         if data.get("failure"):
             data["failure"] = Failure(**data["failure"])
         known = {f.name for f in dataclasses.fields(cls)}

@@ -42,3 +42,11 @@ def settings(azurite, unique, tmp_path):
         deploy_queue=f"{unique}-deploy",
         chatft_state_dir=str(tmp_path / "state"),
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_runtime():
+    """Tests run the app as the local runtime does: with the local ML workspace registered for ML_BACKEND=local."""
+    from chatft_local.runtime import use_local_workspace
+
+    use_local_workspace()

@@ -98,3 +98,19 @@ def test_identity_based_storage_reaches_the_named_account_without_a_connection_s
     assert account.queue("runs").url.startswith("https://chatftprod.queue.core.windows.net/runs")
     local = StorageAccount.of(Settings.from_env({}))
     assert local.table("runs").url.startswith("http://127.0.0.1:10002/devstoreaccount1")
+
+
+def test_the_app_does_not_import_the_local_runtime_and_says_who_serves_ml_backend_local():
+    """`shared` never imports `chatft_local`: without the local runtime, ML_BACKEND=local is a clear SettingError."""
+    code = ("import sys\n"
+            "from shared.bootstrap import make_ml_backend\n"
+            "from shared.config import Settings, SettingError\n"
+            "try:\n"
+            "    make_ml_backend(Settings.from_env({}))\n"
+            "except SettingError as exc:\n"
+            "    print(exc)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('chatft_local')))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    said, loaded = out.stdout.strip().splitlines()
+    assert "ML_BACKEND=local" in said and "chatft host" in said
+    assert loaded == "[]"

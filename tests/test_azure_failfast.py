@@ -84,7 +84,7 @@ def test_a_complete_azure_configuration_is_healthy(environment):
 
 def test_local_aids_and_the_ml_workspaces_own_datastore_are_refused_in_azure(environment):
     environment({**AZURE_PLATFORM, **AZURE_READY, "AML_DATASTORE": "workspaceblobstore",
-                 "LOCAL_BASE_MODEL": "/models/phi", "LOCAL_FAULTS": "submit:1"})
+                 "LOCAL_BASE_MODEL": "/models/phi", "LOCAL_FAULTS": "submit_job=transient:1"})
     body = json.loads(_health().get_body())
     assert [s["name"] for s in body["settings"]] == ["AML_DATASTORE", "LOCAL_BASE_MODEL", "LOCAL_FAULTS"]
 

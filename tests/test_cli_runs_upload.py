@@ -72,3 +72,24 @@ def test_runs_lists_newest_first_and_shows_one_in_detail(settings):
     assert [r["run_id"] for r in as_json] == ["new-000000000002"]
     missing = chatft(settings, "runs", "nope")
     assert missing.returncode == 1 and "no run nope" in missing.stdout
+
+
+def test_runs_shows_retries_with_their_delays_and_when_a_run_was_last_reconciled(settings):
+    import dataclasses
+
+    store = RunStore(settings.storage_connection, settings.runs_table)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    run = new_run("retried-000000000003", t0).advance(State.VALIDATING, t0).advance(State.QUEUED, t0)
+    run = run.note(t0, "retry 1 of submit in 1.5 s: TransientError: 429", "retry", 1.5)
+    run = dataclasses.replace(run, reconciled_at="2026-01-01T00:20:00.000Z")
+    store.create(run)
+    table = chatft(settings, "runs")
+    assert "RECONCILED" in table.stdout.splitlines()[0]
+    assert "2026-01-01T00:20:00.000Z" in table.stdout.splitlines()[1]
+    detail = chatft(settings, "runs", "retried-000000000003").stdout
+    assert "(retry)" in detail and "retry 1 of submit in 1.5 s" in detail
+    assert "reconciled 2026-01-01T00:20:00.000Z" in detail
+    stored = json.loads(chatft(settings, "runs", "--json", "retried-000000000003").stdout)
+    assert stored["history"][-1] == {"state": "Queued", "at": "2026-01-01T00:00:00.000Z", "kind": "retry",
+                                     "delay_seconds": 1.5, "detail": "retry 1 of submit in 1.5 s: TransientError: 429"}
+    assert stored["reconciled_at"] == "2026-01-01T00:20:00.000Z"

@@ -23,7 +23,7 @@ from chatft_local.host import HostProcess, IndexingError, LocalHost
 from chatft_local.hosting.blobs import MAX_ATTEMPTS, POISON_QUEUE, RECEIPTS_CONTAINER
 from chatft_local.hosting.http import aiohttp_paths, build_http_app
 from chatft_local.hosting.indexing import FunctionSpec, HostOptions, binding_lookup, resolve
-from shared.messaging import StorageQueueSender, decode_envelope
+from shared.messaging import StorageQueueSender
 
 APP = "tests.host_app.function_app"
 NEVER = "0 0 0 1 1 *"  # once a year: the `tick` timer stays quiet unless a test sets HOSTAPP_TICK
@@ -282,12 +282,30 @@ def test_message_arrives_as_a_service_bus_message(host, app_env, azurite):
 def test_message_is_dead_lettered_after_max_dequeue_count(host, app_env, azurite):
     queue = app_env["HOSTAPP_QUEUE"]
     StorageQueueSender(azurite).send(queue, {"fail": True}, message_id="run-bad")
-    deadletter = QueueClient.from_connection_string(azurite, queue + "-deadletter")
-    moved = wait_for(lambda: list(deadletter.peek_messages(max_messages=5)), "the dead-lettered message")
-    assert [decode_envelope(m.content)[0] for m in moved] == ["run-bad"]
+    # The dead-lettered message goes to `<queue>-deadletter`, and from there to the trigger on
+    # `<queue>/$deadletterqueue` with the reason Service Bus gives.
+    moved = wait_for(lambda: records(app_env, "on_dead_letter"), "the dead-lettered message")
+    assert [(m["message_id"], m["body"]) for m in moved] == [("run-bad", {"fail": True})]
+    assert moved[0]["reason"] == "MaxDeliveryCountExceeded" and moved[0]["description"]
+    assert moved[0]["source"] == queue and moved[0]["delivery_count"] == 3
     # tests/host_app/host.json sets maxDequeueCount 3: three deliveries, counted 1, 2, 3.
     assert [r["delivery_count"] for r in records(app_env, "on_message")] == [1, 2, 3]
+    deadletter = QueueClient.from_connection_string(azurite, queue + "-deadletter")
+    wait_for(lambda: deadletter.get_queue_properties().approximate_message_count == 0, "the dead letter handled")
     assert QueueClient.from_connection_string(azurite, queue).get_queue_properties().approximate_message_count == 0
+
+
+def test_a_second_message_with_the_same_message_id_is_dropped_as_service_bus_duplicate_detection_does(
+        host, app_env, azurite):
+    sender, queue = StorageQueueSender(azurite), app_env["HOSTAPP_QUEUE"]
+    sender.send(queue, {"copy": 1}, message_id="same")
+    wait_for(lambda: records(app_env, "on_message"), "the first copy")
+    sender.send(queue, {"copy": 2}, message_id="same")
+    sender.send(queue, {"copy": 3}, message_id="other")
+    wait_for(lambda: len(records(app_env, "on_message")) == 2, "the other message")
+    client = QueueClient.from_connection_string(azurite, queue)
+    wait_for(lambda: client.get_queue_properties().approximate_message_count == 0, "the duplicate to be removed")
+    assert sorted(r["body"]["copy"] for r in records(app_env, "on_message")) == [1, 3]
 
 
 def test_scheduled_message_is_not_delivered_early(host, app_env, azurite):

@@ -1,6 +1,6 @@
 """Orchestration, service level: real Azurite (run table, queues) and the fake ML backend at the cloud boundary.
 
-Covers submit (preflight, permanent vs transient failures, last delivery), job events (step runs, unknown jobs,
+Covers submit (preflight, permanent vs transient failures), job events (step runs, unknown jobs,
 duplicates, out of order), deployment checks (each step, backoff, timeout with the endpoint deleted), redeploy.
 """
 
@@ -12,8 +12,8 @@ import pytest
 
 from shared.bootstrap import bootstrap
 from shared.messaging import decode_envelope
-from shared.orchestration import (RUN_COMPLETED, RUN_STATUS_CHANGED, JobEvent, NotRedeployable, check_deployment,
-                                  handle_job_event, redeploy, submit_run)
+from shared.orchestration import (RUN_COMPLETED, RUN_STATUS_CHANGED, Attempt, JobEvent, NotRedeployable,
+                                  check_deployment, continue_run, handle_job_event, redeploy, submit_run)
 from shared.runs import State, job_name_for, new_run
 from tests.fakes import ARCHIVED_EXAMPLE, FakeMLBackend
 
@@ -98,7 +98,7 @@ def test_submit_creates_one_job_with_upload_overrides(svc, ml):
     job = ml.jobs[run.job_name]
     assert job.request.params == {"num_train_epochs": 1}, "app-level overrides never reach the pipeline"
     assert job.request.train_path == f"{run_id}/train.jsonl"
-    submit_run(svc, run_id, delivery_count=2)  # a redelivery
+    submit_run(svc, run_id)  # a redelivery
     assert ml.job_creations[run.job_name] == 1
 
 
@@ -116,20 +116,23 @@ def test_refused_compute_is_permanent(svc, ml):
     assert run.state == State.FAILED and "Standard_NC6" in run.failure.reason
 
 
-def test_transient_failure_raises_for_redelivery_then_succeeds(svc, ml):
+def test_transient_failure_schedules_a_retry_that_succeeds(svc, ml):
     run_id = queued_run(svc)
     ml.fail_next("submit_job")
-    with pytest.raises(Exception):
-        submit_run(svc, run_id, delivery_count=1)
-    assert svc.runs.get(run_id).state == State.QUEUED
-    assert submit_run(svc, run_id, delivery_count=2).state == State.SUBMITTED
+    run = submit_run(svc, run_id)  # returns: the message completes, a scheduled copy goes out instead
+    assert run.state == State.QUEUED and run.history[-1].kind == "retry"
+    queue, body, message_id, delay = svc.messages.sent[-1]
+    assert queue == svc.settings.runs_queue and body["attempt"] == 1 and message_id == f"{run_id}-submit-1"
+    assert 0 < delay == run.history[-1].delay_seconds
+    assert submit_run(svc, run_id, Attempt.from_body(body)).state == State.SUBMITTED
 
 
-def test_last_delivery_marks_the_run_failed_instead_of_dead_lettering(svc, ml):
+def test_an_unexpected_error_raises_for_redelivery(svc, ml):
     run_id = queued_run(svc)
-    ml.fail_next("submit_job", times=1)
-    run = submit_run(svc, run_id, delivery_count=svc.settings.max_delivery_count)
-    assert run.state == State.FAILED and "10 attempts" in run.failure.reason
+    ml.fail_next("submit_job", RuntimeError("a bug"))  # neither transient nor permanent: the host redelivers
+    with pytest.raises(RuntimeError):
+        submit_run(svc, run_id)
+    assert svc.runs.get(run_id).state == State.QUEUED
 
 
 def test_submit_of_unknown_or_moved_on_run_is_a_no_op(svc, ml):
@@ -154,7 +157,8 @@ def test_running_then_completed_registers_and_begins_deploying(svc, ml):
     endpoint = ml.get_endpoint(run.endpoint_name)
     assert endpoint.tags["chatft-app"] == svc.settings.app_id and endpoint.tags["chatft-run"] == run_id
     checks = [m for m in svc.messages.sent if m[0] == svc.settings.deploy_queue]
-    assert checks == [(svc.settings.deploy_queue, {"run_id": run_id, "check": 0}, checks[0][2],
+    assert checks == [(svc.settings.deploy_queue, {"run_id": run_id, "step": "check", "check": 0,
+                                                       "endpoint": run.endpoint_name}, checks[0][2],
                        svc.settings.deploy_check_seconds)]
     assert messages(svc, svc.settings.deploy_queue) == [], "a scheduled check is not delivered early"
 
@@ -197,14 +201,16 @@ def test_step_runs_and_unknown_jobs_are_ignored(svc, ml):
     assert svc.runs.get(run_id).state == State.SUBMITTED
 
 
-def test_transient_registration_failure_raises_and_redelivery_finishes(svc, ml):
+def test_transient_registration_failure_schedules_a_retry_on_the_deploy_queue(svc, ml):
     run_id, job = submitted(svc, ml)
     ml.complete_job(job)
     ml.fail_next("register_model")
-    with pytest.raises(Exception):
-        handle_job_event(svc, event(job, "Completed"))
-    assert svc.runs.get(run_id).state == State.TRAINED
-    assert handle_job_event(svc, event(job, "Completed")).state == State.DEPLOYING
+    run = handle_job_event(svc, event(job, "Completed"))
+    assert run.state == State.TRAINED and run.history[-1].kind == "retry" and "register" in run.history[-1].detail
+    queue, body, message_id, _ = svc.messages.sent[-1]
+    assert queue == svc.settings.deploy_queue and body["step"] == "register" and body["attempt"] == 1
+    assert continue_run(svc, run_id, body, message_id).state == State.DEPLOYING
+    assert handle_job_event(svc, event(job, "Completed")).state == State.DEPLOYING  # a late duplicate event
     assert ml.created["model"] == 1
 
 

@@ -21,7 +21,8 @@ def describe(run) -> list[str]:
         lines.append(f"  upload     {up.get('container')}/{up.get('blob')} ({up.get('size', '?')} bytes, etag {up.get('etag')})")
     lines.append("  states")
     for t in run.history:
-        lines.append(f"    {t.at}  {t.state.value:<10} {t.detail}")
+        marker = f"({t.kind})" if t.kind else t.state.value  # a retry is noted under the state it happened in
+        lines.append(f"    {t.at}  {marker:<10} {t.detail}")
     rep = run.report
     if rep:
         lines.append(f"  validation {'ok' if rep.get('ok') else 'REJECTED'}: {rep.get('valid_records', 0)} valid of "
@@ -41,6 +42,8 @@ def describe(run) -> list[str]:
         lines.append(f"  endpoint   {run.endpoint_name} / {run.deployment_name} {run.scoring_uri}")
     if run.last_used_at:
         lines.append(f"  last used  {run.last_used_at}")
+    if run.reconciled_at:
+        lines.append(f"  reconciled {run.reconciled_at} (checked with the backend: its events or messages were late)")
     if run.failure:
         lines.append(f"  failure    at {run.failure.stage}: {run.failure.reason}")
     return lines
@@ -72,8 +75,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in runs], indent=2))
         return 0
-    print(f"{'RUN':<34} {'STATE':<10} {'UPDATED':<25} {'RECORDS':>7}  MODEL / ENDPOINT")
+    print(f"{'RUN':<34} {'STATE':<10} {'UPDATED':<25} {'RECONCILED':<25} {'RECORDS':>7}  MODEL / ENDPOINT")
     for r in runs:
         target = r.endpoint_name or r.model_name or (r.failure.reason[:40] if r.failure else "")
-        print(f"{r.run_id:<34} {r.state.value:<10} {r.updated_at:<25} {r.report.get('valid_records', ''):>7}  {target}")
+        print(f"{r.run_id:<34} {r.state.value:<10} {r.updated_at:<25} {r.reconciled_at or '-':<25} "
+              f"{r.report.get('valid_records', ''):>7}  {target}")
     return 0

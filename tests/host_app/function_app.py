@@ -47,6 +47,14 @@ def on_message(msg: func.ServiceBusMessage) -> None:
         raise RuntimeError("asked to fail")
 
 
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="%HOSTAPP_QUEUE%/$deadletterqueue",
+                               connection="ServiceBusConnection")
+def on_dead_letter(msg: func.ServiceBusMessage) -> None:
+    record("on_dead_letter", message_id=msg.message_id, delivery_count=msg.delivery_count,
+           body=json.loads(msg.get_body()), reason=msg.dead_letter_reason,
+           description=msg.dead_letter_error_description, source=msg.dead_letter_source)
+
+
 @app.route(route="items/{id}", methods=["GET"])
 def get_item(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return func.HttpResponse(json.dumps({"id": req.route_params["id"], "q": req.params.get("q"),

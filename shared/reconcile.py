@@ -1,0 +1,100 @@
+"""The reconciler: runs in progress that stopped moving are brought up to date with the backend's word.
+
+Only Event Grid events and queue messages move a run past Submitted; a missing subscription, an event Event Grid
+gave up on, or a lost message would leave a run stuck for ever. Every RECONCILE_SCHEDULE tick, a run in
+Submitted, Training, Trained, Registered or Deploying whose history has not moved for RECONCILE_AFTER_MINUTES is
+looked at: the job's or endpoint's real status is read and the same idempotent handlers the events and checks
+use (`settle_job`, `check_deployment`) take the steps still to take. A job gone from the workspace, or the
+endpoint of a deploying run gone, fails the run with that reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from .bootstrap import Services
+from .ml.port import NotFound
+from .orchestration import _fail, check_deployment, settle_job
+from .runs import Run, State, iso, parse_iso
+
+log = logging.getLogger(__name__)
+
+IN_PROGRESS = (State.SUBMITTED, State.TRAINING, State.TRAINED, State.REGISTERED, State.DEPLOYING)
+
+
+@dataclass
+class ReconcileReport:
+    """What one pass did: runs looked at (stale ones), and which moved from which state to which."""
+
+    examined: int = 0
+    stale: int = 0
+    moved: list[tuple[str, str, str]] = field(default_factory=list)  # (run_id, before, after)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (run_id, error)
+
+
+def is_stale(run: Run, now, after_minutes: float) -> bool:
+    """No line added to the run's history for longer than `after_minutes`."""
+    return now - parse_iso(run.updated_at) > timedelta(minutes=after_minutes)
+
+
+def reconcile_runs(svc: Services) -> ReconcileReport:
+    """One pass over the runs in progress; a run that cannot be reconciled now is logged and left for the next."""
+    report = ReconcileReport()
+    now = svc.clock()
+    for run in svc.runs.list(states=IN_PROGRESS):
+        report.examined += 1
+        if not is_stale(run, now, svc.settings.reconcile_after_minutes):
+            continue
+        report.stale += 1
+        try:
+            after = reconcile_run(svc, run.run_id)
+        except Exception as exc:  # a backend or storage fault: the next tick tries again
+            log.warning("reconcile: run %s could not be reconciled now: %s: %s", run.run_id, type(exc).__name__,
+                        str(exc)[:200])
+            report.errors.append((run.run_id, type(exc).__name__))
+            continue
+        if after is not None and after.state != run.state:
+            report.moved.append((run.run_id, run.state.value, after.state.value))
+    if report.stale:
+        log.info("reconcile: %d run(s) in progress, %d stale, moved %s, errors %d", report.examined, report.stale,
+                 report.moved, len(report.errors))
+    return report
+
+
+def reconcile_run(svc: Services, run_id: str) -> Run | None:
+    """Ask the backend about one run in progress and drive it; records `reconciled_at` on the run."""
+    now = svc.clock()
+
+    def stamp(r: Run) -> Run | None:
+        if r.state not in IN_PROGRESS:
+            return None
+        stamped = dataclasses.replace(r, reconciled_at=iso(now))  # not a history line: it is not progress
+        stamped.etag = r.etag
+        return stamped
+
+    run = svc.runs.update(run_id, stamp)
+    if run.state in (State.SUBMITTED, State.TRAINING):
+        try:
+            job = svc.ml.get_job(run.job_name)
+        except NotFound as exc:
+            return _fail(svc, run_id, "training", f"job {run.job_name} no longer exists in the workspace "
+                                                  f"(deleted?): {exc}")
+        if job.status == "Running" and run.state == State.SUBMITTED:
+            run = svc.runs.update(run_id, lambda r: r.advance(State.TRAINING, svc.clock(), "reconciled: the job "
+                                                              "is Running") if r.state == State.SUBMITTED else None)
+        if not job.done:
+            return run
+        return settle_job(svc, run_id)
+    if run.state in (State.TRAINED, State.REGISTERED):
+        return settle_job(svc, run_id)
+    if run.state == State.DEPLOYING:
+        if svc.ml.get_endpoint(run.endpoint_name) is None:
+            return _fail(svc, run_id, "deploy", f"endpoint {run.endpoint_name} no longer exists (deleted outside "
+                                                f"the app?) while the run was deploying")
+        # Take the steps that can be taken now; schedule nothing: a live check chain goes on, and a lost one is
+        # replaced by the next tick.
+        return check_deployment(svc, run_id, reschedule=False)
+    return run
