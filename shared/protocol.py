@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .run_views import MAX_RUNS_LIMIT, MODEL_REF_PATTERN, RUN_ID_PATTERN  # noqa: F401  (the document's)
 
@@ -27,6 +27,18 @@ MESSAGE_ROLES = ("system", "user", "assistant")
 # OpenAI's "developer" role is its newer name for "system"; the deployments only know the three above.
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 FINISH_REASONS = ("stop", "length")
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 8.0 is the whole number 8 (JSON Schema's "integer" says so too), 8.5 is not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+_Whole = BeforeValidator(_integral)
+Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS), _Whole]
+TopK = Annotated[int, Field(ge=0, le=MAX_TOKENS), _Whole]
+OnlyOne = Annotated[int, Field(ge=1, le=1), _Whole]
+_TOKENS = f"must be a whole number from 1 to {MAX_TOKENS}"
 
 
 class Contract(BaseModel):
@@ -56,10 +68,9 @@ class ScoringParameters(Contract):
     temperature: float | None = Field(None, ge=0, description="must be a number at least 0 (0 decodes greedily)")
     top_p: float | None = Field(None, gt=0, le=1, description="must be a number above 0 and at most 1")
     # transformers: top_k 0 turns top-k filtering off.
-    top_k: int | None = Field(None, ge=0, le=MAX_TOKENS,
-                              description=f"must be a whole number from 0 to {MAX_TOKENS} (0: no top-k filtering)")
-    max_new_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS,
-                                       description=f"must be a whole number from 1 to {MAX_TOKENS}")
+    top_k: TopK | None = Field(None, description=f"must be a whole number from 0 to {MAX_TOKENS} (0: no top-k "
+                                                 f"filtering)")
+    max_new_tokens: Tokens | None = Field(None, description=_TOKENS)
     repetition_penalty: float | None = Field(None, gt=0, description="must be a number above 0")
     do_sample: bool | None = Field(None, description="must be true or false")
     return_full_text: bool | None = Field(None, description="must be true or false (chat deployments answer with "
@@ -125,7 +136,6 @@ class ResponseFormat(Contract):
 
 StopText = Annotated[str, Field(min_length=1)]
 _STOP = f"must be a non-empty string or a list of up to {MAX_STOP_SEQUENCES} of them"
-_TOKENS = f"must be a whole number from 1 to {MAX_TOKENS}"
 
 
 def _refused(why: str) -> Any:
@@ -147,11 +157,11 @@ class ChatCompletionRequest(Contract):
     messages: list[ChatMessage] = Field(min_length=1, description="must be a non-empty list of {role, content}")
     temperature: float | None = Field(None, ge=0, le=2, description="must be at least 0 and at most 2")
     top_p: float | None = Field(None, ge=0, le=1, description="must be at least 0 and at most 1")
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description=_TOKENS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description=_TOKENS)
+    max_tokens: Tokens | None = Field(None, description=_TOKENS)
+    max_completion_tokens: Tokens | None = Field(None, description=_TOKENS)
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
         None, description=_STOP)
-    n: int | None = Field(None, ge=1, le=1, description="must be 1: one choice per request")
+    n: OnlyOne | None = Field(None, description="must be 1: one choice per request")
     stream: bool | None = Field(None, description="must be true or false")
     stream_options: StreamOptions | None = Field(None, description='must be an object {"include_usage": true|false}')
     response_format: ResponseFormat | None = Field(

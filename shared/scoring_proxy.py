@@ -71,7 +71,6 @@ class ScoringProxy:
         self._index_task: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None  # single-flight read
         self._last_use: dict[str, datetime] = {}  # endpoint -> when its last use was last written (svc clock)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatft-last-use")
-        self.last_use_writes = 0  # writes begun, for tests and logs
 
     # ---------------------------------------------------------------------------------------- routes
 
@@ -237,7 +236,6 @@ class ScoringProxy:
         if last is not None and (now - last).total_seconds() < LAST_USE_WRITE_SECONDS:
             return
         self._last_use[run.endpoint_name] = now
-        self.last_use_writes += 1
         self._writer.submit(self._write_last_use, run.run_id, run.endpoint_name, iso(now))
 
     def _write_last_use(self, run_id: str, endpoint_name: str, at: str) -> None:

@@ -65,7 +65,7 @@ def test_the_notebook_request_passes():
     ({"input_data": {"input_string": USER, "parameters": {"top_k": -1}}}, "top_k must be a whole number from 0"),
     ({"input_data": {"input_string": USER, "parameters": {"max_new_tokens": 0}}}, "max_new_tokens must be a whole"),
     ({"input_data": {"input_string": USER, "parameters": {"max_new_tokens": True}}}, "max_new_tokens must be"),
-    ({"input_data": {"input_string": USER, "parameters": {"max_new_tokens": 1.0}}}, "max_new_tokens must be"),
+    ({"input_data": {"input_string": USER, "parameters": {"max_new_tokens": 1.5}}}, "max_new_tokens must be"),
     ({"input_data": {"input_string": USER, "parameters": {"do_sample": "yes"}}}, "do_sample must be true or false"),
     ({"input_data": {"input_string": USER, "parameters": {"return_full_text": 1}}}, "return_full_text must be true"),
     ({"input_data": {"input_string": USER}, "params": 3}, "params must be an object"),
