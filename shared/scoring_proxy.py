@@ -4,8 +4,9 @@ A request names a model (a registered model name, `name:version`, or a run id; n
 run). The proxy finds the run serving it, sends the scoring request straight to the run's endpoint with the
 endpoint key (`Authorization: Bearer`) and the deployment header, and answers with what the endpoint said.
 Per worker it keeps, in memory: the upstream client (`shared.upstream`: one pooled HTTP client, each endpoint's
-scoring URI and key, re-read on a 401), the Deployed runs for a few seconds (so a score does not query the table each time), and when each endpoint's
-last use was written (at most once a minute, off the event loop: the nightly cleanup reads it).
+scoring URI and key, re-read on a 401), the Deployed runs for a few seconds (so a score does not query the table
+each time), and when each endpoint's last use was written (at most once a minute, off the event loop: the nightly
+cleanup reads it).
 Blocking calls (the run store, the ML backend) run in threads; the event loop only waits on sockets.
 """
 

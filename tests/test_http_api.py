@@ -1,6 +1,7 @@
 """The HTTP API end to end: the real function_app served by the local host on 127.0.0.1, the in-memory run store
-(the table store has its own contract tests), a FakeMLBackend at the Azure ML boundary whose endpoints point at a stand-in deployment served here (the Azure ML
-scoring contract: Bearer key, deployment header, `{"output": ...}`), and the official `openai` client."""
+(the table store has its own contract tests), a FakeMLBackend at the Azure ML boundary whose endpoints point at a
+stand-in deployment served here (the Azure ML scoring contract: Bearer key, deployment header, `{"output": ...}`),
+and the official `openai` client."""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def test_the_notebook_request_passes():
     ({"input_data": {"input_string": [{"role": "tool", "content": "x"}]}}, "input_string[0].role must be one of"),
     ({"input_data": {"input_string": [{"role": "user"}]}}, "input_string[0].content is required and must be a string"),
     ({"input_data": {"input_string": USER, "parameters": []}}, "parameters must be an object"),
-    ({"input_data": {"input_string": USER, "parameters": {"top_p": 1.5}}}, "top_p must be a number above 0 and at most 1"),
+    ({"input_data": {"input_string": USER, "parameters": {"top_p": 1.5}}}, "top_p must be a number above 0 and at "
+                                                                          "most 1"),
     ({"input_data": {"input_string": USER, "parameters": {"top_p": 0}}}, "top_p must be a number above 0"),
     ({"input_data": {"input_string": USER, "parameters": {"top_k": -1}}}, "top_k must be a whole number from 0"),
     ({"input_data": {"input_string": USER, "parameters": {"max_new_tokens": 0}}}, "max_new_tokens must be a whole"),
@@ -188,7 +189,8 @@ def test_apply_stop_cuts_at_the_first_sequence():
 def test_chat_completion_with_and_without_usage():
     request = Translated(model="m", scoring_request={}, stop=("\nUser:",))
     plain = chat_completion(request, {"output": "hello\nUser: more"}, CIMultiDict(), "chatcmpl-1", 123)
-    assert plain.model_dump(exclude_none=True) == {"id": "chatcmpl-1", "object": "chat.completion", "created": 123, "model": "m",
+    assert plain.model_dump(exclude_none=True) == {"id": "chatcmpl-1", "object": "chat.completion", "created": 123,
+                                                   "model": "m",
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
                                   "finish_reason": "stop"}]}
     headers = CIMultiDict({"X-Chatft-Prompt-Tokens": "7", "x-chatft-completion-tokens": "3",
