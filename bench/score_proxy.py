@@ -187,11 +187,12 @@ def create_run(connection: str, table: str) -> str:
     return run.run_id
 
 
-def start_litellm(executable: Path, upstream_base: str, key: str, state_dir: Path):
+def start_litellm(executable: Path, upstream_base: str, key: str, master_key: str, state_dir: Path):
     """LiteLLM's proxy server on 127.0.0.1 in front of the stand-in's OpenAI route; (process, base URL).
 
     Configured as its docs show for an OpenAI-compatible server (`openai/<model>` with `api_base`), one worker,
-    no database, no callbacks, and the bundled model price map (it fetches one from GitHub at start otherwise)."""
+    no database, no callbacks, and the bundled model price map (it fetches one from GitHub at start otherwise).
+    Callers present its master key, as callers of this proxy present a function key."""
     import subprocess
 
     import requests
@@ -204,6 +205,7 @@ def start_litellm(executable: Path, upstream_base: str, key: str, state_dir: Pat
         "model_list": [{"model_name": "bench-model", "litellm_params": {
             "model": "openai/bench-model", "api_base": upstream_base, "api_key": key}}],
         "litellm_settings": {"drop_params": True, "telemetry": False, "set_verbose": False},
+        "general_settings": {"master_key": master_key},
     }))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
     log = open(state_dir / "litellm.log", "wb")
@@ -263,11 +265,13 @@ def main() -> int:
                  "proxy": (f"{host.base_url}/api/score/{run_id}", {"x-functions-key": host.function_key,
                                                                    **json_headers}, BODY)}
         if Path(args.litellm).is_file():
+            master_key = "sk-" + secrets.token_hex(32)
             litellm, litellm_url = start_litellm(Path(args.litellm), upstream.removesuffix("/score") + "/v1", key,
-                                                 state_dir)
+                                                 master_key, state_dir)
             modes["direct_openai"] = (upstream.removesuffix("/score") + "/v1/chat/completions",
                                       {"Authorization": f"Bearer {key}", **json_headers}, CHAT_BODY)
-            modes["litellm"] = (litellm_url + "/v1/chat/completions", json_headers, CHAT_BODY)
+            modes["litellm"] = (litellm_url + "/v1/chat/completions",
+                                {"Authorization": f"Bearer {master_key}", **json_headers}, CHAT_BODY)
         else:
             print(f"LiteLLM not found at {args.litellm} (make bench installs it): the anchor is skipped", flush=True)
         rounds: dict[str, list[dict[str, float]]] = {}
