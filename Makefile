@@ -29,8 +29,17 @@ demo: setup
 test: setup
 	$(VPY) -m pytest -q
 
-bench: setup
+LITELLM_VENV := .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed
+
+# The proxy benchmark's anchor (LiteLLM) in a venv of its own: bench only, never `make test`.
+$(LITELLM_STAMP): bench/requirements.txt
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q -r bench/requirements.txt 2>&1 | $(QUIET_PIP)
+	touch $@
+
+bench: setup $(LITELLM_STAMP)
 	$(VPY) bench/cold_start.py
 
 clean:
-	rm -rf $(VENV) node_modules .chatft .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LITELLM_VENV) node_modules .chatft .pytest_cache .hypothesis

@@ -17,7 +17,7 @@ import resource, sys, time
 t = time.perf_counter()
 import {module}
 elapsed = time.perf_counter() - t
-heavy = [m for m in ("azure.ai.ml", "mlflow", "torch", "transformers", "pandas", "datasets") if m in sys.modules]
+heavy = [m for m in ("azure.ai.ml", "mlflow", "torch", "transformers", "pandas", "datasets", "pydantic") if m in sys.modules]
 print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(sys.modules), ",".join(heavy))
 """
 

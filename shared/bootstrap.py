@@ -10,17 +10,18 @@ from typing import Callable
 from .config import SettingError, Settings, check_runtime, get_settings
 from .messaging import MessageSender, make_sender
 from .ml.port import MLBackend
-from .run_store import RunStore
+from .run_store import Runs, RunStore
 from .runs import utcnow
 from .storage import Blobs
 
 
 @dataclass
 class Services:
-    """Everything a handler may need. Tests build one with `bootstrap(settings, ml=FakeMLBackend(), ...)`."""
+    """Everything a handler may need. Tests build one with `bootstrap(settings, ml=FakeMLBackend(), ...)`
+    (`runs=InMemoryRunStore()` where the test needs no real table)."""
 
     settings: Settings
-    runs: RunStore
+    runs: Runs
     blobs: Blobs
     messages: MessageSender
     ml: MLBackend
@@ -60,11 +61,12 @@ def make_ml_backend(settings: Settings) -> MLBackend:
 
 
 def bootstrap(settings: Settings | None = None, *, ml: MLBackend | None = None,
-              messages: MessageSender | None = None, clock: Callable[[], datetime] | None = None) -> Services:
+              messages: MessageSender | None = None, clock: Callable[[], datetime] | None = None,
+              runs: Runs | None = None) -> Services:
     settings = settings or get_settings()
     return Services(
         settings=settings,
-        runs=RunStore(settings, settings.runs_table),
+        runs=runs if runs is not None else RunStore(settings, settings.runs_table),
         blobs=Blobs(settings),
         messages=messages or make_sender(settings),
         ml=ml or make_ml_backend(settings),

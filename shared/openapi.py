@@ -1,15 +1,15 @@
-"""The OpenAPI 3.0 document of the HTTP API (`GET /api/openapi.json`): scoring in the Azure ML format, the
+"""The OpenAPI 3.1 document of the HTTP API (`GET /api/openapi.json`): scoring in the Azure ML format, the
 OpenAI-compatible routes, run status and redeployment, with every error answer and the function-key security.
-Limits and patterns come from `shared.scoring`, so the document and the checks cannot drift apart."""
+The schemas are generated from the wire models of `shared.protocol` (the ones requests are checked with), so the
+document and the checks cannot drift apart; this module adds only the paths and what each status means."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
+from .run_views import MAX_RUNS_LIMIT, MODEL_REF_PATTERN, RUN_ID_PATTERN
 from .runs import State
-from .scoring import (CHAT_ROLES, FINISH_REASONS, MAX_RUNS_LIMIT, MAX_STOP_SEQUENCES, MAX_TOKENS, MESSAGE_ROLES,
-                      MODEL_REF_PATTERN, RUN_ID_PATTERN, UNSUPPORTED)
 
 VERSION = "1.0.0"
 
@@ -56,181 +56,17 @@ def _errors(schema: str, *statuses: int) -> dict[str, Any]:
     return out
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "nullable": True}
-
-
 def _schemas() -> dict[str, Any]:
-    tokens = {"type": "integer", "minimum": 1, "maximum": MAX_TOKENS}
-    text_part = {"type": "object", "required": ["type", "text"],
-                 "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
-    return {
-        "Error": {
-            "type": "object", "required": ["error"],
-            "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "description": "Stable error code, e.g. model_retired."},
-                "message": {"type": "string", "description": "What is wrong and what to do."}}}},
-        },
-        "OpenAIError": {
-            "type": "object", "required": ["error"],
-            "properties": {"error": {"type": "object", "required": ["message", "type", "code"], "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string", "enum": ["invalid_request_error", "api_error"]},
-                "param": {"type": "string", "nullable": True},
-                "code": {"type": "string"}}}},
-        },
-        "Message": {
-            "type": "object", "required": ["role", "content"],
-            "properties": {"role": {"type": "string", "enum": list(MESSAGE_ROLES)}, "content": {"type": "string"}},
-        },
-        "ScoreRequest": {
-            "type": "object", "required": ["input_data"],
-            "description": "The Azure ML chat-completion scoring request, as the fine-tuning notebook sends it. "
-                           "Forwarded unchanged to the deployment.",
-            "properties": {
-                "input_data": {
-                    "type": "object", "required": ["input_string"],
-                    "properties": {
-                        "input_string": {"type": "array", "minItems": 1,
-                                         "items": {"anyOf": [_ref("Message"), {"type": "string"}]},
-                                         "description": "The conversation (or plain prompts for text models)."},
-                        "parameters": {
-                            "type": "object",
-                            "description": "Generation parameters; others are passed on unchecked.",
-                            "properties": {
-                                "temperature": {"type": "number", "minimum": 0},
-                                "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-                                "top_k": {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS},
-                                "do_sample": {"type": "boolean"},
-                                "max_new_tokens": tokens,
-                                "repetition_penalty": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
-                                "return_full_text": {"type": "boolean"},
-                            },
-                        },
-                    },
-                },
-                "params": {"type": "object"},
-            },
-            "example": {"input_data": {"input_string": [{"role": "user", "content": "What is LoRA?"}],
-                                       "parameters": {"temperature": 0.6, "top_p": 0.9, "do_sample": True,
-                                                      "max_new_tokens": 200}}, "params": {}},
-        },
-        "ScoreResponse": {
-            "description": "The deployment's JSON as is; chat deployments answer {\"output\": \"...\"}.",
-            "example": {"output": "LoRA trains small low-rank matrices beside frozen weights."},
-        },
-        "ChatMessage": {
-            "type": "object", "required": ["role", "content"],
-            "properties": {"role": {"type": "string", "enum": list(CHAT_ROLES),
-                                    "description": "`developer` is treated as `system`; tool messages are refused."},
-                           "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": text_part}],
-                                       "description": "Text, or text parts (other part types are refused)."}},
-        },
-        "ChatCompletionRequest": {
-            "type": "object", "required": ["model", "messages"],
-            "description": "OpenAI Chat Completions, translated to the scoring request: `messages` become "
-                           "`input_string`; `temperature` (0 decodes greedily, above 0 samples), `top_p` and "
-                           "`max_completion_tokens`/`max_tokens` become generation parameters (left out: the "
-                           "model's defaults). `stop` sequences cut the answer. Other OpenAI fields are ignored.",
-            "properties": {
-                "model": {"type": "string", "minLength": 1,
-                          "description": "A registered model name, `name:version`, or a run id."},
-                "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
-                "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2}),
-                "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-                "max_tokens": _nullable(tokens),
-                "max_completion_tokens": _nullable(tokens),
-                "stop": _nullable({"anyOf": [{"type": "string", "minLength": 1},
-                                             {"type": "array", "maxItems": MAX_STOP_SEQUENCES,
-                                              "items": {"type": "string", "minLength": 1}}]}),
-                "n": _nullable({"type": "integer", "minimum": 1, "maximum": 1,
-                                "description": "Only one choice per request."}),
-                "stream": _nullable({"type": "boolean", "description": "Answer as server-sent events (sent "
-                                                                       "together once the model has answered)."}),
-                "stream_options": _nullable({"type": "object",
-                                             "properties": {"include_usage": {"type": "boolean"}}}),
-                "response_format": _nullable({"type": "object", "required": ["type"],
-                                              "properties": {"type": {"type": "string", "enum": ["text"]}}}),
-                "logprobs": _nullable({"type": "boolean", "enum": [False]}),
-                **{name: _nullable({"enum": [None], "description": f"Refused when set: {why}."})
-                   for name, why in UNSUPPORTED.items()},
-            },
-        },
-        "ChatCompletion": {
-            "type": "object", "required": ["id", "object", "created", "model", "choices"],
-            "properties": {
-                "id": {"type": "string"},
-                "object": {"type": "string", "enum": ["chat.completion"]},
-                "created": {"type": "integer"},
-                "model": {"type": "string"},
-                "choices": {"type": "array", "items": {
-                    "type": "object", "required": ["index", "message", "finish_reason"],
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "message": {"type": "object", "required": ["role", "content"],
-                                    "properties": {"role": {"type": "string", "enum": ["assistant"]},
-                                                   "content": {"type": "string"}}},
-                        "finish_reason": {"type": "string", "enum": list(FINISH_REASONS)}}}},
-                "usage": {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-                          "description": "Present when the deployment reports token counts.",
-                          "properties": {k: {"type": "integer"} for k in
-                                         ("prompt_tokens", "completion_tokens", "total_tokens")}},
-            },
-        },
-        "Model": {
-            "type": "object", "required": ["id", "object", "created", "owned_by"],
-            "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
-                           "created": {"type": "integer"}, "owned_by": {"type": "string"}},
-        },
-        "ModelList": {
-            "type": "object", "required": ["object", "data"],
-            "description": "Each registered model name with a Deployed run (its newest run serves it), then the "
-                           "run ids of Deployed runs not listed by name.",
-            "properties": {"object": {"type": "string", "enum": ["list"]},
-                           "data": {"type": "array", "items": _ref("Model")}},
-        },
-        "Run": {
-            "type": "object",
-            "required": ["run_id", "state", "created_at", "updated_at", "history", "links"],
-            "description": "A run's status. Endpoint keys are never shown.",
-            "properties": {
-                "run_id": {"type": "string"},
-                "state": {"type": "string", "enum": [s.value for s in State]},
-                "created_at": {"type": "string"},
-                "updated_at": {"type": "string"},
-                "history": {"type": "array", "items": {
-                    "type": "object", "required": ["state", "at"],
-                    "properties": {"state": {"type": "string"}, "at": {"type": "string"},
-                                   "detail": {"type": "string"},
-                                   "kind": {"type": "string", "enum": ["retry"],
-                                            "description": "Set on a line that is not a move: `retry`, a step "
-                                                           "that failed transiently, tried again after "
-                                                           "`delay_seconds`."},
-                                   "delay_seconds": {"type": "number"}}}},
-                "reconciled_at": _nullable({"type": "string", "description": "When the reconciler last "
-                                                                             "checked the run with the backend."}),
-                "upload": {"type": "object"},
-                "report": {"type": "object", "description": "Validation summary (the full report is "
-                                                            "`report_path` in RUNS_CONTAINER)."},
-                "job": _nullable({"type": "object", "properties": {"name": {"type": "string"},
-                                                                   "status": {"type": "string"}}}),
-                "metrics": {"type": "object"},
-                "model": _nullable({"type": "object", "properties": {
-                    "name": {"type": "string"}, "version": {"type": "string"}, "id": {"type": "string"}}}),
-                "endpoint": _nullable({"type": "object", "properties": {
-                    "name": {"type": "string"}, "deployment": {"type": "string"},
-                    "scoring_uri": {"type": "string"},
-                    "last_used_at": {"type": "string", "nullable": True}, "keep": {"type": "boolean"}}}),
-                "failure": _nullable({"type": "object", "properties": {"stage": {"type": "string"},
-                                                                       "reason": {"type": "string"}}}),
-                "links": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
-        "RunList": {
-            "type": "object", "required": ["runs", "count"],
-            "properties": {"runs": {"type": "array", "items": _ref("Run")}, "count": {"type": "integer"}},
-        },
-    }
+    """The component schemas, generated from the wire models (requests as validated, answers as serialized)."""
+    from pydantic.json_schema import models_json_schema
+
+    from . import protocol as p
+
+    models = [(m, "validation") for m in (p.ScoreRequest, p.ChatCompletionRequest)]
+    models += [(m, "serialization") for m in (p.ScoreAnswer, p.ChatCompletion, p.ModelCard, p.ModelList, p.Error,
+                                              p.OpenAIError, p.RunView, p.RunList)]
+    _, doc = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    return doc["$defs"]
 
 
 def _path_parameter(name: str, pattern: str, description: str) -> dict[str, Any]:
@@ -251,7 +87,8 @@ def _score_operation(named: bool) -> dict[str, Any]:
                        "the endpoint key and the `azureml-model-deployment` header.",
         **({"parameters": [_MODEL]} if named else {}),
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ScoreRequest")}}},
-        "responses": {"200": _json(_ref("ScoreResponse"), "The deployment's answer.", _RUN_HEADER),
+        "responses": {"200": _json(_ref("ScoreAnswer"), "The deployment's JSON as is (chat deployments answer "
+                                                         "this shape).", _RUN_HEADER),
                       **_errors("Error", 400, 401, 404, 410, 413, 502, 503, 504)},
     }
 
@@ -282,7 +119,7 @@ def _paths() -> dict[str, Any]:
         "/api/v1/models/{model}": {"get": {
             "operationId": "retrieveModel", "tags": ["openai"], "summary": "One deployed model",
             "parameters": [_MODEL],
-            "responses": {"200": _json(_ref("Model"), "The model."), **_errors("OpenAIError", 401, 404, 503)},
+            "responses": {"200": _json(_ref("ModelCard"), "The model."), **_errors("OpenAIError", 401, 404, 503)},
         }},
         "/api/runs": {"get": {
             "operationId": "listRuns", "tags": ["runs"], "summary": "Runs, newest first",
@@ -299,7 +136,7 @@ def _paths() -> dict[str, Any]:
         "/api/runs/{run_id}": {"get": {
             "operationId": "getRun", "tags": ["runs"], "summary": "One run's status",
             "parameters": [_RUN_ID],
-            "responses": {"200": _json(_ref("Run"), "The run."), **_errors("Error", 401, 404)},
+            "responses": {"200": _json(_ref("RunView"), "The run."), **_errors("Error", 401, 404)},
         }},
         "/api/runs/{run_id}/deploy": {"post": {
             "operationId": "deployRun", "tags": ["runs"],
@@ -307,7 +144,7 @@ def _paths() -> dict[str, Any]:
             "description": "Begins creating a new endpoint for the run's registered model; the run is Deploying "
                            "until it is Deployed (poll `GET /api/runs/{run_id}`).",
             "parameters": [_RUN_ID],
-            "responses": {"202": _json(_ref("Run"), "Deployment begun; the run is Deploying.",
+            "responses": {"202": _json(_ref("RunView"), "Deployment begun; the run is Deploying.",
                                        {"Location": {"description": "The run's status URL.",
                                                      "schema": {"type": "string"}}}),
                           **_errors("Error", 401, 404, 409, 503)},
@@ -323,7 +160,7 @@ def _paths() -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """The API's OpenAPI 3.0 document."""
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "chatft", "version": VERSION,
                  "description": "Score fine-tuned chat models (Azure ML scoring format or OpenAI-compatible) and "
                                 "follow runs from upload to deployment. Every route needs a function key."},

@@ -395,10 +395,8 @@ def _abandon_deployment(svc: Services, run: Run, reason: str) -> Run:
 def redeploy(svc: Services, run_id: str) -> Run:
     """Deploy again a run whose endpoint was retired (or whose deployment failed after registration)."""
     run = svc.runs.get(run_id)
-    if run.state == State.DEPLOYING or run.state == State.DEPLOYED:
-        raise NotRedeployable(f"run {run_id} is {run.state} already")
-    if run.state not in (State.RETIRED, State.FAILED) or not run.model_name:
-        raise NotRedeployable(f"run {run_id} is {run.state} and has no registered model to deploy")
+    if run.redeploy_refusal():
+        raise NotRedeployable(run.redeploy_refusal())
     return begin_deployment(svc, run_id, from_states=(State.RETIRED, State.FAILED))
 
 

@@ -1,13 +1,16 @@
-"""The run store: one Table Storage entity per run, changed only by ETag compare-and-swap."""
+"""The run store: the `Runs` protocol the handlers use, its Table Storage implementation (one entity per run,
+changed only by ETag compare-and-swap) and an in-memory one with the same compare-and-swap behaviour (service tests,
+no Azurite). `tests/test_run_store.py` runs one contract test module against both."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from .config import Settings
 from .runs import Run, State
@@ -29,6 +32,31 @@ class RunNotFound(KeyError):
 
 
 Change = Callable[[Run], "Run | None"]
+
+
+class Runs(Protocol):
+    """Where runs are kept. Every write is a compare-and-swap on the run's etag; nothing is overwritten blindly."""
+
+    def create(self, run: Run) -> tuple[Run, bool]:
+        """Insert `run` unless a run with its id exists; returns (the stored run, whether it was created)."""
+
+    def get(self, run_id: str) -> Run:
+        """The run (its `etag` set); RunNotFound when there is none."""
+
+    def find(self, run_id: str) -> Run | None:
+        """The run, or None."""
+
+    def list(self, states: Iterable[State] | None = None, limit: int | None = None) -> list[Run]:
+        """Runs newest first (created_at, then run_id), optionally only those in `states`, at most `limit`."""
+
+    def update(self, run_id: str, change: Change) -> Run:
+        """Apply `change` to a fresh copy of the run and write it if the run did not change meanwhile, re-reading
+        and re-applying on a lost race (RunConflict after too many); `change` returning None writes nothing."""
+
+
+def _backoff(attempt: int) -> None:
+    # Jittered backoff: writers that collided once do not collide again in lockstep.
+    time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** attempt)))
 
 
 def _to_entity(run: Run) -> dict:
@@ -139,9 +167,69 @@ class RunStore:
                                                     match_condition=MatchConditions.IfNotModified)
             except ResourceModifiedError:
                 log.info("run %s changed while updating; re-reading", run_id)
-                # Jittered backoff: writers that collided once do not collide again in lockstep.
-                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** attempt)))
+                _backoff(attempt)
                 continue
             changed.etag = meta["etag"]
             return changed
+        raise RunConflict(f"run {run_id} kept changing; gave up after {self._max_attempts} attempts")
+
+
+class InMemoryRunStore:
+    """Runs in a dict, with the table store's behaviour: each run is kept serialized (a caller never holds the
+    stored object), each write gets a new etag, and `update` is the same compare-and-swap loop."""
+
+    def __init__(self, max_attempts: int = 10):
+        self._max_attempts = max_attempts
+        self._rows: dict[str, tuple[str, dict]] = {}  # run_id -> (etag, run.to_dict())
+        self._etags = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def _etag(self) -> str:
+        return f'W/"{next(self._etags)}"'
+
+    def create(self, run: Run) -> tuple[Run, bool]:
+        with self._lock:
+            if run.run_id in self._rows:
+                etag, doc = self._rows[run.run_id]
+                return Run.from_dict(doc, etag=etag), False
+            run.etag = self._etag()
+            self._rows[run.run_id] = (run.etag, json.loads(json.dumps(run.to_dict())))
+            return run, True
+
+    def get(self, run_id: str) -> Run:
+        with self._lock:
+            if run_id not in self._rows:
+                raise RunNotFound(run_id)
+            etag, doc = self._rows[run_id]
+        return Run.from_dict(json.loads(json.dumps(doc)), etag=etag)
+
+    def find(self, run_id: str) -> Run | None:
+        try:
+            return self.get(run_id)
+        except RunNotFound:
+            return None
+
+    def list(self, states: Iterable[State] | None = None, limit: int | None = None) -> list[Run]:
+        wanted = set(states or [])
+        with self._lock:
+            rows = list(self._rows.values())
+        runs = [Run.from_dict(json.loads(json.dumps(doc)), etag=etag) for etag, doc in rows]
+        runs = [r for r in runs if not wanted or r.state in wanted]
+        runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        return runs[:limit] if limit else runs
+
+    def update(self, run_id: str, change: Change) -> Run:
+        for attempt in range(self._max_attempts):
+            current = self.get(run_id)
+            changed = change(current)
+            if changed is None:
+                return current
+            doc = json.loads(json.dumps(changed.to_dict()))  # as the table would: only what serializes survives
+            with self._lock:
+                if self._rows[run_id][0] == current.etag:
+                    changed.etag = self._etag()
+                    self._rows[run_id] = (changed.etag, doc)
+                    return changed
+            log.info("run %s changed while updating; re-reading", run_id)
+            _backoff(attempt)
         raise RunConflict(f"run {run_id} kept changing; gave up after {self._max_attempts} attempts")

@@ -146,6 +146,18 @@ class Run:
                 return t.at
         return None
 
+    def redeploy_refusal(self) -> str | None:
+        """Why the run cannot be deployed again, or None when it can: only a Retired or Failed run with a
+        registered model can (the redeploy route and the proxy's 410 answer both follow this rule)."""
+        if self.state in (State.DEPLOYING, State.DEPLOYED):
+            return f"run {self.run_id} is {self.state} already"
+        if self.state not in (State.RETIRED, State.FAILED) or not self.model_name:
+            return f"run {self.run_id} is {self.state} and has no registered model to deploy"
+        return None
+
+    def redeployable(self) -> bool:
+        return self.redeploy_refusal() is None
+
     def can_move_to(self, target: State) -> bool:
         return target in TRANSITIONS[self.state]
 

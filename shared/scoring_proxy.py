@@ -3,9 +3,10 @@
 A request names a model (a registered model name, `name:version`, or a run id; none means the newest Deployed
 run). The proxy finds the run serving it, sends the scoring request straight to the run's endpoint with the
 endpoint key (`Authorization: Bearer`) and the deployment header, and answers with what the endpoint said.
-Per worker it keeps, in memory: one pooled HTTP client, each endpoint's scoring URI and key (re-read on a 401),
-the Deployed runs for a few seconds (so a score does not query the table each time), and when each endpoint's
-last use was written (at most once a minute, off the event loop: the nightly cleanup reads it).
+Per worker it keeps, in memory: the upstream client (`shared.upstream`: one pooled HTTP client, each endpoint's
+scoring URI and key, re-read on a 401), the Deployed runs for a few seconds (so a score does not query the table
+each time), and when each endpoint's last use was written (at most once a minute, off the event loop: the nightly
+cleanup reads it).
 Blocking calls (the run store, the ML backend) run in threads; the event loop only waits on sockets.
 """
 
@@ -18,65 +19,26 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
-import aiohttp
 import orjson
 
+from .api_errors import JSON, ApiError, Reply, error_reply, json_reply, parse_body
 from .bootstrap import Services, services
-from .ml.port import MLBackendError, NotFound, ScoringTarget
+from .run_views import is_model_ref, is_run_id, model_entry, model_list
 from .runs import Run, State, iso
-from .scoring import (ApiError, chat_completion, chat_request, check_score_request, completion_events, error_body,
-                      is_model_ref, is_run_id, model_entry, model_list, openai_error_body, parse_body, redeployable)
+from .scoring import chat_completion, chat_request, check_score_request, completion_events, completion_json
+from .upstream import Answer, EndpointGone, UpstreamClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RUN_CACHE_SECONDS = 5.0  # how long a model -> run lookup is reused; a failing endpoint is re-checked at once
 LAST_USE_WRITE_SECONDS = 60.0  # last use is written at most this often per endpoint and worker
-DEPLOYMENT_HEADER = "azureml-model-deployment"
-JSON = "application/json"
 # States in which a run has (or had) a registered model: where a model name may be found when not Deployed.
 _MODEL_STATES = (State.DEPLOYED, State.DEPLOYING, State.REGISTERED, State.RETIRED, State.FAILED)
-
-
-@dataclass
-class Reply:
-    """What an HTTP function answers: status, body, content type, extra headers."""
-
-    status: int
-    body: bytes
-    content_type: str = JSON
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def error_reply(err: ApiError, openai: bool = False) -> Reply:
-    body = openai_error_body(err) if openai else error_body(err)
-    return Reply(err.status, orjson.dumps(body), JSON, dict(err.headers))
-
-
-def json_reply(doc: Any, status: int = 200) -> Reply:
-    return Reply(status, orjson.dumps(doc), JSON)
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """A successful answer of a deployment."""
-
-    body: bytes
-    content_type: str
-    headers: Mapping[str, str]  # case-insensitive
-    run: Run
-
-
-class _EndpointGone(Exception):
-    """The endpoint refused the connection, answered 404 or no longer exists: its run may have been retired."""
-
-    def __init__(self, error: ApiError):
-        super().__init__(error.message)
-        self.error = error
 
 
 @dataclass
@@ -99,29 +61,17 @@ class _Index:
         return cls(time.monotonic() + ttl, runs[0] if runs else None, runs, by_ref)
 
 
-class _LoopState:
-    """What is bound to one event loop: the HTTP client and the single-flight lookups in progress."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.session: aiohttp.ClientSession | None = None
-        self.index_task: asyncio.Future | None = None
-        self.target_tasks: dict[str, asyncio.Future] = {}
-
-
 class ScoringProxy:
     """The worker's proxy over one `Services`. Use `proxy()` for the worker's; tests may build their own."""
 
     def __init__(self, svc: Services, run_cache_seconds: float = RUN_CACHE_SECONDS):
         self.svc = svc
         self._run_ttl = run_cache_seconds
-        self._timeout = aiohttp.ClientTimeout(total=svc.settings.score_timeout_seconds)
+        self.upstream = UpstreamClient(svc.ml.get_scoring_target, svc.settings.score_timeout_seconds)
         self._index: _Index | None = None
-        self._targets: dict[str, ScoringTarget] = {}
+        self._index_task: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None  # single-flight read
         self._last_use: dict[str, datetime] = {}  # endpoint -> when its last use was last written (svc clock)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatft-last-use")
-        self._state: _LoopState | None = None
-        self.last_use_writes = 0  # writes begun, for tests and logs
 
     # ---------------------------------------------------------------------------------------- routes
 
@@ -152,7 +102,7 @@ class ScoringProxy:
             # The Python worker cannot stream a body without extensions: the events go out in one response.
             return Reply(200, completion_events(completion, request.include_usage), "text/event-stream",
                          {**headers, "Cache-Control": "no-cache"})
-        return Reply(200, orjson.dumps(completion), JSON, headers)
+        return Reply(200, completion_json(completion), JSON, headers)
 
     async def models(self, model: str | None = None) -> Reply:
         """`GET /api/v1/models[/{model}]`: the deployed models in OpenAI's list shape (or one of them)."""
@@ -170,12 +120,12 @@ class ScoringProxy:
 
     # -------------------------------------------------------------------------------- forwarding
 
-    async def forward(self, model: str | None, body: bytes) -> Upstream:
+    async def forward(self, model: str | None, body: bytes) -> Answer:
         """Send a checked scoring request to the endpoint serving `model`; ApiError says why it could not."""
         run = await self.resolve(model)
         try:
             return await self._send(run, body)
-        except _EndpointGone as gone:
+        except EndpointGone as gone:
             # Cleanup marks a run Retired before deleting its endpoint: look again before blaming the endpoint.
             self._forget(run)
             fresh = await self._store(self.svc.runs.find, run.run_id)
@@ -187,7 +137,7 @@ class ScoringProxy:
                 raise gone.error from None
         try:  # another run, or the same one deployed again on a new endpoint
             return await self._send(fresh, body)
-        except _EndpointGone as gone:
+        except EndpointGone as gone:
             raise gone.error from None
 
     async def resolve(self, model: str | None) -> Run:
@@ -228,7 +178,7 @@ class ScoringProxy:
         shown = model[:80]
         if run is None or run.state == State.REJECTED or (run.state == State.FAILED and not run.model_name):
             return _unknown(model)
-        if redeployable(run):
+        if run.redeployable():
             how = f"deploy it again with POST /api/runs/{run.run_id}/deploy"
             if run.state == State.RETIRED:
                 return ApiError(410, "model_retired", f"model {shown!r} (run {run.run_id}) was retired at "
@@ -240,75 +190,26 @@ class ScoringProxy:
                                                 f"yet; GET /api/runs/{run.run_id} shows its progress",
                         {"Retry-After": "60"})
 
-    async def _send(self, run: Run, body: bytes) -> Upstream:
-        target = await self._target(run.endpoint_name)
-        status, data, headers = await self._post(run, target, body)
-        if status == 401:  # the key was rotated: read it again, once
-            if self._targets.get(run.endpoint_name) is target:
-                del self._targets[run.endpoint_name]
-            target = await self._target(run.endpoint_name)
-            status, data, headers = await self._post(run, target, body)
-        if 200 <= status < 300:
-            self._note_use(run)
-            return Upstream(data, headers.get("Content-Type", JSON), headers, run)
-        log.warning("scoring via endpoint %s: the deployment answered %d", run.endpoint_name, status)
-        error = ApiError(502, "upstream_error", f"the deployment of run {run.run_id} answered HTTP {status}"
-                                                f"{_excerpt(data)}", {"x-chatft-upstream-status": str(status)})
-        if status == 404:
-            raise _EndpointGone(error)
-        raise error
-
-    async def _post(self, run: Run, target: ScoringTarget, body: bytes) -> tuple[int, bytes, Mapping[str, str]]:
-        headers = {"Content-Type": JSON, "Authorization": f"Bearer {target.key}"}
-        deployment = run.deployment_name or target.deployment_name
-        if deployment:
-            headers[DEPLOYMENT_HEADER] = deployment
-        try:
-            async with self._client().post(target.scoring_uri, data=body, headers=headers,
-                                           timeout=self._timeout) as response:
-                return response.status, await response.read(), response.headers
-        except asyncio.TimeoutError:
-            raise ApiError(504, "upstream_timeout", f"the deployment of run {run.run_id} did not answer within "
-                                                    f"{self._timeout.total:g} s (setting SCORE_TIMEOUT_SECONDS)"
-                           ) from None
-        except aiohttp.ClientConnectorError:
-            log.warning("scoring via endpoint %s: could not connect", run.endpoint_name)
-            raise _EndpointGone(ApiError(502, "upstream_unreachable", f"could not connect to the endpoint of run "
-                                                                      f"{run.run_id} ({run.endpoint_name})")) from None
-        except aiohttp.ClientError as exc:
-            log.warning("scoring via endpoint %s: %s", run.endpoint_name, type(exc).__name__)
-            raise ApiError(502, "upstream_unreachable", f"the connection to the endpoint of run {run.run_id} failed "
-                                                        f"({type(exc).__name__})") from None
+    async def _send(self, run: Run, body: bytes) -> Answer:
+        answer = await self.upstream.send(run, body)
+        self._note_use(run)
+        return answer
 
     # ---------------------------------------------------------------------------------- the caches
-
-    def _loop_state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        if self._state is None or self._state.loop is not loop:
-            # A new loop (a restarted local host in the same process): what the old one held cannot be used.
-            self._state = _LoopState(loop)
-        return self._state
-
-    def _client(self) -> aiohttp.ClientSession:
-        state = self._loop_state()
-        if state.session is None or state.session.closed:
-            state.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
-                                                  skip_auto_headers=("User-Agent",))
-        return state.session
 
     async def _deployed(self) -> _Index:
         index = self._index
         if index is not None and index.expires > time.monotonic():
             return index
-        state = self._loop_state()
-        if state.index_task is None or state.index_task.done():
-            state.index_task = asyncio.ensure_future(self._load_index())
-            state.index_task.add_done_callback(_consume)
+        loop = asyncio.get_running_loop()
+        if self._index_task is None or self._index_task[0] is not loop or self._index_task[1].done():
+            self._index_task = (loop, asyncio.ensure_future(self._load_index()))
+            self._index_task[1].add_done_callback(_consume)
         if index is not None:
             # Expired: answer from it while it is read again, so no request waits on the table. A run retired
             # meanwhile is still caught, by the re-check when its endpoint fails.
             return index
-        return await asyncio.shield(state.index_task)
+        return await asyncio.shield(self._index_task[1])
 
     async def _load_index(self) -> _Index:
         self._index = _Index.of(await self._store(self.svc.runs.list, [State.DEPLOYED]), self._run_ttl)
@@ -324,31 +225,9 @@ class ScoringProxy:
             raise ApiError(503, "store_unavailable", "the run store could not be read; try again shortly",
                            {"Retry-After": "5"}) from None
 
-    async def _target(self, endpoint_name: str) -> ScoringTarget:
-        target = self._targets.get(endpoint_name)
-        if target is not None:
-            return target
-        state = self._loop_state()
-        task = state.target_tasks.get(endpoint_name)
-        if task is None or task.done():
-            task = state.target_tasks[endpoint_name] = asyncio.ensure_future(self._load_target(endpoint_name))
-        return await asyncio.shield(task)
-
-    async def _load_target(self, endpoint_name: str) -> ScoringTarget:
-        try:
-            target = await asyncio.to_thread(self.svc.ml.get_scoring_target, endpoint_name)
-        except NotFound:
-            raise _EndpointGone(ApiError(502, "endpoint_not_found", f"endpoint {endpoint_name} does not exist"))
-        except MLBackendError as exc:
-            log.warning("reading the scoring target of endpoint %s failed: %s", endpoint_name, type(exc).__name__)
-            raise ApiError(503, "backend_unavailable", f"the scoring address of endpoint {endpoint_name} could not "
-                                                       f"be read; try again shortly", {"Retry-After": "5"}) from None
-        self._targets[endpoint_name] = target
-        return target
-
     def _forget(self, run: Run) -> None:
         self._index = None
-        self._targets.pop(run.endpoint_name, None)
+        self.upstream.forget(run.endpoint_name)
 
     # --------------------------------------------------------------------------------- last use
 
@@ -358,7 +237,6 @@ class ScoringProxy:
         if last is not None and (now - last).total_seconds() < LAST_USE_WRITE_SECONDS:
             return
         self._last_use[run.endpoint_name] = now
-        self.last_use_writes += 1
         self._writer.submit(self._write_last_use, run.run_id, run.endpoint_name, iso(now))
 
     def _write_last_use(self, run_id: str, endpoint_name: str, at: str) -> None:
@@ -381,9 +259,7 @@ class ScoringProxy:
 
     async def close(self) -> None:
         """Close the HTTP client of the running loop and stop the last-use writer (after its pending writes)."""
-        state = self._state
-        if state is not None and state.session is not None and state.loop is asyncio.get_running_loop():
-            await state.session.close()
+        await self.upstream.close()
         self._writer.shutdown(wait=False)
 
 
@@ -396,11 +272,6 @@ def _consume(task: asyncio.Future) -> None:
 def _unknown(model: str) -> ApiError:
     return ApiError(404, "model_not_found", f"no model or run named {model[:80]!r}; GET /api/v1/models lists the "
                                             f"deployed models, GET /api/runs every run")
-
-
-def _excerpt(data: bytes, limit: int = 200) -> str:
-    text = data[:limit].decode("utf-8", "replace").strip()
-    return f": {text}" if text else ""
 
 
 _proxy: ScoringProxy | None = None

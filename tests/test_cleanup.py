@@ -1,5 +1,6 @@
-"""The idle-endpoint cleanup as a service: real Azurite (run table, report blobs), the fake ML backend at the Azure
-boundary, runs deployed through the real orchestration, and a clock the test moves forward."""
+"""The idle-endpoint cleanup as a service: the in-memory run store (the real table where the CLI, a process of its
+own, reads it), real Azurite for the report blobs, the fake ML backend at the Azure boundary, runs deployed through
+the real orchestration, and a clock the test moves forward."""
 
 import dataclasses
 import json
@@ -18,6 +19,7 @@ from shared.idle_policy import (IDLE, NOT_OWNED, ORPHANED, PROTECTED, RECENTLY_U
                                 METRICS_UNAVAILABLE)
 from shared.ml.port import TAG_APP, TAG_CREATED, TAG_RUN, PermanentError, TransientError
 from shared.orchestration import check_deployment, settle_job, submit_run
+from shared.run_store import InMemoryRunStore, RunStore
 from shared.runs import Run, State, iso, job_name_for, new_run, run_id_for
 from tests.conftest import PROJECT_ROOT
 from tests.fakes import FakeMLBackend
@@ -48,13 +50,21 @@ def fake():
     return FakeMLBackend(instant_provisioning=True)
 
 
-def make_svc(settings, fake, clock, **changes):
-    return bootstrap(settings.replace(**changes), ml=fake, clock=clock)
+@pytest.fixture
+def runs(request, settings):
+    """In memory, but the real table for the CLI tests: `chatft cleanup` runs in its own process and reads it."""
+    if "cli_run" in request.fixturenames:
+        return RunStore(settings, settings.runs_table)
+    return InMemoryRunStore()
+
+
+def make_svc(settings, fake, clock, runs, **changes):
+    return bootstrap(settings.replace(**changes), ml=fake, clock=clock, runs=runs)
 
 
 @pytest.fixture
-def svc(settings, fake, clock):
-    return make_svc(settings, fake, clock)
+def svc(settings, fake, clock, runs):
+    return make_svc(settings, fake, clock, runs)
 
 
 def deploy(svc, name: str, keep: bool = False) -> Run:
@@ -138,8 +148,8 @@ def test_cleanup_deletes_only_the_idle_owned_endpoint_after_retiring_its_run(svc
 
 
 @pytest.mark.parametrize("how", ["argument", "setting"])
-def test_dry_run_deletes_nothing_and_reports_what_it_would(settings, fake, clock, scenario, how):
-    svc = make_svc(settings, fake, clock, cleanup_dry_run=how == "setting")
+def test_dry_run_deletes_nothing_and_reports_what_it_would(settings, fake, clock, runs, scenario, how):
+    svc = make_svc(settings, fake, clock, runs, cleanup_dry_run=how == "setting")
     used, idle = scenario
     summary = run_cleanup(svc, dry_run=True) if how == "argument" else run_cleanup(svc)
 
@@ -204,12 +214,13 @@ def test_protected_and_unknown_run_endpoints_are_kept(svc, fake, clock):
     assert "begin_delete_endpoint" not in fake.calls
 
 
-def test_metrics_are_asked_only_when_enabled_and_only_about_endpoints_to_delete(settings, fake, clock, scenario):
+def test_metrics_are_asked_only_when_enabled_and_only_about_endpoints_to_delete(settings, fake, clock, runs,
+                                                                               scenario):
     used, idle = scenario
-    run_cleanup(make_svc(settings, fake, clock), dry_run=True)
+    run_cleanup(make_svc(settings, fake, clock, runs), dry_run=True)
     assert "requests_since" not in fake.calls
 
-    svc = make_svc(settings, fake, clock, cleanup_check_metrics=True)
+    svc = make_svc(settings, fake, clock, runs, cleanup_check_metrics=True)
     asked, requests_since = [], fake.requests_since
     fake.requests_since = lambda name, since: asked.append((name, since)) or requests_since(name, since)
     fake.set_requests(idle.endpoint_name, 7)  # traffic that bypassed the proxy

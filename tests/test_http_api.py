@@ -1,6 +1,7 @@
-"""The HTTP API end to end: the real function_app served by the local host on 127.0.0.1, the run store in Azurite,
-a FakeMLBackend at the Azure ML boundary whose endpoints point at a stand-in deployment served here (the Azure ML
-scoring contract: Bearer key, deployment header, `{"output": ...}`), and the official `openai` client."""
+"""The HTTP API end to end: the real function_app served by the local host on 127.0.0.1, the in-memory run store
+(the table store has its own contract tests), a FakeMLBackend at the Azure ML boundary whose endpoints point at a
+stand-in deployment served here (the Azure ML scoring contract: Bearer key, deployment header, `{"output": ...}`),
+and the official `openai` client."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from chatft_local.host import LocalHost
 from shared.bootstrap import bootstrap, override_services
+from shared.run_store import InMemoryRunStore
 from shared.runs import Run, State, endpoint_name_for, iso, new_run, utcnow
 from shared.scoring_proxy import close_proxy, proxy
 from tests.fakes import FakeMLBackend
@@ -154,7 +156,8 @@ def api(host, deployment, settings):
     backend = StandInBackend(deployment.base_url)
     deployment.backend = backend
     clock = Clock()
-    svc = bootstrap(settings.replace(score_timeout_seconds=SCORE_TIMEOUT), ml=backend, clock=clock)
+    svc = bootstrap(settings.replace(score_timeout_seconds=SCORE_TIMEOUT), ml=backend, clock=clock,
+                    runs=InMemoryRunStore())
     override_services(svc)
     yield Api(host, svc, backend, clock, deployment)
     # Close the proxy's HTTP client on the host's loop, where it was made.
@@ -184,7 +187,9 @@ class Api:
     def run(self, state: State = State.DEPLOYED, name: str = "phi-chat", endpoint: bool = True, **fields) -> Run:
         """A run in `state` with a registered model; Deployed runs get an endpoint in the backend."""
         run_id = f"{name}-{uuid.uuid4().hex[:12]}"
-        now = utcnow()
+        # Runs made one after another are newer one after another (times are kept to the millisecond).
+        now = max(utcnow(), getattr(self, "_last_created", utcnow()) + timedelta(milliseconds=1))
+        self._last_created = now
         run = new_run(run_id, now)
         for step in (State.VALIDATING, State.QUEUED, State.SUBMITTED, State.TRAINED):
             run = run.advance(step, now)
@@ -323,23 +328,32 @@ def test_malformed_bodies_get_400_saying_what_is_wrong(api):
              (json.dumps({"input_data": {"input_string": []}}).encode(), "non-empty list"),
              (json.dumps({"input_data": {"input_string": [{"role": "robot", "content": "x"}]}}).encode(),
               "input_string[0].role must be one of system, user, assistant"),
-             (json.dumps({"input_data": {"input_string": ["x"], "parameters": {"temperature": "hot"}}}).encode(),
-              "parameters.temperature must be a number")]
+             (json.dumps({"input_data": {"input_string": [{"role": "user", "content": "x"}],
+                                         "parameters": {"temperature": "hot"}}}).encode(),
+              "parameters.temperature must be a number"),
+             # Plain strings are the text-generation shape: a chat deployment would fail on them (a 502 before).
+             (json.dumps({"input_data": {"input_string": ["What is LoRA?"]}}).encode(),
+              "input_data.input_string[0] must be a message {role, content}"),
+             (json.dumps({"input_data": {"input_string": [{"role": "user", "content": "x"}],
+                                         "parameters": {"top_p": 0}}}).encode(), "top_p must be a number above 0")]
+    seen = len(api.deployment.seen)
     for raw, fragment in cases:
         response = api.post("/score", raw=raw)
         assert response.status_code == 400, raw
         assert error_of(response)["code"] == "invalid_body"
         assert fragment in error_of(response)["message"], (raw, error_of(response))
+    assert len(api.deployment.seen) == seen  # nothing malformed reached the deployment
 
     client = api.openai()
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="bad-model", n=2, messages=[{"role": "user", "content": "x"}])
     assert "n must be 1" in caught.value.message
-    assert caught.value.body["type"] == "invalid_request_error"
+    assert caught.value.body["type"] == "invalid_request_error" and caught.value.body["param"] == "n"
     response = api.post("/v1/chat/completions", {"model": "bad-model", "messages": [{"role": "tool", "content": "x"}]})
     assert response.status_code == 400
     assert "tool messages are not supported" in error_of(response)["message"]
     assert set(error_of(response)) == {"message", "type", "param", "code"}
+    assert error_of(response)["param"] == "messages"
 
 
 def test_unknown_model_is_404(api):
@@ -507,7 +521,6 @@ def test_last_use_is_recorded_at_most_once_a_minute(api):
     assert api.post(f"/score/{run.run_id}", chat("x")).status_code == 200
     proxy().flush()
     assert api.svc.runs.get(run.run_id).last_used_at == iso(api.clock.now)
-    assert proxy().last_use_writes == 2
     # A run retired meanwhile is not written back to Deployed, nor its last use moved.
     api.retire(run)
     api.clock.advance(61)

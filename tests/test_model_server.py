@@ -13,6 +13,9 @@ import pytest
 import requests
 
 from chatft_local.workspace.endpoints import free_port, last_log_line
+from shared.api_errors import ApiError
+from shared.protocol import ScoringParameters
+from shared.scoring import check_score_request
 from tests.harness_local import build_chat_model, notebook_request, poll
 
 pytestmark = pytest.mark.slow
@@ -145,7 +148,8 @@ def _with(**changes):
     (_with(max_new_tokens=1.5), "max_new_tokens"),
     (_with(max_new_tokens=0), "max_new_tokens"),
     (_with(max_new_tokens=True), "max_new_tokens"),
-    (_with(stop=["\n"]), "unsupported parameters: stop"),
+    (_with(top_k=-1), "top_k"),
+    (_with(return_full_text="no"), "return_full_text"),
     ({"input_data": {"input_string": CONVERSATION, "parameters": [1]}}, "parameters"),
 ])
 def test_a_bad_request_is_refused_saying_what_is_wrong(server, body, says):
@@ -196,3 +200,49 @@ def test_a_missing_key_file_ends_the_server(tmp_path, model_dir):
     process, _ = start_server(model_dir, tmp_path / "no-such-key", tmp_path / "server.log")
     assert process.wait(60) == 1
     assert "key file" in last_log_line(tmp_path / "server.log")
+
+
+def _parameter_cases() -> list[tuple[str, object, bool]]:
+    """Every documented scoring parameter at the edges of its declared range (from the contract's JSON schema),
+    with whether the contract accepts it."""
+    cases = []
+    for name, spec in ScoringParameters.model_json_schema()["properties"].items():
+        schema = next(s for s in spec["anyOf"] if s["type"] != "null")
+        if schema["type"] == "boolean":
+            cases += [(name, True, True), (name, False, True), (name, "yes", False), (name, 1, False)]
+            continue
+        whole = schema["type"] == "integer"
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if low is not None:
+            cases += [(name, low, True), (name, low - 1, False)]
+        if "exclusiveMinimum" in schema:
+            edge = schema["exclusiveMinimum"]
+            cases += [(name, edge, False), (name, edge + (1 if whole else 0.5), True)]
+        if high is not None:
+            cases += [(name, high, True), (name, high + 1, False)]
+        cases += [(name, "7", False), (name, True, False)] + ([(name, 1.5, False)] if whole else [(name, 1.5, True)]
+                                                               if high is None or high >= 1.5 else [])
+    return cases
+
+
+@pytest.mark.parametrize("name, value, accepted", _parameter_cases())
+def test_every_documented_parameter_is_taken_alike_by_the_proxy_and_the_model_server(server, name, value, accepted):
+    body = notebook_request(CONVERSATION)
+    body["input_data"]["parameters"] = {"max_new_tokens": 2, "do_sample": True, name: value}  # sampling uses all
+    try:
+        check_score_request(body)  # the proxy's check
+        proxy_accepts = True
+    except ApiError as err:
+        assert err.status == 400 and name in err.message
+        proxy_accepts = False
+    response = score(server, body)
+    assert proxy_accepts == accepted
+    assert response.status_code == (200 if accepted else 400), response.text
+    if not accepted:
+        assert f"parameters.{name}" in response.json()["error"]
+
+
+def test_parameters_the_contract_does_not_name_pass_the_proxy_and_are_ignored_by_the_model_server(server):
+    body = _with(num_beams=2, stop=["\n"])
+    check_score_request(body)
+    assert score(server, body).status_code == 200

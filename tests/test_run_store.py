@@ -1,19 +1,33 @@
-"""The run store against a real Azurite table: create-if-absent, listing, and compare-and-swap updates."""
+"""The run-store contract, run against both implementations: the table store on a real Azurite table and the
+in-memory store the service tests use. Create-if-absent, listing, and compare-and-swap updates; chunking of large
+runs is the table store's own."""
 
 import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.run_store import RunConflict, RunNotFound, RunStore
+from shared.run_store import InMemoryRunStore, RunConflict, RunNotFound, RunStore
 from shared.runs import IllegalTransition, State, new_run
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
+def make_store(kind: str, request, max_attempts: int = 10):
+    if kind == "memory":
+        return InMemoryRunStore(max_attempts=max_attempts)
+    azurite, unique = request.getfixturevalue("azurite"), request.getfixturevalue("unique")
+    return RunStore(azurite, f"{unique}runs", max_attempts=max_attempts)
+
+
+@pytest.fixture(params=["table", "memory"])
+def kind(request):
+    return request.param
+
+
 @pytest.fixture
-def store(azurite, unique):
-    return RunStore(azurite, f"{unique}runs")
+def store(kind, request):
+    return make_store(kind, request)
 
 
 def test_create_is_if_absent(store):
@@ -38,7 +52,8 @@ def test_list_newest_first_with_state_filter(store):
     assert [r.run_id for r in store.list(states=[State.RECEIVED], limit=1)] == ["r2"]
 
 
-def test_large_runs_are_stored_in_chunks(store):
+def test_large_runs_are_stored_in_chunks(azurite, unique):
+    store = RunStore(azurite, f"{unique}runs")
     run = new_run("big", T0, report={"errors": [{"line": i, "message": "x" * 100} for i in range(2000)]})
     store.create(run)
     assert store.get("big").report == run.report
@@ -48,6 +63,14 @@ def test_update_returns_unchanged_when_nothing_to_do(store):
     created, _ = store.create(new_run("r1", T0))
     same = store.update("r1", lambda r: None)
     assert same.etag == created.etag
+
+
+def test_each_write_gets_a_new_etag_and_readers_get_copies(store):
+    created, _ = store.create(new_run("r1", T0))
+    moved = store.update("r1", lambda r: r.advance(State.VALIDATING, T0))
+    assert moved.etag and moved.etag != created.etag and store.get("r1").etag == moved.etag
+    store.get("r1").metrics["changed"] = 1  # a reader's copy, not the stored run
+    assert store.get("r1").metrics == {} and store.list()[0].etag == moved.etag
 
 
 def test_illegal_transition_propagates_and_writes_nothing(store):
@@ -98,8 +121,8 @@ def test_stale_etag_write_is_refused_and_reapplied(store):
     assert result.state == State.QUEUED
 
 
-def test_gives_up_with_conflict_when_always_losing(azurite, unique):
-    store = RunStore(azurite, f"{unique}runs", max_attempts=3)
+def test_gives_up_with_conflict_when_always_losing(kind, request):
+    store = make_store(kind, request, max_attempts=3)
     store.create(new_run("r1", T0))
 
     def change(run):

@@ -75,3 +75,15 @@ def test_endpoint_names_are_valid(blob):
 
 def test_slug_strips_path_tricks():
     assert slug("../../etc/passwd") == "etc-passwd"
+
+
+@pytest.mark.parametrize("state, model, refused", [
+    (State.RETIRED, "m", None), (State.FAILED, "m", None),
+    (State.FAILED, "", "has no registered model"), (State.RETIRED, "", "has no registered model"),
+    (State.DEPLOYED, "m", "Deployed already"), (State.DEPLOYING, "m", "Deploying already"),
+    (State.REGISTERED, "m", "has no registered model"), (State.QUEUED, "", "has no registered model"),
+])
+def test_the_redeploy_rule(state, model, refused):
+    run = Run(run_id="r-1", state=state, created_at="2026-01-01T00:00:00.000Z", model_name=model)
+    assert run.redeployable() is (refused is None)
+    assert refused is None and run.redeploy_refusal() is None or refused in run.redeploy_refusal()

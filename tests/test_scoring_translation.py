@@ -12,12 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from shared.api_errors import ApiError, error_body, openai_error_body, parse_body
+from shared.protocol import MAX_TOKENS, ChatCompletion, ModelCard, ModelList, RunView
+from shared.run_views import is_model_ref, model_list, run_query, run_view
 from shared.runs import State, new_run
-from shared.scoring import (MAX_TOKENS, ApiError, ChatRequest, apply_stop, chat_completion, chat_request,
-                            check_score_request, completion_events, error_body, is_model_ref, model_list,
-                            openai_error_body, output_text, parse_body, run_query, run_view)
+from shared.scoring import (Translated, apply_stop, chat_completion, chat_request, check_score_request,
+                            completion_events, output_text)
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+USER = [{"role": "user", "content": "x"}]
 NOTEBOOK = {"input_data": {"input_string": [{"role": "user", "content": "What is LoRA?"}],
                            "parameters": {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}},
             "params": {}}
@@ -42,7 +45,6 @@ def test_parse_body_limits_and_json():
 
 def test_the_notebook_request_passes():
     check_score_request(NOTEBOOK)
-    check_score_request({"input_data": {"input_string": ["plain prompt"]}})  # text-generation shape
     check_score_request({"input_data": {"input_string": [{"role": "user", "content": "x"}],
                                         "parameters": {"num_beams": 2}}})  # unknown parameters pass on
 
@@ -51,21 +53,29 @@ def test_the_notebook_request_passes():
     ([], "the body must be a JSON object"),
     ({}, "input_data is required"),
     ({"input_data": []}, "input_data must be an object"),
-    ({"input_data": {}}, "input_data.input_string must be a non-empty list"),
-    ({"input_data": {"input_string": [1]}}, "input_string[0] must be a message"),
+    ({"input_data": {}}, "input_data.input_string is required and must be a non-empty list"),
+    ({"input_data": {"input_string": []}}, "input_data.input_string must be a non-empty list"),
+    ({"input_data": {"input_string": [1]}}, "input_string[0] must be a message {role, content}"),
+    ({"input_data": {"input_string": ["plain prompt"]}}, "input_string[0] must be a message {role, content}"),
     ({"input_data": {"input_string": [{"role": "tool", "content": "x"}]}}, "input_string[0].role must be one of"),
-    ({"input_data": {"input_string": [{"role": "user"}]}}, "input_string[0].content must be a string"),
-    ({"input_data": {"input_string": ["x"], "parameters": []}}, "parameters must be an object"),
-    ({"input_data": {"input_string": ["x"], "parameters": {"top_p": 1.5}}}, "top_p must be at least 0 and at most 1"),
-    ({"input_data": {"input_string": ["x"], "parameters": {"max_new_tokens": 0}}}, "max_new_tokens must be a whole"),
-    ({"input_data": {"input_string": ["x"], "parameters": {"max_new_tokens": True}}}, "max_new_tokens must be"),
-    ({"input_data": {"input_string": ["x"], "parameters": {"do_sample": "yes"}}}, "do_sample must be true or false"),
-    ({"input_data": {"input_string": ["x"]}, "params": 3}, "params must be an object"),
+    ({"input_data": {"input_string": [{"role": "user"}]}}, "input_string[0].content is required and must be a string"),
+    ({"input_data": {"input_string": USER, "parameters": []}}, "parameters must be an object"),
+    ({"input_data": {"input_string": USER, "parameters": {"top_p": 1.5}}}, "top_p must be a number above 0 and at "
+                                                                          "most 1"),
+    ({"input_data": {"input_string": USER, "parameters": {"top_p": 0}}}, "top_p must be a number above 0"),
+    ({"input_data": {"input_string": USER, "parameters": {"top_k": -1}}}, "top_k must be a whole number from 0"),
+    ({"input_data": {"input_string": USER, "parameters": {"max_new_tokens": 0}}}, "max_new_tokens must be a whole"),
+    ({"input_data": {"input_string": USER, "parameters": {"max_new_tokens": True}}}, "max_new_tokens must be"),
+    ({"input_data": {"input_string": USER, "parameters": {"max_new_tokens": 1.5}}}, "max_new_tokens must be"),
+    ({"input_data": {"input_string": USER, "parameters": {"do_sample": "yes"}}}, "do_sample must be true or false"),
+    ({"input_data": {"input_string": USER, "parameters": {"return_full_text": 1}}}, "return_full_text must be true"),
+    ({"input_data": {"input_string": USER}, "params": 3}, "params must be an object"),
 ])
 def test_score_request_problems_are_named(doc, fragment):
     err = problem(check_score_request, doc)
     assert err.status == 400 and err.code == "invalid_body"
     assert fragment in err.message and "Expected" in err.message
+    assert err.param in (None, "input_data", "params")  # the top-level field at fault
 
 
 def test_many_problems_are_counted_not_all_listed():
@@ -114,7 +124,8 @@ def test_chat_request_parameters():
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be"),
     ({"stop": [""]}, "stop must be"),
     ({"stream": "yes"}, "stream must be true or false"),
-    ({"stream_options": {"include_usage": "yes"}}, "stream_options must be"),
+    ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage must be true or false"),
+    ({"stream_options": 3}, "stream_options must be an object"),
     ({"tools": [{"type": "function"}]}, "tools are not supported"),
     ({"logprobs": True}, "logprobs must be false"),
     ({"response_format": {"type": "json_object"}}, "structured output is not supported"),
@@ -123,6 +134,7 @@ def test_chat_request_problems_are_named(change, fragment):
     doc = {"model": "m", "messages": [{"role": "user", "content": "x"}], **change}
     err = problem(chat_request, doc)
     assert err.status == 400 and fragment in err.message, err.message
+    assert err.param == next(iter(change))  # OpenAI names the offending parameter
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -175,24 +187,25 @@ def test_apply_stop_cuts_at_the_first_sequence():
 
 
 def test_chat_completion_with_and_without_usage():
-    request = ChatRequest(model="m", scoring_request={}, stop=("\nUser:",))
+    request = Translated(model="m", scoring_request={}, stop=("\nUser:",))
     plain = chat_completion(request, {"output": "hello\nUser: more"}, CIMultiDict(), "chatcmpl-1", 123)
-    assert plain == {"id": "chatcmpl-1", "object": "chat.completion", "created": 123, "model": "m",
+    assert plain.model_dump(exclude_none=True) == {"id": "chatcmpl-1", "object": "chat.completion", "created": 123,
+                                                   "model": "m",
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
                                   "finish_reason": "stop"}]}
     headers = CIMultiDict({"X-Chatft-Prompt-Tokens": "7", "x-chatft-completion-tokens": "3",
                            "x-chatft-finish-reason": "length"})
-    counted = chat_completion(ChatRequest("m", {}), {"output": "hi"}, headers, "c", 1)
-    assert counted["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
-    assert counted["choices"][0]["finish_reason"] == "length"
+    counted = chat_completion(Translated("m", {}), {"output": "hi"}, headers, "c", 1)
+    assert counted.usage.model_dump() == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert counted.choices[0].finish_reason == "length"
     odd = CIMultiDict({"x-chatft-prompt-tokens": "-1", "x-chatft-completion-tokens": "²",
                        "x-chatft-finish-reason": "banana"})
-    guarded = chat_completion(ChatRequest("m", {}), {"output": "hi"}, odd, "c", 1)
-    assert "usage" not in guarded and guarded["choices"][0]["finish_reason"] == "stop"
+    guarded = chat_completion(Translated("m", {}), {"output": "hi"}, odd, "c", 1)
+    assert guarded.usage is None and guarded.choices[0].finish_reason == "stop"
 
 
 def test_completion_events_follow_openai_chunks():
-    completion = chat_completion(ChatRequest("m", {}), {"output": "hi there"},
+    completion = chat_completion(Translated("m", {}), {"output": "hi there"},
                                  CIMultiDict({"x-chatft-prompt-tokens": "2", "x-chatft-completion-tokens": "2"}),
                                  "c1", 5)
     raw = completion_events(completion, include_usage=True).decode()
@@ -203,7 +216,7 @@ def test_completion_events_follow_openai_chunks():
     assert events[1]["choices"][0]["delta"] == {"content": "hi there"}
     assert events[2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
     assert events[3]["choices"] == [] and events[3]["usage"]["total_tokens"] == 4
-    empty = chat_completion(ChatRequest("m", {}), {"output": ""}, CIMultiDict(), "c2", 5)
+    empty = chat_completion(Translated("m", {}), {"output": ""}, CIMultiDict(), "c2", 5)
     assert completion_events(empty).count(b"data: ") == 3  # no content chunk for an empty answer
 
 
@@ -213,6 +226,7 @@ def test_error_shapes():
     assert openai_error_body(err) == {"error": {"message": "gone; redeploy", "type": "invalid_request_error",
                                                 "param": None, "code": "model_retired"}}
     assert openai_error_body(ApiError(502, "upstream_error", "x"))["error"]["type"] == "api_error"
+    assert openai_error_body(ApiError(400, "invalid_body", "n must be 1", param="n"))["error"]["param"] == "n"
 
 
 # ------------------------------------------------------------------------------ models and runs
@@ -236,6 +250,8 @@ def test_model_list_names_then_run_ids():
     assert [m["id"] for m in listing["data"]] == ["chat", "other", "a-2", "b-1", "a-1"]  # newest first
     assert listing["data"][0]["created"] == int(T0.replace(hour=5).timestamp())
     assert {m["object"] for m in listing["data"]} == {"model"}
+    assert ModelList.model_validate(listing).model_dump() == listing  # the declared contract, nothing more
+    assert ModelCard.model_validate(listing["data"][0]).model_dump() == listing["data"][0]
 
 
 def test_run_view_lists_what_a_caller_needs():
@@ -250,6 +266,8 @@ def test_run_view_lists_what_a_caller_needs():
     assert run_view(retired)["links"]["deploy"] == "/api/runs/a-1/deploy"
     received = run_view(new_run("r-1", T0))
     assert received["job"] is None and received["model"] is None and received["endpoint"] is None
+    for view in (run_view(run), run_view(retired), received):  # the declared contract, nothing more or less
+        assert RunView.model_validate(view).model_dump(exclude_unset=True) == view
 
 
 def test_run_query():

@@ -7,6 +7,8 @@
 `{"input_data": {"input_string": [{"role", "content"}, ...], "parameters": {...}}, "params": {}}` (one
 conversation) and answers `{"output": "<assistant text>"}`, as Azure ML chat deployments do; headers
 `x-chatft-prompt-tokens`, `x-chatft-completion-tokens` and `x-chatft-finish-reason` (`stop`/`length`) carry usage.
+The request is checked with the proxy's contract (`shared.protocol.ScoreRequest`): what the proxy accepts, this
+server accepts (`return_full_text` changes nothing: the answer is the assistant's turn).
 Errors are `{"error": "<what is wrong>"}`: 400 bad request, 401 wrong or missing key, 404 unknown deployment,
 413 body too large, 503 still loading. `GET /` and `GET /health` answer 200 once the model is loaded (503 before).
 
@@ -33,10 +35,11 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from shared.protocol import Problem, ScoreAnswer, ScoreRequest, parse
+
 log = logging.getLogger("chatft.model_server")
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
-ROLES = frozenset({"system", "user", "assistant"})
 DEFAULT_MAX_NEW_TOKENS = 256
 FORWARD_TIMEOUT_SECONDS = 300.0
 # Phi-3's chat format, for a local base model whose tokenizer carries no chat template.
@@ -67,68 +70,29 @@ class Completion:
     finish_reason: str  # "stop" (end of sequence) or "length" (max_new_tokens reached)
 
 
-def _number(params: dict[str, Any], name: str, low: float, high: float | None, low_open: bool = False) -> float | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"parameters.{name} must be a number")
-    if value < low or (low_open and value == low) or (high is not None and value > high):
-        bounds = f"{'above' if low_open else 'at least'} {low:g}"
-        if high is not None:
-            bounds += f" and at most {high:g}"
-        raise BadRequest(f"parameters.{name} must be {bounds}")
-    return float(value)
-
-
-def _integer(params: dict[str, Any], name: str, low: int) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"parameters.{name} must be an integer")
-    if value < low:
-        raise BadRequest(f"parameters.{name} must be at least {low}")
-    return value
-
-
 def parse_scoring_request(body: Any, max_new_tokens_limit: int) -> ScoringRequest:
-    """The scoring request in `body` (parsed JSON), checked; `max_new_tokens` is clamped to the limit."""
-    if not isinstance(body, dict) or not isinstance(body.get("input_data"), dict):
-        raise BadRequest("the body must be a JSON object with an input_data object")
-    data = body["input_data"]
-    messages = data.get("input_string")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("input_data.input_string must be a non-empty list of messages ({role, content}) of one "
-                         "conversation")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise BadRequest(f"input_data.input_string[{i}] must be an object with string role and content")
-        if message.get("role") not in ROLES:
-            raise BadRequest(f"input_data.input_string[{i}].role must be one of {', '.join(sorted(ROLES))}")
-    params = data.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise BadRequest("input_data.parameters must be an object")
-    unknown = sorted(set(params) - {"temperature", "top_p", "top_k", "do_sample", "max_new_tokens",
-                                    "repetition_penalty"})
-    if unknown:
-        raise BadRequest(f"unsupported parameters: {', '.join(unknown)[:200]} (supported: temperature, top_p, top_k, "
-                         f"do_sample, max_new_tokens, repetition_penalty)")
-    do_sample = params.get("do_sample", False)
-    if not isinstance(do_sample, bool):
-        raise BadRequest("parameters.do_sample must be true or false")
-    temperature = _number(params, "temperature", 0.0, None)
+    """The scoring request in `body` (parsed JSON), checked with the proxy's own contract
+    (`shared.protocol.ScoreRequest`), so whatever the proxy forwards is accepted here; `max_new_tokens` is clamped
+    to the limit. Parameters the contract does not name are ignored (a real deployment may know more)."""
+    try:
+        request = parse(ScoreRequest, body)
+    except Problem as problem:
+        raise BadRequest(str(problem)) from None
+    params = request.input_data.parameters
+    ignored = sorted(params.model_extra or {})
+    if ignored:
+        log.info("ignored parameters: %s", ", ".join(ignored)[:200])
+    do_sample, temperature = bool(params.do_sample), params.temperature
     if temperature == 0.0:
         do_sample, temperature = False, None  # temperature 0 means greedy, as OpenAI-style callers mean it
-    max_new_tokens = _integer(params, "max_new_tokens", 1)
     return ScoringRequest(
-        messages=[{"role": m["role"], "content": m["content"]} for m in messages],
-        max_new_tokens=min(max_new_tokens or DEFAULT_MAX_NEW_TOKENS, max_new_tokens_limit),
+        messages=[{"role": m.role, "content": m.content} for m in request.input_data.input_string],
+        max_new_tokens=min(params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, max_new_tokens_limit),
         do_sample=do_sample,
         temperature=temperature,
-        top_p=_number(params, "top_p", 0.0, 1.0, low_open=True),
-        top_k=_integer(params, "top_k", 1),
-        repetition_penalty=_number(params, "repetition_penalty", 0.0, None, low_open=True),
+        top_p=params.top_p,
+        top_k=params.top_k or None,  # 0 turns top-k filtering off, as in transformers
+        repetition_penalty=params.repetition_penalty,
     )
 
 
@@ -263,7 +227,7 @@ class ModelServer:
                 completion = await asyncio.to_thread(self.model.complete, scoring)
             except BadRequest as e:
                 return _error(400, str(e))
-        return web.json_response({"output": completion.text}, headers={
+        return web.json_response(ScoreAnswer(output=completion.text).model_dump(), headers={
             DEPLOYMENT_HEADER: self.deployment,
             "x-chatft-prompt-tokens": str(completion.prompt_tokens),
             "x-chatft-completion-tokens": str(completion.completion_tokens),

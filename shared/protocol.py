@@ -1,0 +1,405 @@
+"""The HTTP wire contracts, each declared once as a pydantic v2 model: the Azure ML scoring request and answer,
+OpenAI's chat request, answer, chunk, model list and error, the API's error, and the run view.
+
+The proxy validates requests with these models, the local model server validates the same scoring request with
+the same model (so anything the proxy accepts the stand-in deployment accepts), and the OpenAPI document is
+generated from them (`shared.openapi`). After vLLM's `entrypoints/openai/protocol.py`, trimmed to this product.
+
+Validation is strict (JSON types as sent: `true` is not a number, `1.0` is not a whole number). A problem is
+reported as `<where> <rule>`: the rule is the field's `description`, so the message a caller reads, the check
+and the document say the same thing. pydantic is imported only by the routes that use it (cold start).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from .run_views import MAX_RUNS_LIMIT, MODEL_REF_PATTERN, RUN_ID_PATTERN  # noqa: F401  (the document's)
+
+MAX_TOKENS = 1_000_000  # above any deployed model's context; bounds the integers a caller may send
+MAX_STOP_SEQUENCES = 4  # as OpenAI
+MAX_PROBLEMS = 10  # problems named in one 400; more are counted
+MESSAGE_ROLES = ("system", "user", "assistant")
+# OpenAI's "developer" role is its newer name for "system"; the deployments only know the three above.
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+FINISH_REASONS = ("stop", "length")
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 8.0 is the whole number 8 (JSON Schema's "integer" says so too), 8.5 is not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+_Whole = BeforeValidator(_integral)
+Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS), _Whole]
+TopK = Annotated[int, Field(ge=0, le=MAX_TOKENS), _Whole]
+OnlyOne = Annotated[int, Field(ge=1, le=1), _Whole]
+_TOKENS = f"must be a whole number from 1 to {MAX_TOKENS}"
+
+
+class Contract(BaseModel):
+    """A wire model. `shape` names it in a problem ("must be <shape>") when a value is not an object at all."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+    shape: ClassVar[str] = "an object"
+
+
+# ----------------------------------------------------------------------- the Azure ML scoring request
+
+
+class Message(Contract):
+    """One turn of the conversation."""
+
+    shape: ClassVar[str] = "a message {role, content}"
+    role: Literal["system", "user", "assistant"] = Field(description="must be one of " + ", ".join(MESSAGE_ROLES))
+    content: str = Field(description="must be a string")
+
+
+class ScoringParameters(Contract):
+    """Generation parameters of an Azure ML chat deployment (transformers `generate` options). Each is checked the
+    same way by the proxy and the local model server; others are passed on unchecked (deployments of other models
+    may understand more `generate` options; the local model server ignores them)."""
+
+    model_config = ConfigDict(extra="allow")
+    temperature: float | None = Field(None, ge=0, description="must be a number at least 0 (0 decodes greedily)")
+    top_p: float | None = Field(None, gt=0, le=1, description="must be a number above 0 and at most 1")
+    # transformers: top_k 0 turns top-k filtering off.
+    top_k: TopK | None = Field(None, description=f"must be a whole number from 0 to {MAX_TOKENS} (0: no top-k "
+                                                 f"filtering)")
+    max_new_tokens: Tokens | None = Field(None, description=_TOKENS)
+    repetition_penalty: float | None = Field(None, gt=0, description="must be a number above 0")
+    do_sample: bool | None = Field(None, description="must be true or false")
+    return_full_text: bool | None = Field(None, description="must be true or false (chat deployments answer with "
+                                                            "the assistant's turn only either way)")
+
+
+class ScoringInput(Contract):
+    shape: ClassVar[str] = "an object"
+    input_string: list[Message] = Field(min_length=1, description="must be a non-empty list of messages "
+                                                                  "{role, content} of one conversation")
+    parameters: ScoringParameters = Field(default_factory=ScoringParameters, description="must be an object")
+
+
+class ScoreRequest(Contract):
+    """The Azure ML chat-completion scoring request, as the fine-tuning notebook sends it."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
+        "input_data": {"input_string": [{"role": "user", "content": "What is LoRA?"}],
+                       "parameters": {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}},
+        "params": {}}})
+    shape: ClassVar[str] = "a JSON object"
+    expected: ClassVar[str] = ('{"input_data": {"input_string": [{"role": "user", "content": "..."}], "parameters": '
+                               '{"temperature": 0.6, "top_p": 0.9, "do_sample": true, "max_new_tokens": 200}}, '
+                               '"params": {}}')
+    input_data: ScoringInput = Field(description="must be an object")
+    params: dict[str, Any] = Field(default_factory=dict, description="must be an object")
+
+
+class ScoreAnswer(Contract):
+    """What a chat deployment answers."""
+
+    model_config = ConfigDict(json_schema_extra={"example": {"output": "LoRA trains small low-rank matrices."}})
+    output: str
+
+
+# ---------------------------------------------------------------------------- OpenAI Chat Completions
+
+
+class TextPart(Contract):
+    shape: ClassVar[str] = 'a text part {"type": "text", "text": "..."}: images, audio and files are not supported'
+    type: Literal["text"] = Field(description='must be "text": images, audio and files are not supported')
+    text: str = Field(description="must be a string")
+
+
+class ChatMessage(Contract):
+    model_config = ConfigDict(extra="ignore")
+    shape: ClassVar[str] = "an object {role, content}"
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="must be one of " + ", ".join(CHAT_ROLES) + " (tool messages are not supported; developer "
+                                                                 "is taken as system)")
+    content: str | list[TextPart] = Field(description="must be a string or a list of text parts")
+
+
+class StreamOptions(Contract):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = Field(False, description="must be true or false")
+
+
+class ResponseFormat(Contract):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"] = Field(description='must be "text": structured output is not supported')
+
+
+StopText = Annotated[str, Field(min_length=1)]
+_STOP = f"must be a non-empty string or a list of up to {MAX_STOP_SEQUENCES} of them"
+
+
+def _refused(why: str) -> Any:
+    return Field(None, description=f"is set: {why} by this API")
+
+
+class ChatCompletionRequest(Contract):
+    """OpenAI Chat Completions, translated to the scoring request: `messages` become `input_string`;
+    `temperature` (0 decodes greedily, above 0 samples), `top_p` and `max_completion_tokens`/`max_tokens` become
+    generation parameters (left out: the model's defaults). `stop` sequences cut the answer. Other OpenAI fields
+    are ignored; those the deployments cannot honour are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+    shape: ClassVar[str] = "a JSON object"
+    expected: ClassVar[str] = ('an OpenAI Chat Completions request: {"model": "<model>", "messages": [{"role": "user", '
+                               '"content": "..."}], "temperature": 0.6, "top_p": 0.9, "max_tokens": 200}')
+    model: str = Field(min_length=1, description="is required: a deployed model name or run id (see GET "
+                                                 "/api/v1/models)")
+    messages: list[ChatMessage] = Field(min_length=1, description="must be a non-empty list of {role, content}")
+    temperature: float | None = Field(None, ge=0, le=2, description="must be at least 0 and at most 2")
+    top_p: float | None = Field(None, ge=0, le=1, description="must be at least 0 and at most 1")
+    max_tokens: Tokens | None = Field(None, description=_TOKENS)
+    max_completion_tokens: Tokens | None = Field(None, description=_TOKENS)
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
+        None, description=_STOP)
+    n: OnlyOne | None = Field(None, description="must be 1: one choice per request")
+    stream: bool | None = Field(None, description="must be true or false")
+    stream_options: StreamOptions | None = Field(None, description='must be an object {"include_usage": true|false}')
+    response_format: ResponseFormat | None = Field(
+        None, description='must be {"type": "text"} or left out: structured output is not supported')
+    logprobs: Literal[False] | None = Field(
+        None, description="must be false or left out: log probabilities are not available")
+    # OpenAI features the deployments cannot honour: a request using one is refused rather than half answered.
+    tools: None = _refused("tools are not supported")
+    tool_choice: None = _refused("tool_choice is not supported")
+    functions: None = _refused("functions are not supported")
+    function_call: None = _refused("function_call is not supported")
+    audio: None = _refused("audio output is not supported")
+
+
+class Usage(Contract):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(Contract):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(Contract):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(Contract):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = Field(None, description="Present when the deployment reports token counts.")
+
+
+class Delta(Contract):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(Contract):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(Contract):
+    """One server-sent `chat.completion.chunk` event; the last one carries only `usage` when it was asked for."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(Contract):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "chatft"
+
+
+class ModelList(Contract):
+    """Each registered model name with a Deployed run (its newest run serves it), then the run ids of Deployed runs
+    not listed by name."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class OpenAIErrorDetail(Contract):
+    message: str
+    type: Literal["invalid_request_error", "api_error"]
+    param: str | None = Field(None, description="The request parameter at fault (e.g. `n`, `messages`), as OpenAI "
+                                                "names it; null when the error is not about one parameter.")
+    code: str
+
+
+class OpenAIError(Contract):
+    error: OpenAIErrorDetail
+
+
+class ErrorDetail(Contract):
+    code: str = Field(description="Stable error code, e.g. model_retired.")
+    message: str = Field(description="What is wrong and what to do.")
+
+
+class Error(Contract):
+    error: ErrorDetail
+
+
+# ------------------------------------------------------------------------------------------ run view
+
+
+class Step(Contract):
+    state: str
+    at: str
+    detail: str = ""
+    kind: Literal["retry"] | None = Field(None, description="Set on a line that is not a move: `retry`, a step "
+                                                            "that failed transiently, tried again after "
+                                                            "`delay_seconds`.")
+    delay_seconds: float | None = None
+
+
+class UploadView(Contract):
+    container: str | None = None
+    blob: str | None = None
+    size: int | None = None
+
+
+class JobView(Contract):
+    name: str
+    status: str
+
+
+class ModelView(Contract):
+    name: str
+    version: str
+    id: str
+
+
+class EndpointView(Contract):
+    name: str
+    deployment: str
+    scoring_uri: str
+    last_used_at: str | None
+    keep: bool
+
+
+class FailureView(Contract):
+    stage: str
+    reason: str
+
+
+class RunView(Contract):
+    """A run's status, as `GET /api/runs` shows it. Endpoint keys are never kept on a run, and fields are listed
+    one by one so nothing new appears unreviewed."""
+
+    run_id: str
+    state: str
+    created_at: str
+    updated_at: str
+    history: list[Step]
+    upload: UploadView
+    report: dict[str, Any] = Field(description="Validation summary (the full report is `report_path` in "
+                                               "RUNS_CONTAINER).")
+    job: JobView | None
+    metrics: dict[str, Any]
+    model: ModelView | None
+    endpoint: EndpointView | None
+    failure: FailureView | None
+    reconciled_at: str | None = Field(None, description="When the reconciler last checked the run with the "
+                                                        "backend.")
+    links: dict[str, str]
+
+
+class RunList(Contract):
+    runs: list[RunView]
+    count: int
+
+
+# ------------------------------------------------------------------------------------- problems
+
+
+class Problem(ValueError):
+    """A request did not match its contract: `problems` are `(param, text)` pairs, `text` naming where and why."""
+
+    def __init__(self, problems: list[tuple[str, str]], expected: str):
+        self.problems = problems
+        shown = [text for _, text in problems[:MAX_PROBLEMS]]
+        more = len(problems) - len(shown)
+        super().__init__("; ".join(shown) + (f"; and {more} more" if more > 0 else "") + f". Expected {expected}")
+
+    @property
+    def param(self) -> str | None:
+        """The first offending parameter, as OpenAI names it (`messages`, `n`, ...)."""
+        return self.problems[0][0] or None if self.problems else None
+
+
+M = typing.TypeVar("M", bound=Contract)
+
+
+def parse(model: type[M], doc: Any) -> M:
+    """`doc` (parsed JSON) as `model`; `Problem` names each field that does not match, with its rule."""
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        found: list[tuple[str, str]] = []
+        for error in exc.errors(include_url=False, include_input=False, include_context=False):
+            problem = _describe(model, error["loc"], error["type"])
+            if problem not in found:
+                found.append(problem)
+        raise Problem(found, getattr(model, "expected", model.shape)) from None
+
+
+def _describe(model: type[Contract], loc: tuple[Any, ...], kind: str) -> tuple[str, str]:
+    """`(top-level field, "<where> <rule>")` for one pydantic error: the rule of the deepest field it lies under."""
+    node: Any = model
+    where, rule = "", f"must be {model.shape}"
+    for seg in loc:
+        node = _strip(node, seg)
+        if isinstance(seg, str) and isinstance(node, type) and issubclass(node, Contract) and seg in node.model_fields:
+            info = node.model_fields[seg]
+            where = f"{where}.{seg}" if where else seg
+            rule, node = info.description or "is not valid", info.annotation
+        elif isinstance(seg, int) and typing.get_origin(node) is list:
+            node = _strip(typing.get_args(node)[0], None)
+            if isinstance(node, type) and issubclass(node, Contract):
+                where, rule = f"{where}[{seg}]", f"must be {node.shape}"
+        # anything else is a union member's tag: stay on the field
+    if kind == "missing" and not rule.startswith("is required"):
+        rule = f"is required and {rule}"
+    return (str(loc[0]) if loc else ""), f"{where or 'the body'} {rule}"
+
+
+def _strip(node: Any, seg: Any) -> Any:
+    """Unwrap Annotated and Optional; for a union tag, the member it names."""
+    while True:
+        if typing.get_origin(node) is Annotated:
+            node = typing.get_args(node)[0]
+            continue
+        if typing.get_origin(node) in (Union, types.UnionType):
+            members = [m for m in typing.get_args(node) if m is not type(None)]
+            if len(members) == 1:
+                node = members[0]
+                continue
+            if isinstance(seg, str):  # a union tag: pick the member it names
+                for m in members:
+                    inner = typing.get_args(m)[0] if typing.get_origin(m) is Annotated else m
+                    name = getattr(inner, "__name__", "")
+                    if (typing.get_origin(inner) is list and seg.startswith("list[")) or (name and name in seg
+                                                                                         and name != "str"):
+                        return inner
+        return node

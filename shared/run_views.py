@@ -1,0 +1,104 @@
+"""What the HTTP API shows of runs: the run view (`shared.protocol.RunView`), the `?state=&limit=` query of
+`GET /api/runs`, and OpenAI's model list of the deployed runs. Pure and light (no pydantic: the shapes are
+declared in `shared.protocol`, and a test checks these dicts against them)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from .api_errors import ApiError
+from .runs import Run, State, parse_iso
+
+# A model reference: a registered model name, optionally `:version`, or a run id.
+MODEL_REF_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?::[A-Za-z0-9._-]{1,64})?"
+RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9-]{0,79}"
+_MODEL_REF = re.compile(MODEL_REF_PATTERN)
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+MAX_RUNS_LIMIT = 1000
+_STATES = {s.value: s for s in State}
+
+
+def is_model_ref(text: str) -> bool:
+    """A model reference is a registered model name, `name:version`, or a run id."""
+    return bool(_MODEL_REF.fullmatch(text))
+
+
+def is_run_id(text: str) -> bool:
+    return bool(_RUN_ID.fullmatch(text))
+
+
+def _unix(text: str) -> int:
+    return int(parse_iso(text).timestamp())
+
+
+def model_entry(model_id: str, run: Run) -> dict[str, Any]:
+    """One OpenAI `model` object (`ModelCard`) for a deployed run."""
+    return {"id": model_id, "object": "model", "created": _unix(run.entered_at(State.DEPLOYED) or run.created_at),
+            "owned_by": "chatft"}
+
+
+def model_list(deployed: Iterable[Run]) -> dict[str, Any]:
+    """OpenAI's model list: each registered model name (its newest deployed run serves it), then each run id."""
+    runs = sorted(deployed, key=lambda r: (r.created_at, r.run_id), reverse=True)
+    by_name: dict[str, Run] = {}
+    for run in runs:
+        if run.model_name:
+            by_name.setdefault(run.model_name, run)
+    data = [model_entry(name, run) for name, run in by_name.items()]
+    data += [model_entry(run.run_id, run) for run in runs if run.run_id not in by_name]
+    return {"object": "list", "data": data}
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    """What the API shows of a run (`RunView`): states with times, report summary, job, metrics, model, endpoint.
+    No secrets are kept on a run; this still lists fields one by one so nothing new appears unreviewed."""
+    view: dict[str, Any] = {
+        "run_id": run.run_id,
+        "state": run.state.value,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "history": [t.to_dict() for t in run.history],
+        "upload": {k: run.upload[k] for k in ("container", "blob", "size") if k in run.upload},
+        "report": run.report,
+        "job": {"name": run.job_name, "status": run.job_status} if run.job_name else None,
+        "metrics": run.metrics,
+        "model": ({"name": run.model_name, "version": run.model_version, "id": run.model_id}
+                  if run.model_name else None),
+        "endpoint": ({"name": run.endpoint_name, "deployment": run.deployment_name, "scoring_uri": run.scoring_uri,
+                      "last_used_at": run.last_used_at or None, "keep": run.keep} if run.endpoint_name else None),
+        "failure": {"stage": run.failure.stage, "reason": run.failure.reason} if run.failure else None,
+        "reconciled_at": run.reconciled_at or None,
+        "links": {"self": f"/api/runs/{run.run_id}"},
+    }
+    if run.state == State.DEPLOYED:
+        view["links"]["score"] = f"/api/score/{run.run_id}"
+    if run.redeployable():
+        view["links"]["deploy"] = f"/api/runs/{run.run_id}/deploy"
+    return view
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    states: tuple[State, ...] = ()
+    limit: int = 100
+
+
+def run_query(params: Mapping[str, str]) -> RunQuery:
+    """`?state=Deployed,Retired&limit=N` checked; 400 says what is wrong."""
+    states: list[State] = []
+    for word in params["state"].split(",") if "state" in params else ():
+        state = _STATES.get(word.strip())
+        if state is None:
+            raise ApiError(400, "invalid_query", f"state {word[:40]!r} is unknown; use one or more (comma-separated) "
+                                                 f"of " + ", ".join(s.value for s in State), param="state")
+        states.append(state)
+    limit = 100
+    if "limit" in params:
+        raw = params["limit"].strip()
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_RUNS_LIMIT:
+            raise ApiError(400, "invalid_query", f"limit must be a whole number from 1 to {MAX_RUNS_LIMIT}",
+                           param="limit")
+        limit = int(raw)
+    return RunQuery(states=tuple(states), limit=limit)
