@@ -27,14 +27,13 @@ def unique():
     return "t" + uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def settings(azurite, unique, tmp_path):
+def settings_for(unique: str, tmp_path: Path, connection: str):
     """Settings pointing every container, queue and table at names of this test only."""
     from shared.config import Settings
 
     return Settings.from_env(
         env={},
-        azurewebjobsstorage=azurite,
+        azurewebjobsstorage=connection,
         training_container=f"{unique}-training",
         runs_container=f"{unique}-runs",
         runs_table=f"{unique}runs",
@@ -42,6 +41,25 @@ def settings(azurite, unique, tmp_path):
         deploy_queue=f"{unique}-deploy",
         chatft_state_dir=str(tmp_path / "state"),
     )
+
+
+@pytest.fixture
+def settings(azurite, unique, tmp_path):
+    """Settings of this test's own containers, queues and table on the running Azurite."""
+    return settings_for(unique, tmp_path, azurite)
+
+
+@pytest.fixture
+def offline_settings(unique, tmp_path):
+    """The same settings for service-level tests, which keep runs and messages in memory: nothing contacts
+    storage, so they need no Azurite."""
+    # Azurite's well-known development account, on a port nothing listens on: a test that reached for storage
+    # would fail at once rather than quietly use a running Azurite.
+    nowhere = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
+               "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+               "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+               "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;")
+    return settings_for(unique, tmp_path, nowhere)
 
 
 @pytest.fixture(scope="session", autouse=True)

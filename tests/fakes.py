@@ -381,3 +381,14 @@ class FakeHarness:
 
     def close(self) -> None:
         pass
+
+
+class RecordingSender:
+    """The messaging port in memory for service-level tests: records `(queue, body, message_id, delay_seconds)`
+    of every send, in order. (Delivery itself, delays included, is tested against Azurite in test_host.py.)"""
+
+    def __init__(self):
+        self.sent: list[tuple[str, dict, str, float]] = []
+
+    def send(self, queue, body, message_id, delay_seconds=0):
+        self.sent.append((queue, body, message_id, delay_seconds))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from shared.ml.training_params import registered_model_name
 from shared.orchestration import RUN_COMPLETED, handle_job_event, submit_run
 from shared.runs import State, job_name_for
-from tests.test_orchestration import clock, event, ml, queued_run, svc  # noqa: F401 (fixtures)
+from tests.test_orchestration import clock, event, ml, queued_run, settings, svc  # noqa: F401 (fixtures)
 
 
 def completed(svc, ml, run_id):

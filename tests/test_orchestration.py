@@ -1,4 +1,4 @@
-"""Orchestration, service level: real Azurite (run table, queues) and the fake ML backend at the cloud boundary.
+"""Orchestration, service level: runs and messages in memory, the fake ML backend at the cloud boundary (no Azurite).
 
 Covers submit (preflight, permanent vs transient failures), job events (step runs, unknown jobs,
 duplicates, out of order), deployment checks (each step, backoff, timeout with the endpoint deleted), redeploy.
@@ -11,11 +11,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from shared.bootstrap import bootstrap
-from shared.messaging import decode_envelope
 from shared.orchestration import (RUN_COMPLETED, RUN_STATUS_CHANGED, Attempt, JobEvent, NotRedeployable,
                                   check_deployment, continue_run, handle_job_event, redeploy, submit_run)
 from shared.runs import State, job_name_for, new_run
-from tests.fakes import ARCHIVED_EXAMPLE, FakeMLBackend
+from shared.run_store import InMemoryRunStore
+from tests.fakes import ARCHIVED_EXAMPLE, FakeMLBackend, RecordingSender
 
 
 class Clock:
@@ -39,23 +39,14 @@ def ml():
     return FakeMLBackend()
 
 
-class RecordingSender:
-    """The real Storage Queue sender, with a record of what was sent and with which delay."""
-
-    def __init__(self, settings):
-        from shared.messaging import StorageQueueSender
-
-        self.real = StorageQueueSender(settings.storage_connection)
-        self.sent = []
-
-    def send(self, queue, body, message_id, delay_seconds=0):
-        self.sent.append((queue, body, message_id, delay_seconds))
-        self.real.send(queue, body, message_id, delay_seconds)
+@pytest.fixture
+def settings(offline_settings):
+    return offline_settings
 
 
 @pytest.fixture
 def svc(settings, ml, clock):
-    return bootstrap(settings, ml=ml, clock=clock, messages=RecordingSender(settings))
+    return bootstrap(settings, ml=ml, clock=clock, messages=RecordingSender(), runs=InMemoryRunStore())
 
 
 def queued_run(svc, run_id="data-0123456789ab", **overrides):
@@ -65,16 +56,6 @@ def queued_run(svc, run_id="data-0123456789ab", **overrides):
                       overrides=overrides, keep=bool(overrides.get("keep")))
     svc.runs.create(run)
     return run_id
-
-
-def messages(svc, queue):
-    from azure.storage.queue import QueueClient
-
-    client = QueueClient.from_connection_string(svc.settings.storage_connection, queue)
-    try:
-        return [(decode_envelope(m.content), m) for m in client.peek_messages(max_messages=32)]
-    except Exception:
-        return []
 
 
 def event(job_name, status, event_type=RUN_STATUS_CHANGED, **data):
@@ -160,7 +141,6 @@ def test_running_then_completed_registers_and_begins_deploying(svc, ml):
     assert checks == [(svc.settings.deploy_queue, {"run_id": run_id, "step": "check", "check": 0,
                                                        "endpoint": run.endpoint_name}, checks[0][2],
                        svc.settings.deploy_check_seconds)]
-    assert messages(svc, svc.settings.deploy_queue) == [], "a scheduled check is not delivered early"
 
 
 def test_duplicate_and_out_of_order_events_make_one_model_and_one_endpoint(svc, ml):
@@ -297,8 +277,8 @@ def test_redeploy_refuses_runs_without_a_model(svc, ml):
 
 
 def test_instance_type_outside_the_models_allow_list_fails_the_deployment(settings, ml, clock):
-    svc = bootstrap(settings.replace(inference_instance_type="Standard_DS3_v2"),
-                    ml=ml, clock=clock)
+    svc = bootstrap(settings.replace(inference_instance_type="Standard_DS3_v2"), ml=ml, clock=clock,
+                    messages=RecordingSender(), runs=InMemoryRunStore())
     ml.instant_provisioning = True
     run = deploying(svc, ml)
     failed = check_deployment(svc, run.run_id)

@@ -18,8 +18,9 @@ from shared.orchestration import (Attempt, check_deployment, continue_run, dead_
 from shared.reconcile import reconcile_runs
 from shared.retry import MAX_DELAY_SECONDS, RetryPolicy, is_transient
 from shared.runs import State, job_name_for
-from tests.fakes import FakeMLBackend
-from tests.test_orchestration import Clock, RecordingSender, event, queued_run, submitted
+from shared.run_store import InMemoryRunStore
+from tests.fakes import FakeMLBackend, RecordingSender
+from tests.test_orchestration import Clock, event, queued_run, submitted
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -86,10 +87,14 @@ def ml():
 
 
 @pytest.fixture
+def settings(offline_settings):
+    return offline_settings
+
+
+@pytest.fixture
 def svc(settings, ml, clock):
-    settings = settings.replace(retry_base_seconds=10.0, retry_window_minutes=2.0,
-                                   reconcile_after_minutes=15.0)
-    return bootstrap(settings, ml=ml, clock=clock, messages=RecordingSender(settings))
+    settings = settings.replace(retry_base_seconds=10.0, retry_window_minutes=2.0, reconcile_after_minutes=15.0)
+    return bootstrap(settings, ml=ml, clock=clock, messages=RecordingSender(), runs=InMemoryRunStore())
 
 
 def follow(svc, clock, handler, run_id):
