@@ -381,3 +381,24 @@ class FakeHarness:
 
     def close(self) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A queue message with any JSON body and any id: for tests of the transport itself, and for copies of a
+    message sent under ids of their own (which duplicate detection lets through)."""
+
+    body: Any
+    message_id: str
+
+    @classmethod
+    def copy_of(cls, message: Any, message_id: str) -> "RawMessage":
+        """`message` (of shared.messages) under another id."""
+        import json
+
+        return cls(json.loads(message.to_json()), message_id)
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.body, separators=(",", ":"))
