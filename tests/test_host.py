@@ -367,6 +367,23 @@ def test_run_on_startup(start_host, app_env):
 
 # -- logging and the services hook ----------------------------------------------------------------------------
 
+def test_stopping_awaits_the_apps_shutdown_hooks_on_the_hosts_loop(start_host):
+    import asyncio
+
+    from shared.lifecycle import on_shutdown
+
+    host = start_host()
+    seen = []
+
+    async def hook():  # as the scoring proxy registers closing its pooled session
+        seen.append(asyncio.get_running_loop())
+
+    on_shutdown(hook)
+    loop = host._loop
+    host.stop()
+    assert seen == [loop]
+
+
 def test_each_invocation_is_logged_in_one_line_without_keys_or_payloads(host, app_env, azurite, caplog):
     caplog.set_level(logging.INFO, logger="chatft.host")
     assert requests.get(f"{host.base_url}/api/items/7?code={host.function_key}").status_code == 200

@@ -68,3 +68,31 @@ def test_a_malformed_body_is_refused_with_a_clear_error(body, named):
         with pytest.raises(MalformedMessage, match=named) as caught:
             kind.from_json(body)
         assert kind.__name__ in str(caught.value) and isinstance(caught.value, ValueError)
+
+
+# ------------------------------------------------------------------------- shutdown hooks (shared/lifecycle.py)
+
+
+def test_shutdown_awaits_each_hook_once_newest_first_and_survives_a_failing_one():
+    import asyncio
+
+    from shared.lifecycle import on_shutdown, shutdown
+
+    calls = []
+
+    async def first():
+        calls.append("first")
+
+    async def broken():
+        calls.append("broken")
+        raise RuntimeError("close failed")
+
+    async def last():
+        calls.append("last")
+
+    for hook in (first, broken, first, last):
+        on_shutdown(hook)
+    asyncio.run(shutdown())
+    assert calls == ["last", "broken", "first"]
+    asyncio.run(shutdown())  # forgotten once run: a later host registers its own
+    assert calls == ["last", "broken", "first"]
