@@ -36,8 +36,6 @@ class NotRedeployable(ValueError):
     """The run has no registered model to deploy again, or is deployed already."""
 
 
-
-
 # ---------------------------------------------------------------------------------------------- submit
 
 
