@@ -12,4 +12,5 @@ def deployments(msg: func.ServiceBusMessage) -> None:
     from shared.orchestration import continue_run
 
     # A malformed body raises: the message is redelivered, then dead-lettered and dropped by its handler.
-    continue_run(services(), ContinueRun.from_json(msg.get_body()))
+    message = ContinueRun.from_json(msg.get_body())
+    continue_run(services(), message)

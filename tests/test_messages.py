@@ -96,3 +96,22 @@ def test_shutdown_awaits_each_hook_once_newest_first_and_survives_a_failing_one(
     assert calls == ["last", "broken", "first"]
     asyncio.run(shutdown())  # forgotten once run: a later host registers its own
     assert calls == ["last", "broken", "first"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"step": "check"}'])
+def test_the_queue_triggers_raise_on_a_malformed_body_before_touching_any_service(body, monkeypatch):
+    """Raising is what sends the message round its deliveries to the dead-letter queue, where `dead_lettered`
+    drops it (tests/test_reliability.py, tests/test_failure_behaviour.py); no service is built for it."""
+    import azure.functions as func
+
+    import shared.bootstrap
+    from functions.deployments import deployments
+    from functions.submit import submit
+
+    def no_services():
+        raise AssertionError("services built for a malformed message")
+
+    monkeypatch.setattr(shared.bootstrap, "services", no_services)
+    for trigger in (submit, deployments):
+        with pytest.raises(MalformedMessage):
+            trigger.build().get_user_function()(func.ServiceBusMessage(body=body))
