@@ -16,7 +16,6 @@ import dataclasses
 import importlib
 import logging
 import os
-import sys
 import signal
 import socket
 import threading
@@ -35,6 +34,7 @@ from chatft_local.hosting.keys import function_key
 from chatft_local.hosting.process import HostProcess
 from chatft_local.hosting.queues import QueueListener
 from chatft_local.hosting.timers import TimerListener
+from shared.lifecycle import shutdown
 
 __all__ = ["LocalHost", "HostProcess", "IndexingError"]
 
@@ -257,7 +257,7 @@ class LocalHost:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await _close_app_clients()
+        await shutdown()  # the clients the app made on this loop (the scoring proxy's session)
         if self._services is not None and hasattr(self._services, "stop"):
             try:
                 await asyncio.to_thread(self._services.stop)
@@ -312,13 +312,3 @@ def _connection(spec: FunctionSpec, setting: str | None, lookup: Callable[[str],
     if not value:
         raise IndexingError(f"function {spec.name}: connection setting {name} has no value")
     return value
-
-
-async def _close_app_clients() -> None:
-    """Close the HTTP clients the app keeps per worker on this loop (the scoring proxy's pooled session)."""
-    proxy = sys.modules.get("shared.scoring_proxy")
-    if proxy is not None and hasattr(proxy, "close_proxy"):
-        try:
-            await proxy.close_proxy()
-        except Exception:
-            log.exception("closing the scoring proxy's client failed")

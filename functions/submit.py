@@ -1,7 +1,5 @@
 """Service Bus trigger: submit a queued run's fine-tuning job."""
 
-import json
-
 import azure.functions as func
 
 bp = func.Blueprint()
@@ -10,7 +8,9 @@ bp = func.Blueprint()
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%RUNS_QUEUE%", connection="ServiceBusConnection")
 def submit(msg: func.ServiceBusMessage) -> None:
     from shared.bootstrap import services
-    from shared.orchestration import Attempt, submit_run
+    from shared.messages import SubmitRun
+    from shared.orchestration import submit_run
 
-    body = json.loads(msg.get_body())
-    submit_run(services(), str(body["run_id"]), attempt=Attempt.from_body(body))
+    # A malformed body raises: the message is redelivered, then dead-lettered and dropped by its handler.
+    message = SubmitRun.from_json(msg.get_body())
+    submit_run(services(), message.run_id, attempt=message.attempt)

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from .bootstrap import Services
+from .messages import SubmitRun
 from .overrides import OverrideError, parse_overrides
 from .runs import Run, State, new_run, run_id_for
 from .ml.training_params import NOTEBOOK_DEFAULTS
@@ -163,4 +164,4 @@ def _reject(svc: Services, run_id: str, report: dict[str, Any], report_path: str
 
 
 def _queue(svc: Services, run: Run) -> None:
-    svc.messages.send(svc.settings.runs_queue, {"run_id": run.run_id}, message_id=run.run_id)
+    svc.messages.send(svc.settings.runs_queue, SubmitRun(run.run_id))

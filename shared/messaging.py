@@ -1,7 +1,8 @@
 """Sending the app's messages: Service Bus in Azure, Azurite Storage Queues locally.
 
-Both carry the same thing: a JSON body, a `message_id` (the run id, so Service Bus duplicate detection drops a
-second copy) and an optional delay (scheduled delivery, how deployment progress is re-checked without waiting).
+Both carry the same thing: a message of `shared.messages` (its JSON body and its `message_id`, by which Service Bus
+duplicate detection drops a second copy) and an optional delay (scheduled delivery, how deployment progress is
+re-checked without waiting).
 
 Locally a Storage Queue message holds an envelope `{"messageId": ..., "body": "<the JSON body as text>"}`;
 the local host unwraps it into a `ServiceBusMessage` whose `delivery_count` is the queue's dequeue count.
@@ -17,17 +18,18 @@ from typing import Any, Callable, Protocol
 
 from .config import Settings
 from .identity import default_credential
+from .messages import QueueMessage
 from .storage import StorageAccount
 
 
 class MessageSender(Protocol):
-    def send(self, queue: str, body: dict[str, Any], message_id: str, delay_seconds: float = 0) -> None:
-        """Send `body` to `queue`; with a delay, the message is delivered no earlier than that."""
+    def send(self, queue: str, message: QueueMessage, delay_seconds: float = 0) -> None:
+        """Send `message` to `queue`; with a delay, the message is delivered no earlier than that."""
 
 
-def encode_envelope(body: dict[str, Any], message_id: str) -> str:
-    return json.dumps({"messageId": message_id, "body": json.dumps(body, separators=(",", ":"))},
-                      separators=(",", ":"))
+def encode_envelope(body: str, message_id: str) -> str:
+    """The local queue message carrying `body` (JSON text) under `message_id`."""
+    return json.dumps({"messageId": message_id, "body": body}, separators=(",", ":"))
 
 
 def decode_envelope(text: str) -> tuple[str, bytes]:
@@ -65,9 +67,10 @@ class StorageQueueSender:
                 self._clients[queue] = client
             return client
 
-    def send(self, queue: str, body: dict[str, Any], message_id: str, delay_seconds: float = 0) -> None:
+    def send(self, queue: str, message: QueueMessage, delay_seconds: float = 0) -> None:
         delay = max(0, min(int(round(delay_seconds)), self.MAX_INVISIBLE_SECONDS))
-        self._client(queue).send_message(encode_envelope(body, message_id), visibility_timeout=delay or None)
+        self._client(queue).send_message(encode_envelope(message.to_json(), message.message_id),
+                                         visibility_timeout=delay or None)
 
 
 class ServiceBusSender:
@@ -110,15 +113,16 @@ class ServiceBusSender:
             sender = local.senders[queue] = local.client.get_queue_sender(queue)
         return sender
 
-    def send(self, queue: str, body: dict[str, Any], message_id: str, delay_seconds: float = 0) -> None:
+    def send(self, queue: str, message: QueueMessage, delay_seconds: float = 0) -> None:
         from azure.servicebus import ServiceBusMessage
 
-        message = ServiceBusMessage(json.dumps(body), message_id=message_id, content_type="application/json")
+        outgoing = ServiceBusMessage(message.to_json(), message_id=message.message_id,
+                                     content_type="application/json")
         if delay_seconds > 0:
-            message.scheduled_enqueue_time_utc = datetime.now(timezone.utc) + timedelta(seconds=delay_seconds)
+            outgoing.scheduled_enqueue_time_utc = datetime.now(timezone.utc) + timedelta(seconds=delay_seconds)
         sender = self._sender(queue)
         try:
-            sender.send_messages(message)
+            sender.send_messages(outgoing)
         except Exception:
             # A failed link is not reused: the next send on this thread opens a fresh sender.
             self._local.senders.pop(queue, None)

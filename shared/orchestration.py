@@ -8,7 +8,6 @@ compare-and-swap; backend calls are idempotent by name (job name, model version,
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from datetime import timedelta
 from typing import Any, Callable
 
 from .bootstrap import Services
+from .messages import FIRST_TRY, Attempt, ContinueRun, MalformedMessage, SubmitRun, retry_of
 from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequest, MLBackendError, NotFound,
                       PermanentError, RegisteredModel)
 from .ml.training_params import registered_model_name
@@ -34,36 +34,6 @@ MAX_CHECK_DELAY_SECONDS = 300
 
 class NotRedeployable(ValueError):
     """The run has no registered model to deploy again, or is deployed already."""
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """What a queue message says of earlier tries of its step (message body fields `attempt`, `since`, `origin`):
-    the retry number (0: the first try), when the step first failed (ISO 8601), and the id retries derive their
-    message ids from (`<origin>-<attempt>`: each retry has its own id, so Service Bus duplicate detection drops
-    only copies of the same retry)."""
-
-    number: int = 0
-    since: str = ""
-    origin: str = ""
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> "Attempt":
-        """Read leniently: a message without these fields (or from before they existed) is a first try."""
-        try:
-            number = max(0, int(body.get("attempt") or 0))
-        except (TypeError, ValueError):
-            number = 0
-        since = body.get("since") if isinstance(body.get("since"), str) else ""
-        try:
-            parse_iso(since) if since else None
-        except ValueError:
-            since = ""
-        origin = body.get("origin") if isinstance(body.get("origin"), str) else ""
-        return cls(number, since, origin[:100])
-
-
-FIRST_TRY = Attempt()
 
 
 # ---------------------------------------------------------------------------------------------- submit
@@ -92,7 +62,7 @@ def submit_run(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY) -> Run 
     except Exception as exc:
         if not is_transient(exc):
             raise
-        return _retry_later(svc, run, "submit", attempt, _describe(exc), svc.settings.runs_queue, {},
+        return _retry_later(svc, run, SubmitRun(run_id), attempt, _describe(exc),
                             origin=attempt.origin or f"{run_id}-submit",
                             give_up=lambda reason: _fail(svc, run_id, "submit", reason))
     return svc.runs.update(
@@ -193,8 +163,8 @@ def settle_job(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY, expect_
             if job.status != "Completed":
                 if expect_done or attempt.number:
                     current = run
-                    return _retry_later(svc, run, "settle", attempt, f"the job was reported Completed but says "
-                                        f"{job.status}", svc.settings.deploy_queue, {},
+                    return _retry_later(svc, run, ContinueRun(run_id, "settle"), attempt, f"the job was reported "
+                                        f"Completed but says {job.status}",
                                         origin=attempt.origin or f"{run_id}-settle-{run.state.value.lower()}",
                                         give_up=lambda reason: current)  # the reconciler takes it from here
                 return run
@@ -215,8 +185,7 @@ def settle_job(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY, expect_
         # One origin per step and state: a duplicate trigger failing the same way sends the same retry ids, which
         # duplicate detection drops (register happens once per run; the others once per state).
         origin = attempt.origin or f"{run_id}-{failed_step.replace(' ', '-')}-{run.state.value.lower()}"
-        return _retry_later(svc, run, failed_step, attempt, _describe(exc), svc.settings.deploy_queue, {},
-                            origin=origin,
+        return _retry_later(svc, run, ContinueRun(run_id, failed_step), attempt, _describe(exc), origin=origin,
                             give_up=lambda reason: _fail(svc, run_id, failed_step, reason))
 
 
@@ -282,22 +251,17 @@ def check_delay(svc: Services, run: Run) -> int:
 
 
 def schedule_check(svc: Services, run: Run) -> None:
-    svc.messages.send(svc.settings.deploy_queue,
-                      {"run_id": run.run_id, "step": "check", "check": run.deploy_checks,
-                       "endpoint": run.endpoint_name},
-                      message_id=f"{run.endpoint_name}-check-{uuid.uuid4().hex[:12]}",
-                      delay_seconds=check_delay(svc, run))
+    _send(svc, ContinueRun.check(run.run_id, run.endpoint_name), delay_seconds=check_delay(svc, run))
 
 
-def continue_run(svc: Services, run_id: str, body: dict[str, Any], message_id: str = "") -> Run | None:
+def continue_run(svc: Services, message: ContinueRun) -> Run | None:
     """Handle one DEPLOY_QUEUE message: a deployment check, or a retry of a step after training (`step` settle,
     job status, register, deploy). What to do is read from the run's state, not the message: a run between its
     job and Deploying is settled, a Deploying one checked; anything else (a stale message) changes nothing."""
-    attempt = Attempt.from_body(body)
-    run = svc.runs.find(run_id)
+    run = svc.runs.find(message.run_id)
     if run is not None and run.state in SETTLING:
-        return settle_job(svc, run_id, attempt=attempt)
-    return check_deployment(svc, run_id, attempt=attempt, message_id=message_id)
+        return settle_job(svc, message.run_id, attempt=message.attempt)
+    return check_deployment(svc, message.run_id, attempt=message.attempt, message_id=message.message_id)
 
 
 def check_deployment(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY, message_id: str = "",
@@ -326,8 +290,8 @@ def check_deployment(svc: Services, run_id: str, attempt: Attempt = FIRST_TRY, m
         if not reschedule or not is_transient(exc):
             raise
         origin = attempt.origin or message_id or f"{run.endpoint_name}-deploy-{uuid.uuid4().hex[:12]}"
-        return _retry_later(svc, run, "deploy", attempt, _describe(exc), s.deploy_queue,
-                            {"check": run.deploy_checks, "endpoint": run.endpoint_name}, origin=origin,
+        return _retry_later(svc, run, ContinueRun(run_id, "deploy", run.endpoint_name), attempt, _describe(exc),
+                            origin=origin,
                             give_up=lambda reason: _abandon_deployment(svc, run, reason))
 
 
@@ -403,10 +367,15 @@ def redeploy(svc: Services, run_id: str) -> Run:
 # ------------------------------------------------------------------------------------ retries, dead letters
 
 
-def _retry_later(svc: Services, run: Run, step: str, attempt: Attempt, error: str, queue: str,
-                 body: dict[str, Any], *, origin: str, give_up: Callable[[str], Run]) -> Run:
-    """Schedule retry `attempt.number + 1` of `step` on `queue` with backoff and note it in the run's history;
-    past the retry window call `give_up` with a reason naming the step and the last error instead."""
+def _send(svc: Services, message: SubmitRun | ContinueRun, delay_seconds: float = 0) -> None:
+    svc.messages.send(getattr(svc.settings, message.queue_setting), message, delay_seconds=delay_seconds)
+
+
+def _retry_later(svc: Services, run: Run, message: SubmitRun | ContinueRun, attempt: Attempt, error: str, *,
+                 origin: str, give_up: Callable[[str], Run]) -> Run:
+    """Send `message` again as retry `attempt.number + 1` of its step, with backoff, and note it in the run's
+    history; past the retry window call `give_up` with a reason naming the step and the last error instead."""
+    step = message.step
     now = svc.clock()
     first = parse_iso(attempt.since) if attempt.since else now
     number = attempt.number + 1
@@ -417,11 +386,11 @@ def _retry_later(svc: Services, run: Run, step: str, attempt: Attempt, error: st
                     number, minutes)
         return give_up(f"{step} kept failing transiently ({number} tries over {minutes:.1f} minutes, retry window "
                        f"{svc.settings.retry_window_minutes:g} minutes); last error: {error}")
-    message = {**body, "run_id": run.run_id, "step": step, "attempt": number, "since": iso(first), "origin": origin}
+    retry = retry_of(message, Attempt(number, iso(first), origin))
     # Sent before the note: should noting fail, the redelivered message sends this retry again under the same id,
     # which Service Bus duplicate detection drops (locally the handlers are idempotent).
-    message_id = f"{origin}-{number}"
-    svc.messages.send(queue, message, message_id=message_id, delay_seconds=delay)
+    message_id = retry.message_id
+    _send(svc, retry, delay_seconds=delay)
     log.warning("run %s: %s failed transiently (try %d); retrying in %.1f s: %s", run.run_id, step, number, delay,
                 error)
     # The message id ends the line: a duplicate trigger that failed the same way sent the same retry (dropped by
@@ -451,19 +420,19 @@ def dead_lettered(svc: Services, queue: str, body: bytes, reason: str = "", desc
     """A message of RUNS_QUEUE or DEPLOY_QUEUE reached its dead-letter queue: fail its run with the reason, if the
     run is still where the message was to move it (a Deploying run's endpoint is deleted, as on any failed
     deployment). Returns the run, or None for a message that names no run of ours (logged, then dropped)."""
+    kind = SubmitRun if queue == svc.settings.runs_queue else ContinueRun
     try:
-        data = json.loads(body)
-        run_id = str(data["run_id"])
-    except (ValueError, TypeError, KeyError):
-        log.error("dead-lettered message on %s names no run; dropped: %r", queue, body[:200])
+        message = kind.from_json(body)
+    except MalformedMessage as exc:
+        log.error("dead-lettered message on %s names no run; dropped (%s): %r", queue, exc, body[:200])
         return None
+    run_id, step = message.run_id, message.step
     run = svc.runs.find(run_id)
     if run is None:
         log.error("dead-lettered message on %s for unknown run %s; dropped", queue, run_id[:80])
         return None
-    step = str(data.get("step") or ("submit" if queue == svc.settings.runs_queue else "check"))
     if run.state not in _DEAD_LETTER_STATES.get(step, ()) or (
-            run.state == State.DEPLOYING and data.get("endpoint") not in (None, run.endpoint_name)):
+            run.state == State.DEPLOYING and getattr(message, "endpoint", "") not in ("", run.endpoint_name)):
         log.info("dead-lettered %s message for run %s (%s now) changes nothing", step, run_id, run.state)
         return run
     count = f" after {delivery_count} deliveries" if delivery_count else ""

@@ -32,10 +32,10 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying the step later can help: the ML port's non-permanent errors, network and storage faults
     (azure-core request/response errors, HTTP 408/429/5xx), OS-level connection errors and timeouts."""
-    from .ml.port import MLBackendError
+    from .ml.port import MLBackendError, PermanentError
 
     if isinstance(exc, MLBackendError):
-        return not exc.permanent
+        return not isinstance(exc, PermanentError)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__):

@@ -27,6 +27,7 @@ import orjson
 
 from .api_errors import JSON, ApiError, Reply, error_reply, json_reply, parse_body
 from .bootstrap import Services, services
+from .lifecycle import on_shutdown
 from .run_views import is_model_ref, is_run_id, model_entry, model_list
 from .runs import Run, State, iso
 from .scoring import chat_completion, chat_request, check_score_request, completion_events, completion_json
@@ -285,11 +286,14 @@ def proxy() -> ScoringProxy:
     with _lock:
         if _proxy is None or _proxy.svc is not svc:
             _proxy = ScoringProxy(svc)
+            # Its HTTP client lives on the loop serving requests: the host closes it there when it stops.
+            on_shutdown(close_proxy)
         return _proxy
 
 
 async def close_proxy() -> None:
-    """Close the worker's proxy, if one was made (a host shutting down its loop calls this on that loop)."""
+    """Close the worker's proxy, if one was made (on the loop that used it: `shared.lifecycle.shutdown` calls this
+    as the host stops; tests call it between tests)."""
     global _proxy
     with _lock:
         current, _proxy = _proxy, None

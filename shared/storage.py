@@ -151,11 +151,9 @@ class BlockWriter:
         self._prefix = uuid.uuid4().hex[:8]
         self._staging: collections.deque = collections.deque()
         self._pool = None
-        self.bytes_written = 0
 
     def write(self, data: bytes) -> None:
         self._buffer += data
-        self.bytes_written += len(data)
         if len(self._buffer) >= self._block_size:
             self._flush()
 

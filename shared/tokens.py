@@ -102,14 +102,6 @@ def token_counter(tokenizer_dir: str | os.PathLike | None) -> tuple[TokenCounter
     return _cache[key], ""
 
 
-def record_tokens(contents_tokens: Sequence[int], first_assistant: int) -> tuple[int, int]:
-    """(tokens of the rendered record, position of its first assistant content token) from the content token
-    counts of its messages in order and the index of its first assistant message."""
-    total = sum(contents_tokens) + MESSAGE_TOKENS * len(contents_tokens)
-    start = sum(contents_tokens[:first_assistant]) + MESSAGE_TOKENS * first_assistant + HEADER_TOKENS
-    return total, start
-
-
 class Budget(NamedTuple):
     """What the validator needs for the token budget of one run: the counter, `max_seq_length` (None: unknown,
     truncation not checked) and where it came from, the epochs, and a note when a named tokenizer was unusable."""

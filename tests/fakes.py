@@ -384,11 +384,32 @@ class FakeHarness:
 
 
 class RecordingSender:
-    """The messaging port in memory for service-level tests: records `(queue, body, message_id, delay_seconds)`
+    """The messaging port in memory for service-level tests: records `(queue, message, message_id, delay_seconds)`
     of every send, in order. (Delivery itself, delays included, is tested against Azurite in test_host.py.)"""
 
     def __init__(self):
-        self.sent: list[tuple[str, dict, str, float]] = []
+        self.sent: list[tuple[str, Any, str, float]] = []
 
-    def send(self, queue, body, message_id, delay_seconds=0):
-        self.sent.append((queue, body, message_id, delay_seconds))
+    def send(self, queue, message, delay_seconds=0):
+        self.sent.append((queue, message, message.message_id, delay_seconds))
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A queue message with any JSON body and any id: for tests of the transport itself, and for copies of a
+    message sent under ids of their own (which duplicate detection lets through)."""
+
+    body: Any
+    message_id: str
+
+    @classmethod
+    def copy_of(cls, message: Any, message_id: str) -> "RawMessage":
+        """`message` (of shared.messages) under another id."""
+        import json
+
+        return cls(json.loads(message.to_json()), message_id)
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.body, separators=(",", ":"))

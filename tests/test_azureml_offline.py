@@ -211,7 +211,7 @@ def test_base_model_from_the_registry_entity():
     model = base_model_from_entity(registry_model(tags={"textContextWindow": 16384, **PHI3_MINI_TAGS}), "azureml")
     assert (model.name, model.version) == ("Phi-4", "7")
     assert model.id == "azureml://registries/azureml/models/Phi-4/versions/7"
-    assert model.tags["textContextWindow"] == "16384" and not model.archived
+    assert model.tags["textContextWindow"] == "16384"
 
 
 @pytest.mark.parametrize("stage, tags, reason", [

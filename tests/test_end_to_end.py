@@ -141,12 +141,13 @@ def test_openai_client_plain_and_streamed(deployed):
 def test_duplicate_triggers_make_no_second_job_model_or_endpoint(deployed):
     from azure.storage.blob import BlobServiceClient
 
+    from shared.messages import SubmitRun
     from shared.messaging import StorageQueueSender
 
     run = deployed.runs[0]
     s = deployed.settings
     # The same queue message again, and the same Completed event twice and out of order.
-    StorageQueueSender(s.storage_connection).send(s.runs_queue, {"run_id": run.run_id}, message_id=run.run_id)
+    StorageQueueSender(s.storage_connection).send(s.runs_queue, SubmitRun(run.run_id))
     events = [_run_event(run.job_name, status) for status in ("Completed", "Running", "Completed")]
     url = f"{deployed.host.eventgrid_url}&functionName=job_events"
     for e in events:

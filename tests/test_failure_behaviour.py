@@ -23,10 +23,12 @@ import requests
 from chatft_local.host import HostProcess, LocalHost
 from chatft_local.uploads import upload_training_file
 from shared.config import Settings
+from shared.messages import ContinueRun, SubmitRun
 from shared.messaging import StorageQueueSender
 from shared.ml.port import TAG_APP
 from shared.run_store import RunStore
 from shared.runs import Run, State
+from tests.fakes import RawMessage
 from tests.test_end_to_end import _run_event, names_env, wait_for_run, write_sample
 
 pytestmark = pytest.mark.slow
@@ -266,7 +268,7 @@ def test_duplicate_deliveries_at_every_step_make_one_job_one_model_version_one_e
         run_id = sc.upload("duplicates")
         sc.wait(run_id, (State.QUEUED, State.SUBMITTED, State.TRAINING), timeout=120)
         for n in range(2):  # the submit message again; ids of their own, so duplicate detection lets them pass
-            sender.send(s.runs_queue, {"run_id": run_id}, message_id=f"{run_id}-dup{n}")
+            sender.send(s.runs_queue, RawMessage.copy_of(SubmitRun(run_id), f"{run_id}-dup{n}"))
             duplicates += 1
         run = sc.wait(run_id, (State.TRAINED, State.REGISTERED, State.DEPLOYING, State.DEPLOYED), timeout=300)
         for status in ("Completed", "Running", "Completed"):  # events again, out of order
@@ -274,8 +276,7 @@ def test_duplicate_deliveries_at_every_step_make_one_job_one_model_version_one_e
             duplicates += 1
         run = sc.wait(run_id, (State.DEPLOYING, State.DEPLOYED, State.FAILED), timeout=120)
         for _ in range(2):  # deployment checks again
-            sender.send(s.deploy_queue, {"run_id": run_id, "step": "check", "endpoint": run.endpoint_name},
-                        message_id=f"{run.endpoint_name}-check-dup{duplicates}")
+            sender.send(s.deploy_queue, ContinueRun.check(run_id, run.endpoint_name))
             duplicates += 1
         run = sc.wait(run_id)
         for status in ("Completed",):  # and after the end
@@ -320,8 +321,8 @@ def test_all_of_these_at_once_on_one_upload_still_give_one_deployed_run(private_
         run_id = sc.upload("everything", epochs="2")
         from azure.storage.queue import QueueClient
 
-        StorageQueueSender(s.storage_connection).send(s.runs_queue, {"run_id": run_id},
-                                                      message_id=f"{run_id}-again")  # a duplicate submit
+        StorageQueueSender(s.storage_connection).send(  # a duplicate submit
+            s.runs_queue, RawMessage.copy_of(SubmitRun(run_id), f"{run_id}-again"))
         # A message no handler can read, in the same queue: dead-lettered, then dropped (it names no run).
         QueueClient.from_connection_string(s.storage_connection, s.runs_queue).send_message("{not json")
         sc.wait(run_id, (State.SUBMITTED, State.TRAINING), timeout=180)
@@ -330,9 +331,7 @@ def test_all_of_these_at_once_on_one_upload_still_give_one_deployed_run(private_
         sc.wait(run_id, (State.DEPLOYING, State.DEPLOYED, State.FAILED), timeout=300)
         slowest = max(slowest, time.monotonic() - mark)
         run = sc.store.get(run_id)
-        duplicate_check = {"run_id": run_id, "step": "check", "endpoint": run.endpoint_name}
-        StorageQueueSender(s.storage_connection).send(s.deploy_queue, duplicate_check,
-                                                      message_id=f"{run.endpoint_name}-check-dup")
+        StorageQueueSender(s.storage_connection).send(s.deploy_queue, ContinueRun.check(run_id, run.endpoint_name))
         host.kill()
         host = HostProcess(state_dir=sc.state_dir, env=sc.env, port=port).start()
         mark = time.monotonic()

@@ -24,6 +24,7 @@ from chatft_local.hosting.blobs import MAX_ATTEMPTS, POISON_QUEUE, RECEIPTS_CONT
 from chatft_local.hosting.http import aiohttp_paths, build_http_app
 from chatft_local.hosting.indexing import FunctionSpec, HostOptions, binding_lookup, resolve
 from shared.messaging import StorageQueueSender
+from tests.fakes import RawMessage
 
 APP = "tests.host_app.function_app"
 NEVER = "0 0 0 1 1 *"  # once a year: the `tick` timer stays quiet unless a test sets HOSTAPP_TICK
@@ -271,7 +272,7 @@ def test_input_stream_binding_and_path_pattern(host, app_env, azurite):
 # -- Service Bus triggers on storage queues --------------------------------------------------------------------
 
 def test_message_arrives_as_a_service_bus_message(host, app_env, azurite):
-    StorageQueueSender(azurite).send(app_env["HOSTAPP_QUEUE"], {"n": 1}, message_id="run-1")
+    StorageQueueSender(azurite).send(app_env["HOSTAPP_QUEUE"], RawMessage({"n": 1}, "run-1"))
     got = wait_for(lambda: records(app_env, "on_message"), "the message")
     assert (got[0]["message_id"], got[0]["delivery_count"], got[0]["body"]) == ("run-1", 1, {"n": 1})
     assert got[0]["enqueued"] is not None
@@ -281,7 +282,7 @@ def test_message_arrives_as_a_service_bus_message(host, app_env, azurite):
 
 def test_message_is_dead_lettered_after_max_dequeue_count(host, app_env, azurite):
     queue = app_env["HOSTAPP_QUEUE"]
-    StorageQueueSender(azurite).send(queue, {"fail": True}, message_id="run-bad")
+    StorageQueueSender(azurite).send(queue, RawMessage({"fail": True}, "run-bad"))
     # The dead-lettered message goes to `<queue>-deadletter`, and from there to the trigger on
     # `<queue>/$deadletterqueue` with the reason Service Bus gives.
     moved = wait_for(lambda: records(app_env, "on_dead_letter"), "the dead-lettered message")
@@ -298,10 +299,10 @@ def test_message_is_dead_lettered_after_max_dequeue_count(host, app_env, azurite
 def test_a_second_message_with_the_same_message_id_is_dropped_as_service_bus_duplicate_detection_does(
         host, app_env, azurite):
     sender, queue = StorageQueueSender(azurite), app_env["HOSTAPP_QUEUE"]
-    sender.send(queue, {"copy": 1}, message_id="same")
+    sender.send(queue, RawMessage({"copy": 1}, "same"))
     wait_for(lambda: records(app_env, "on_message"), "the first copy")
-    sender.send(queue, {"copy": 2}, message_id="same")
-    sender.send(queue, {"copy": 3}, message_id="other")
+    sender.send(queue, RawMessage({"copy": 2}, "same"))
+    sender.send(queue, RawMessage({"copy": 3}, "other"))
     wait_for(lambda: len(records(app_env, "on_message")) == 2, "the other message")
     client = QueueClient.from_connection_string(azurite, queue)
     wait_for(lambda: client.get_queue_properties().approximate_message_count == 0, "the duplicate to be removed")
@@ -311,8 +312,8 @@ def test_a_second_message_with_the_same_message_id_is_dropped_as_service_bus_dup
 def test_scheduled_message_is_not_delivered_early(host, app_env, azurite):
     sender, queue = StorageQueueSender(azurite), app_env["HOSTAPP_QUEUE"]
     sent = time.time()
-    sender.send(queue, {"which": "later"}, message_id="later", delay_seconds=3)
-    sender.send(queue, {"which": "now"}, message_id="now")
+    sender.send(queue, RawMessage({"which": "later"}, "later"), delay_seconds=3)
+    sender.send(queue, RawMessage({"which": "now"}, "now"))
     wait_for(lambda: records(app_env, "on_message"), "the unscheduled message")
     assert [r["message_id"] for r in records(app_env, "on_message")] == ["now"]
     wait_for(lambda: len(records(app_env, "on_message")) == 2, "the scheduled message")
@@ -324,7 +325,7 @@ def test_scheduled_message_is_not_delivered_early(host, app_env, azurite):
 def test_long_run_keeps_its_lock_and_runs_once(start_host, app_env, azurite):
     start_host(lock_seconds=2)
     sender, queue = StorageQueueSender(azurite), app_env["HOSTAPP_QUEUE"]
-    sender.send(queue, {"sleep": 4}, message_id="slow")
+    sender.send(queue, RawMessage({"sleep": 4}, "slow"))
     wait_for(lambda: records(app_env, "on_message"), "the slow message to start")
     queue_client = QueueClient.from_connection_string(azurite, queue)
     visible, deadline = [], time.monotonic() + WAIT  # a lock that runs out shows the message while it runs
@@ -333,7 +334,7 @@ def test_long_run_keeps_its_lock_and_runs_once(start_host, app_env, azurite):
         visible += queue_client.peek_messages()
         time.sleep(0.02)
     assert visible == []
-    sender.send(queue, {}, message_id="marker")
+    sender.send(queue, RawMessage({}, "marker"))
     wait_for(lambda: len(records(app_env, "on_message")) == 2, "the marker")
     assert [r["message_id"] for r in records(app_env, "on_message")] == ["slow", "marker"]
 
@@ -341,7 +342,7 @@ def test_long_run_keeps_its_lock_and_runs_once(start_host, app_env, azurite):
 def test_messages_run_concurrently(host, app_env, azurite):
     sender = StorageQueueSender(azurite)
     for i in range(3):
-        sender.send(app_env["HOSTAPP_QUEUE"], {"sleep": 1}, message_id=f"m{i}")
+        sender.send(app_env["HOSTAPP_QUEUE"], RawMessage({"sleep": 1}, f"m{i}"))
     got = wait_for(lambda: len(records(app_env, "on_message")) == 3 and records(app_env, "on_message"), "3 runs")
     assert max(r["at"] for r in got) < min(r["at"] for r in got) + 1  # all started before the first one ended
 
@@ -366,10 +367,27 @@ def test_run_on_startup(start_host, app_env):
 
 # -- logging and the services hook ----------------------------------------------------------------------------
 
+def test_stopping_awaits_the_apps_shutdown_hooks_on_the_hosts_loop(start_host):
+    import asyncio
+
+    from shared.lifecycle import on_shutdown
+
+    host = start_host()
+    seen = []
+
+    async def hook():  # as the scoring proxy registers closing its pooled session
+        seen.append(asyncio.get_running_loop())
+
+    on_shutdown(hook)
+    loop = host._loop
+    host.stop()
+    assert seen == [loop]
+
+
 def test_each_invocation_is_logged_in_one_line_without_keys_or_payloads(host, app_env, azurite, caplog):
     caplog.set_level(logging.INFO, logger="chatft.host")
     assert requests.get(f"{host.base_url}/api/items/7?code={host.function_key}").status_code == 200
-    StorageQueueSender(azurite).send(app_env["HOSTAPP_QUEUE"], {"secret": "s3cr3t-body"}, message_id="run-log")
+    StorageQueueSender(azurite).send(app_env["HOSTAPP_QUEUE"], RawMessage({"secret": "s3cr3t-body"}, "run-log"))
     wait_for(lambda: records(app_env, "on_message"), "the message")
     wait_for(lambda: any("run-log" in r.getMessage() for r in caplog.records), "the message's log line")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executed")]

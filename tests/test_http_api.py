@@ -244,6 +244,19 @@ def test_score_sends_the_notebook_request_to_the_newest_deployed_model(api):
     assert json.loads(seen["body"]) == chat("hello")
 
 
+def test_the_hosts_shutdown_closes_the_proxys_session_on_the_hosts_loop(api):
+    from shared.lifecycle import shutdown
+
+    api.run(name="closing")
+    assert api.post("/score", chat("open the pooled session")).status_code == 200
+    upstream = proxy().upstream
+    session = upstream._state.session
+    assert session is not None and not session.closed and upstream._state.loop is api.host._loop
+    # What LocalHost does as it stops, without stopping this module's host: the hook the proxy registered runs.
+    asyncio.run_coroutine_threadsafe(shutdown(), api.host._loop).result(10)
+    assert session.closed
+
+
 def test_score_a_model_by_name_version_or_run_id(api):
     first = api.run(name="pick")
     second = api.run(name="pick")  # same model name, newer: serves the name

@@ -279,7 +279,7 @@ def test_the_compute_is_this_machine(workspace, local_settings):
     for name in (local_settings.aml_compute, "local"):
         compute = workspace.check_compute(name, base)
         assert compute.name == name and compute.vm_size in ("local-cpu", "local-cuda")
-        assert compute.gpus_per_node >= 1 and compute.nodes == 1
+        assert compute.gpus_per_node >= 1
     with pytest.raises(NotFound, match="AML_COMPUTE"):
         workspace.check_compute("another-cluster", base)
 

@@ -10,7 +10,9 @@ from datetime import datetime, timezone
 
 import pytest
 
+from shared.messages import SubmitRun
 from shared.messaging import ServiceBusSender
+from tests.fakes import RawMessage
 
 
 class Recorder:
@@ -99,7 +101,7 @@ def test_each_thread_has_its_own_client_and_senders(recorder):
         try:
             for i in range(per_thread):
                 queue = "runs" if i % 2 else "deployments"
-                sender.send(queue, {"run_id": f"r{n}-{i}"}, message_id=f"m{n}-{i}", delay_seconds=5 if i == 0 else 0)
+                sender.send(queue, RawMessage({"run_id": f"r{n}-{i}"}, f"m{n}-{i}"), delay_seconds=5 if i == 0 else 0)
         except BaseException as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 
@@ -126,8 +128,8 @@ def test_a_failed_sender_is_closed_and_replaced(recorder):
     sender = ServiceBusSender("ns.servicebus.windows.net", client_factory=recorder.client)
     recorder.fail_next_send = 1
     with pytest.raises(ConnectionError):
-        sender.send("runs", {"run_id": "a"}, message_id="a")
-    sender.send("runs", {"run_id": "a"}, message_id="a")
+        sender.send("runs", SubmitRun("a"))
+    sender.send("runs", SubmitRun("a"))
     (client,) = recorder.clients
     assert [s.closed for s in client.senders] == [True, False]
     assert len(recorder.sent) == 1
@@ -135,11 +137,11 @@ def test_a_failed_sender_is_closed_and_replaced(recorder):
 
 def test_close_reaches_every_threads_client_and_a_later_send_opens_a_new_one(recorder):
     sender = ServiceBusSender("ns.servicebus.windows.net", client_factory=recorder.client)
-    other = threading.Thread(target=sender.send, args=("runs", {"x": 1}, "m1"))
+    other = threading.Thread(target=sender.send, args=("runs", RawMessage({"x": 1}, "m1")))
     other.start()
     other.join()
-    sender.send("runs", {"x": 2}, message_id="m2")
+    sender.send("runs", RawMessage({"x": 2}, "m2"))
     sender.close()
     assert len(recorder.clients) == 2 and all(c.closed for c in recorder.clients)
-    sender.send("runs", {"x": 3}, message_id="m3")
+    sender.send("runs", RawMessage({"x": 3}, "m3"))
     assert len(recorder.clients) == 3 and not recorder.clients[-1].closed

@@ -11,8 +11,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from shared.bootstrap import bootstrap
-from shared.orchestration import (RUN_COMPLETED, RUN_STATUS_CHANGED, Attempt, JobEvent, NotRedeployable,
-                                  check_deployment, continue_run, handle_job_event, redeploy, submit_run)
+from shared.messages import ContinueRun
+from shared.orchestration import (RUN_COMPLETED, RUN_STATUS_CHANGED, JobEvent, NotRedeployable, check_deployment,
+                                  continue_run, handle_job_event, redeploy, submit_run)
 from shared.runs import State, job_name_for, new_run
 from shared.run_store import InMemoryRunStore
 from tests.fakes import ARCHIVED_EXAMPLE, FakeMLBackend, RecordingSender
@@ -103,9 +104,9 @@ def test_transient_failure_schedules_a_retry_that_succeeds(svc, ml):
     run = submit_run(svc, run_id)  # returns: the message completes, a scheduled copy goes out instead
     assert run.state == State.QUEUED and run.history[-1].kind == "retry"
     queue, body, message_id, delay = svc.messages.sent[-1]
-    assert queue == svc.settings.runs_queue and body["attempt"] == 1 and message_id == f"{run_id}-submit-1"
+    assert queue == svc.settings.runs_queue and body.attempt.number == 1 and message_id == f"{run_id}-submit-1"
     assert 0 < delay == run.history[-1].delay_seconds
-    assert submit_run(svc, run_id, Attempt.from_body(body)).state == State.SUBMITTED
+    assert submit_run(svc, run_id, body.attempt).state == State.SUBMITTED
 
 
 def test_an_unexpected_error_raises_for_redelivery(svc, ml):
@@ -138,9 +139,9 @@ def test_running_then_completed_registers_and_begins_deploying(svc, ml):
     endpoint = ml.get_endpoint(run.endpoint_name)
     assert endpoint.tags["chatft-app"] == svc.settings.app_id and endpoint.tags["chatft-run"] == run_id
     checks = [m for m in svc.messages.sent if m[0] == svc.settings.deploy_queue]
-    assert checks == [(svc.settings.deploy_queue, {"run_id": run_id, "step": "check", "check": 0,
-                                                       "endpoint": run.endpoint_name}, checks[0][2],
-                       svc.settings.deploy_check_seconds)]
+    check_id = checks[0][1].check_id
+    assert checks == [(svc.settings.deploy_queue, ContinueRun(run_id, "check", run.endpoint_name, check_id),
+                       f"{run.endpoint_name}-check-{check_id}", svc.settings.deploy_check_seconds)]
 
 
 def test_duplicate_and_out_of_order_events_make_one_model_and_one_endpoint(svc, ml):
@@ -188,8 +189,8 @@ def test_transient_registration_failure_schedules_a_retry_on_the_deploy_queue(sv
     run = handle_job_event(svc, event(job, "Completed"))
     assert run.state == State.TRAINED and run.history[-1].kind == "retry" and "register" in run.history[-1].detail
     queue, body, message_id, _ = svc.messages.sent[-1]
-    assert queue == svc.settings.deploy_queue and body["step"] == "register" and body["attempt"] == 1
-    assert continue_run(svc, run_id, body, message_id).state == State.DEPLOYING
+    assert queue == svc.settings.deploy_queue and body.step == "register" and body.attempt.number == 1
+    assert continue_run(svc, body).state == State.DEPLOYING
     assert handle_job_event(svc, event(job, "Completed")).state == State.DEPLOYING  # a late duplicate event
     assert ml.created["model"] == 1
 

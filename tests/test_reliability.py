@@ -13,8 +13,7 @@ from shared.bootstrap import bootstrap
 from shared.config import Settings, SettingError
 from shared.ml.faults import parse_faults
 from shared.ml.port import NotFound, PermanentError, TransientError
-from shared.orchestration import (Attempt, check_deployment, continue_run, dead_lettered, handle_job_event,
-                                  submit_run)
+from shared.orchestration import check_deployment, continue_run, dead_lettered, handle_job_event, submit_run
 from shared.reconcile import reconcile_runs
 from shared.retry import MAX_DELAY_SECONDS, RetryPolicy, is_transient
 from shared.runs import State, job_name_for
@@ -102,11 +101,11 @@ def follow(svc, clock, handler, run_id):
     delays = []
     while True:
         queue, body, message_id, delay = svc.messages.sent[-1]
-        if body.get("attempt", 0) <= len(delays):
+        if body.attempt.number <= len(delays):
             return delays
         delays.append(delay)
         clock.now += timedelta(seconds=delay)
-        handler(svc, run_id, Attempt.from_body(body))
+        handler(svc, run_id, body.attempt)
 
 
 def test_submit_retries_with_growing_delays_until_it_works(svc, ml, clock):
@@ -140,7 +139,7 @@ def test_a_redelivered_copy_of_the_same_retry_is_harmless(svc, ml, clock):
     submit_run(svc, run_id)
     _, body, message_id, _ = svc.messages.sent[-1]
     for _ in range(2):  # the same retry delivered twice (locally there is no duplicate detection)
-        submit_run(svc, run_id, Attempt.from_body(body))
+        submit_run(svc, run_id, body.attempt)
     run = svc.runs.get(run_id)
     assert run.state == State.SUBMITTED and ml.job_creations[run.job_name] == 1
     assert len([t for t in run.history if t.kind == "retry"]) == 1
@@ -156,7 +155,7 @@ def test_endpoint_creation_retries_then_deploys(svc, ml, clock):
     for _ in range(10):
         queue, body, message_id, delay = svc.messages.sent[-1]
         clock.now += timedelta(seconds=delay)
-        run = continue_run(svc, run_id, body, message_id)
+        run = continue_run(svc, body)
         if run.state == State.DEPLOYED:
             break
     assert run.state == State.DEPLOYED and ml.created["endpoint"] == 1
@@ -185,10 +184,10 @@ def test_a_completed_event_while_the_job_finalizes_is_looked_at_again(svc, ml, c
     run = handle_job_event(svc, event(job, "Completed"))
     assert run.state == State.SUBMITTED and run.history[-1].kind == "retry"
     queue, body, message_id, delay = svc.messages.sent[-1]
-    assert queue == svc.settings.deploy_queue and body["step"] == "settle"
+    assert queue == svc.settings.deploy_queue and body.step == "settle"
     ml.complete_job(job)
     clock.now += timedelta(seconds=delay)
-    assert continue_run(svc, run_id, body, message_id).state == State.DEPLOYING
+    assert continue_run(svc, body).state == State.DEPLOYING
 
 
 # ----------------------------------------------------------------------------------------- reconciler
@@ -206,7 +205,7 @@ def test_reconciler_drives_a_run_whose_events_were_all_lost(svc, ml, clock):
     run = svc.runs.get(run_id)
     assert report.moved == [(run_id, "Submitted", "Deploying")] and run.reconciled_at
     _, body, message_id, _ = [m for m in svc.messages.sent if m[0] == svc.settings.deploy_queue][-1]
-    assert continue_run(svc, run_id, body, message_id).state == State.DEPLOYED  # the check chain it started
+    assert continue_run(svc, body).state == State.DEPLOYED  # the check chain it started
 
 
 def test_reconciler_moves_a_running_job_to_training_and_fails_a_deleted_job(svc, ml, clock):

@@ -124,14 +124,6 @@ def post_event(target: Target, event: dict[str, Any], *, give_up_after: float = 
         delay = min(delay * 2, max_delay)
 
 
-def post_events(target: Target, events: list[dict[str, Any]], **retry: Any) -> bool:
-    """Post each event in order (one array of one event per request); True when all were delivered."""
-    delivered = True
-    for event in events:
-        delivered = post_event(target, event, **retry) and delivered
-    return delivered
-
-
 class EventOutbox:
     """Delivers events in order on a background thread, so a job never waits on its receiver while it trains;
     `close` waits a while and returns the events still undelivered."""

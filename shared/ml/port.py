@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 # Azure ML job statuses the app acts on (RunStatusChanged `runStatus` uses the same words).
-JOB_ACTIVE = frozenset({"NotStarted", "Starting", "Provisioning", "Preparing", "Queued", "Running", "Finalizing",
-                        "CancelRequested"})
 JOB_DONE = frozenset({"Completed", "Failed", "Canceled"})
 
 # Provisioning states of endpoints and deployments.
@@ -28,9 +26,7 @@ TAG_JOB = "chatft-job"
 
 
 class MLBackendError(Exception):
-    """A backend call failed. `permanent` says whether retrying can help."""
-
-    permanent = False
+    """A backend call failed; the subclass says whether retrying can help (`TransientError`, `PermanentError`)."""
 
 
 class TransientError(MLBackendError):
@@ -39,8 +35,6 @@ class TransientError(MLBackendError):
 
 class PermanentError(MLBackendError):
     """Retrying will not help: bad configuration, an archived model, a refused compute size, bad input."""
-
-    permanent = True
 
 
 class NotFound(PermanentError):
@@ -63,7 +57,6 @@ class BaseModel:
     version: str
     id: str  # what the pipeline's `mlflow_model_path` takes (an azureml:// registry id, or a local path)
     tags: dict[str, str] = field(default_factory=dict)
-    archived: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,7 +64,6 @@ class Compute:
     name: str
     vm_size: str
     gpus_per_node: int
-    nodes: int = 1
 
 
 @dataclass(frozen=True)
