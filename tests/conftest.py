@@ -11,6 +11,24 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = PROJECT_ROOT.parent / "shared" / "reference"
 
 
+def pytest_configure(config):
+    """With pytest-xdist (`-n`), the controller starts one Azurite for all workers (unless one already listens)
+    and stops it at the end; each worker's `azurite` fixture then reuses it rather than racing to start its own."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    import tempfile
+
+    from chatft_local.azurite import ensure_azurite
+
+    config._chatft_azurite = ensure_azurite(tempfile.mkdtemp(prefix="chatft-azurite-"))
+
+
+def pytest_unconfigure(config):
+    instance = getattr(config, "_chatft_azurite", None)
+    if instance is not None:
+        instance.stop()
+
+
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory):
     """Connection string of a running Azurite (reused if one listens; else started and stopped here)."""
@@ -53,12 +71,11 @@ def settings(azurite, unique, tmp_path):
 def offline_settings(unique, tmp_path):
     """The same settings for service-level tests, which keep runs and messages in memory: nothing contacts
     storage, so they need no Azurite."""
-    # Azurite's well-known development account, on a port nothing listens on: a test that reached for storage
-    # would fail at once rather than quietly use a running Azurite.
-    nowhere = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
-               "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-               "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;"
-               "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;")
+    from chatft_local.azurite import connection_string
+
+    # Azurite's well-known account on a port nothing listens on: a test that reached for storage would fail at
+    # once rather than quietly use a running Azurite.
+    nowhere = connection_string({"blob": 9, "queue": 9, "table": 9})
     return settings_for(unique, tmp_path, nowhere)
 
 

@@ -103,7 +103,7 @@ def test_a_healthy_deployment_passes_every_check():
     ("AML_DATASTORE", "workspaceblobstore", "AML_DATASTORE is workspaceblobstore"),
     ("CLEANUP_SCHEDULE", None, "not set: CLEANUP_SCHEDULE"),
     ("ServiceBusConnection__clientId", None, "ServiceBusConnection__clientId"),
-    ("LOCAL_FAULTS", "submit:1", "LOCAL_FAULTS is a local-only aid"),
+    ("LOCAL_FAULTS", "submit_job=transient:1", "LOCAL_FAULTS is a local-only aid"),
 ])
 def test_settings_missing_or_local_only_are_named(name, value, fragment):
     failed = _failed(_azure(with_setting(healthy_cloud(), name, value)))
