@@ -29,6 +29,7 @@ MIN_RECORDS = 10  # Azure ML's fine-tuning step refuses fewer training rows
 ROLES = ("system", "user", "assistant")
 RECORD_KEYS = frozenset({"messages", "prompt", "prompt_id"})
 MESSAGE_KEYS = frozenset({"role", "content"})
+_record_keys_ok = RECORD_KEYS.issuperset  # a third faster than keys() <= RECORD_KEYS
 TOKEN_ESTIMATE = "characters / 4: an estimate, not a tokenizer count"
 _BOM = b"\xef\xbb\xbf"
 
@@ -93,7 +94,7 @@ def examine_record(record: dict[str, Any]) -> tuple[list[tuple[str, str]], list[
     """
     errors: list[tuple[str, str]] = []
     warnings: list[tuple[str, str]] = []
-    if not record.keys() <= RECORD_KEYS:
+    if not _record_keys_ok(record):
         extra = [k for k in record if k not in RECORD_KEYS]
         warnings.append(("unexpected_key", f"record has key(s) {_names(extra)} besides messages, prompt, "
                                            "prompt_id; training ignores them"))
@@ -112,14 +113,19 @@ def examine_record(record: dict[str, Any]) -> tuple[list[tuple[str, str]], list[
     i = 0
     for message in messages:
         i += 1
-        if type(message) is not dict:
+        try:  # subscripts: cheaper than get() for the message that has both keys
+            role = message["role"]
+            content = message["content"]
+        except KeyError:
+            role = message.get("role")
+            content = message.get("content")
+        except TypeError:  # only an object (dict) is subscripted by a string
             errors.append(("message_not_object", f"message {i} is {_kind(message)}, expected an object"))
             role = prev_turn = None
             continue
-        role = message.get("role")
-        content = message.get("content")
         size = len(content) if type(content) is str and content and not content.isspace() else -1
         # The roles users and assistants use most come first: the common record costs two comparisons a message.
+        # A bad content (size -1) is counted too: it is an error, and a record with an error has no tally.
         if role == "assistant":
             if prev_turn == "assistant" and alternating:
                 warnings.append(("roles_not_alternating", "two assistant messages in a row"))
@@ -127,23 +133,20 @@ def examine_record(record: dict[str, Any]) -> tuple[list[tuple[str, str]], list[
             prev_turn = role
             if first_assistant < 0:
                 first_assistant, before = i - 1, cs + cu + ca
-            if size >= 0:
-                na += 1
-                ca += size
+            na += 1
+            ca += size
         elif role == "user":
             if prev_turn == "user" and alternating:
                 warnings.append(("roles_not_alternating", "two user messages in a row"))
                 alternating = False
             prev_turn = role
-            if size >= 0:
-                nu += 1
-                cu += size
+            nu += 1
+            cu += size
         elif role == "system":
             if i > 1:
                 errors.append(("system_not_first", f"message {i} is a system message; only the first may be"))
-            if size >= 0:
-                ns += 1
-                cs += size
+            ns += 1
+            cs += size
         elif role is None:
             errors.append(("missing_role", f"message {i} has no role" if "role" not in message
                            else f"message {i} role is null"))
