@@ -267,6 +267,16 @@ def test_every_error_of_a_record_is_listed():
     assert all(line == 11 for line, _ in codes(report))
 
 
+@pytest.mark.parametrize("message,kind", [("hi", "a string"), ("", "an empty string"), (3, "a number"),
+                                          (2.5, "a number"), (True, "a boolean"), (None, "null"),
+                                          ([{"role": "user"}], "an array")])
+def test_a_message_of_every_other_json_kind_is_message_not_object(message, kind):
+    record = {"messages": [{"role": "user", "content": "q"}, message, {"role": "assistant", "content": "a"}]}
+    assert inspect_record(record) == ([("message_not_object", f"message 2 is {kind}, expected an object")], [])
+    _, report = run(TEN_GOOD + orjson.dumps(record) + b"\n")
+    assert codes(report) == [(11, "message_not_object")]
+
+
 def test_issue_lists_are_capped_and_counts_stay_complete():
     data = TEN_GOOD + b"[]\n" * 30 + b"\n" * 7
     _, report = run(data, max_issues=5, max_invalid_fraction=1.0)
