@@ -26,8 +26,10 @@ $(AZURITE): package.json package-lock.json
 demo: setup
 	$(VPY) -m chatft_local demo
 
+# Two workers, one test file each at a time (a file's module fixtures, such as a deployed model, are built once);
+# the controller starts one Azurite for both (tests/conftest.py).
 test: setup
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n 2 --dist loadfile
 
 LITELLM_VENV := .venv-litellm
 LITELLM_STAMP := $(LITELLM_VENV)/.installed
