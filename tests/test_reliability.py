@@ -18,8 +18,8 @@ from shared.reconcile import reconcile_runs
 from shared.retry import MAX_DELAY_SECONDS, RetryPolicy, is_transient
 from shared.runs import State, job_name_for
 from shared.run_store import InMemoryRunStore
-from tests.fakes import FakeMLBackend, RecordingSender
-from tests.test_orchestration import Clock, event, queued_run, submitted
+from tests.fakes import RecordingSender
+from tests.test_orchestration import clock, event, ml, queued_run, settings, submitted  # noqa: F401 (fixtures)
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -73,21 +73,6 @@ def test_what_counts_as_transient():
 
 
 # ------------------------------------------------------------------------------- retries, service level
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def ml():
-    return FakeMLBackend()
-
-
-@pytest.fixture
-def settings(offline_settings):
-    return offline_settings
 
 
 @pytest.fixture
