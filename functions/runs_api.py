@@ -3,12 +3,9 @@
 
 import azure.functions as func
 
+from functions.http_reply import http_response
+
 bp = func.Blueprint()
-
-
-def _response(reply) -> func.HttpResponse:
-    return func.HttpResponse(body=reply.body, status_code=reply.status, headers=reply.headers,
-                             mimetype=reply.content_type)
 
 
 @bp.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
@@ -20,9 +17,9 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
     try:
         query = run_query(req.params)
     except ApiError as err:
-        return _response(error_reply(err))
+        return http_response(error_reply(err))
     runs = services().runs.list(states=query.states or None, limit=query.limit)
-    return _response(json_reply({"runs": [run_view(r) for r in runs], "count": len(runs)}))
+    return http_response(json_reply({"runs": [run_view(r) for r in runs], "count": len(runs)}))
 
 
 @bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
@@ -33,7 +30,7 @@ def get_run(req: func.HttpRequest) -> func.HttpResponse:
 
     run_id = req.route_params["run_id"]
     run = services().runs.find(run_id) if is_run_id(run_id) else None
-    return _response(json_reply(run_view(run)) if run is not None else error_reply(run_not_found(run_id)))
+    return http_response(json_reply(run_view(run)) if run is not None else error_reply(run_not_found(run_id)))
 
 
 @bp.route(route="runs/{run_id}/deploy", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
@@ -45,12 +42,12 @@ def deploy_run(req: func.HttpRequest) -> func.HttpResponse:
 
     run_id = req.route_params["run_id"]
     if not is_run_id(run_id):
-        return _response(error_reply(run_not_found(run_id)))
+        return http_response(error_reply(run_not_found(run_id)))
     try:
         run = redeploy(services(), run_id)
     except Exception as exc:  # api_error maps the domain's refusals and re-raises anything else
-        return _response(error_reply(api_error(exc, run_id)))
-    return _response(json_reply(run_view(run), 202, {"Location": f"/api/runs/{run.run_id}"}))
+        return http_response(error_reply(api_error(exc, run_id)))
+    return http_response(json_reply(run_view(run), 202, {"Location": f"/api/runs/{run.run_id}"}))
 
 
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
@@ -58,4 +55,4 @@ def openapi(req: func.HttpRequest) -> func.HttpResponse:
     from shared.api_errors import json_reply
     from shared.openapi import openapi_document
 
-    return _response(json_reply(openapi_document()))
+    return http_response(json_reply(openapi_document()))

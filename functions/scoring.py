@@ -3,30 +3,27 @@ OpenAI's Chat Completions and model list. Async, so the host awaits them on its 
 
 import azure.functions as func
 
+from functions.http_reply import http_response
+
 bp = func.Blueprint()
-
-
-def _response(reply) -> func.HttpResponse:
-    return func.HttpResponse(body=reply.body, status_code=reply.status, headers=reply.headers,
-                             mimetype=reply.content_type)
 
 
 @bp.route(route="score/{model?}", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def score(req: func.HttpRequest) -> func.HttpResponse:
     from shared.scoring_proxy import proxy
 
-    return _response(await proxy().score(req.route_params.get("model") or None, req.get_body()))
+    return http_response(await proxy().score(req.route_params.get("model") or None, req.get_body()))
 
 
 @bp.route(route="v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def chat_completions(req: func.HttpRequest) -> func.HttpResponse:
     from shared.scoring_proxy import proxy
 
-    return _response(await proxy().chat(req.get_body()))
+    return http_response(await proxy().chat(req.get_body()))
 
 
 @bp.route(route="v1/models/{model?}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def models(req: func.HttpRequest) -> func.HttpResponse:
     from shared.scoring_proxy import proxy
 
-    return _response(await proxy().models(req.route_params.get("model") or None))
+    return http_response(await proxy().models(req.route_params.get("model") or None))
