@@ -22,7 +22,6 @@ import importlib.util
 import json
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,65 +33,12 @@ sys.path.insert(0, str(ROOT))
 
 RATIO_TARGET = 0.8
 RSS_TARGET_MB = 200
-# Azurite's well-known development account (https://learn.microsoft.com/azure/storage/common/storage-use-azurite
-# #well-known-storage-account-and-key): public, the same in every Azurite.
-ACCOUNT = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class PrivateAzurite:
-    """An Azurite of our own on free ports with its data in `data_dir`; stopped (and its data deleted by the
-    caller) at the end."""
-
-    def __init__(self, data_dir: Path):
-        from chatft_local.azurite import azurite_binary
-
-        self.ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
-        data_dir.mkdir(parents=True, exist_ok=True)
-        node = shutil.which("node")
-        args = [str(azurite_binary()), "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose",
-                "--location", str(data_dir), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1",
-                "--tableHost", "127.0.0.1", "--blobPort", str(self.ports["blob"]),
-                "--queuePort", str(self.ports["queue"]), "--tablePort", str(self.ports["table"])]
-        self._log = open(data_dir / "azurite.log", "ab")
-        self.process = subprocess.Popen([node, *args] if node else args, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while not all(self._listening(p) for p in self.ports.values()):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"private Azurite did not start; see {data_dir / 'azurite.log'}")
-            time.sleep(0.1)
-
-    @staticmethod
-    def _listening(port: int) -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.3)
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    @property
-    def connection_string(self) -> str:
-        p = self.ports
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{p['blob']}/{ACCOUNT};"
-                f"QueueEndpoint=http://127.0.0.1:{p['queue']}/{ACCOUNT};"
-                f"TableEndpoint=http://127.0.0.1:{p['table']}/{ACCOUNT};")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
 
 
 def _generator():
@@ -142,7 +88,7 @@ def _upload(connection: str, container_name: str, blob_name: str, path: Path) ->
         return container.get_blob_client(blob_name).upload_blob(stream, overwrite=True, max_concurrency=2)
 
 
-def ingest_once(azurite: PrivateAzurite, path: Path, state_dir: Path) -> dict:
+def ingest_once(azurite, path: Path, state_dir: Path) -> dict:
     """Upload `path`, let a fresh host ingest it; seconds from upload end to Queued, and the host's peak RSS."""
     from chatft_local.host import HostProcess
     from shared.config import Settings
@@ -205,8 +151,11 @@ def main() -> int:
     results: dict = {"sizes": {}}
     azurite = None
     try:
-        azurite = PrivateAzurite(workdir / "azurite")
-        print(f"private Azurite on ports {azurite.ports}", flush=True)
+        from chatft_local.azurite import start_private_azurite
+
+        ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
+        azurite = start_private_azurite(workdir / "azurite", ports)
+        print(f"private Azurite on ports {ports}", flush=True)
         for size_mb in (int(s) for s in args.sizes.split(",")):
             path = workdir / f"upload-{size_mb}mb.jsonl"
             records = generate(path, size_mb)
