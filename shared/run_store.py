@@ -59,6 +59,43 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** attempt)))
 
 
+class _CompareAndSwapStore:
+    """What both stores share: `find` over `get`, and the one compare-and-swap loop of `update`. A store supplies
+    `get` and `_swap(current, changed)`: write `changed` only if the stored run still has `current.etag`, setting
+    `changed.etag` and returning True, else False."""
+
+    _max_attempts: int
+
+    def get(self, run_id: str) -> Run:
+        raise NotImplementedError
+
+    def _swap(self, current: Run, changed: Run) -> bool:
+        raise NotImplementedError
+
+    def find(self, run_id: str) -> Run | None:
+        try:
+            return self.get(run_id)
+        except RunNotFound:
+            return None
+
+    def update(self, run_id: str, change: Change) -> Run:
+        """Apply `change` to the current run and write it if the run did not change meanwhile.
+
+        `change` gets a fresh copy each attempt and returns the new run, or None when there is nothing to
+        do (the run is returned unchanged). Exceptions from `change` (e.g. IllegalTransition) propagate.
+        """
+        for attempt in range(self._max_attempts):
+            current = self.get(run_id)
+            changed = change(current)
+            if changed is None:
+                return current
+            if self._swap(current, changed):
+                return changed
+            log.info("run %s changed while updating; re-reading", run_id)
+            _backoff(attempt)
+        raise RunConflict(f"run {run_id} kept changing; gave up after {self._max_attempts} attempts")
+
+
 def _to_entity(run: Run) -> dict:
     doc = json.dumps(run.to_dict(), separators=(",", ":"))
     chunks = [doc[i:i + _CHUNK] for i in range(0, len(doc), _CHUNK)]
@@ -85,7 +122,7 @@ def _from_entity(entity) -> Run:
     return Run.from_dict(json.loads(doc), etag=entity.metadata["etag"])
 
 
-class RunStore:
+class RunStore(_CompareAndSwapStore):
     """Runs in a table. Every update re-reads and re-applies on a lost race; nothing is overwritten blindly."""
 
     def __init__(self, account: "StorageAccount | Settings | str", table_name: str, max_attempts: int = 10):
@@ -128,12 +165,6 @@ class RunStore:
         except ResourceNotFoundError:
             raise RunNotFound(run_id) from None
 
-    def find(self, run_id: str) -> Run | None:
-        try:
-            return self.get(run_id)
-        except RunNotFound:
-            return None
-
     def list(self, states: Iterable[State] | None = None, limit: int | None = None) -> list[Run]:
         """Runs newest first, optionally only those in `states`."""
         table = self._client()
@@ -148,33 +179,20 @@ class RunStore:
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return runs[:limit] if limit else runs
 
-    def update(self, run_id: str, change: Change) -> Run:
-        """Apply `change` to the current run and write it if the run did not change meanwhile.
-
-        `change` gets a fresh copy each attempt and returns the new run, or None when there is nothing to
-        do (the run is returned unchanged). Exceptions from `change` (e.g. IllegalTransition) propagate.
-        """
+    def _swap(self, current: Run, changed: Run) -> bool:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
 
-        for attempt in range(self._max_attempts):
-            current = self.get(run_id)
-            changed = change(current)
-            if changed is None:
-                return current
-            try:
-                meta = self._client().update_entity(_to_entity(changed), mode="replace", etag=current.etag,
-                                                    match_condition=MatchConditions.IfNotModified)
-            except ResourceModifiedError:
-                log.info("run %s changed while updating; re-reading", run_id)
-                _backoff(attempt)
-                continue
-            changed.etag = meta["etag"]
-            return changed
-        raise RunConflict(f"run {run_id} kept changing; gave up after {self._max_attempts} attempts")
+        try:
+            meta = self._client().update_entity(_to_entity(changed), mode="replace", etag=current.etag,
+                                                match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError:
+            return False
+        changed.etag = meta["etag"]
+        return True
 
 
-class InMemoryRunStore:
+class InMemoryRunStore(_CompareAndSwapStore):
     """Runs in a dict, with the table store's behaviour: each run is kept serialized (a caller never holds the
     stored object), each write gets a new etag, and `update` is the same compare-and-swap loop."""
 
@@ -203,12 +221,6 @@ class InMemoryRunStore:
             etag, doc = self._rows[run_id]
         return Run.from_dict(json.loads(json.dumps(doc)), etag=etag)
 
-    def find(self, run_id: str) -> Run | None:
-        try:
-            return self.get(run_id)
-        except RunNotFound:
-            return None
-
     def list(self, states: Iterable[State] | None = None, limit: int | None = None) -> list[Run]:
         wanted = set(states or [])
         with self._lock:
@@ -218,18 +230,11 @@ class InMemoryRunStore:
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return runs[:limit] if limit else runs
 
-    def update(self, run_id: str, change: Change) -> Run:
-        for attempt in range(self._max_attempts):
-            current = self.get(run_id)
-            changed = change(current)
-            if changed is None:
-                return current
-            doc = json.loads(json.dumps(changed.to_dict()))  # as the table would: only what serializes survives
-            with self._lock:
-                if self._rows[run_id][0] == current.etag:
-                    changed.etag = self._etag()
-                    self._rows[run_id] = (changed.etag, doc)
-                    return changed
-            log.info("run %s changed while updating; re-reading", run_id)
-            _backoff(attempt)
-        raise RunConflict(f"run {run_id} kept changing; gave up after {self._max_attempts} attempts")
+    def _swap(self, current: Run, changed: Run) -> bool:
+        doc = json.loads(json.dumps(changed.to_dict()))  # as the table would: only what serializes survives
+        with self._lock:
+            if self._rows[current.run_id][0] != current.etag:
+                return False
+            changed.etag = self._etag()
+            self._rows[current.run_id] = (changed.etag, doc)
+            return True
