@@ -159,4 +159,6 @@ def subscription_from_arm(name: str, topic_type: str, found: Mapping[str, Any]) 
     advanced = tuple((f.get("key", ""), f.get("operatorType", ""), tuple(f.get("values") or ()))
                      for f in flt.get("advancedFilters") or ())
     return Subscription(name, topic_type, url.path, function, tuple(flt.get("includedEventTypes") or ()),
-                        flt.get("subjectBeginsWith") or "", advanced, found.get("eventDeliverySchema") or "")
+                        subject_begins_with=flt.get("subjectBeginsWith") or "",
+                        subject_ends_with=flt.get("subjectEndsWith") or "", advanced_filters=advanced,
+                        schema=found.get("eventDeliverySchema") or "")

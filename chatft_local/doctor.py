@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 
 from shared.config import SETTINGS, Settings, SettingError, local_only_problems
+from shared.uploads import event_grid_subject_filter
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,17 +77,19 @@ class Subscription:
     function: str  # the functionName query value
     included_event_types: tuple[str, ...]
     subject_begins_with: str = ""
+    subject_ends_with: str = ""
     advanced_filters: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (key, operator, values)
     schema: str = "EventGridSchema"
 
 
 def expected_subscriptions(settings: Settings) -> dict[str, Subscription]:
     """The two subscriptions the postdeploy hook makes, by name."""
+    uploads = event_grid_subject_filter(settings.training_container)
     return {
         "ingest-blob-created": Subscription(
             "ingest-blob-created", "Microsoft.Storage.StorageAccounts", "/runtime/webhooks/blobs",
             "Host.Functions.ingest", ("Microsoft.Storage.BlobCreated",),
-            subject_begins_with=f"/blobServices/default/containers/{settings.training_container}/"),
+            subject_begins_with=uploads["subjectBeginsWith"], subject_ends_with=uploads["subjectEndsWith"]),
         "job-events": Subscription(
             "job-events", "Microsoft.MachineLearningServices.Workspaces", "/runtime/webhooks/EventGrid",
             "job_events", JOB_EVENT_TYPES,

@@ -199,7 +199,11 @@ class LocalHost:
         self._put_env("CHATFT_HOST_PORT", str(self.port))
         app = build_http_app(self.functions, self._invoker, self.function_key, options.route_prefix,
                              self.settings.max_request_bytes)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        # auto_decompress=False: functions get the body as sent, Content-Encoding and all, as the Functions host
+        # hands them (a gzip body reaches the language worker compressed: Azure/azure-functions-host#3722); the
+        # app decodes it itself (shared.api_errors.parse_body), under its own size limit.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                                     auto_decompress=False)
         try:
             await self._runner.setup()
             self._services = await asyncio.to_thread(self._start_services)

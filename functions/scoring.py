@@ -12,14 +12,14 @@ bp = func.Blueprint()
 async def score(req: func.HttpRequest) -> func.HttpResponse:
     from shared.scoring_proxy import proxy
 
-    return http_response(await proxy().score(req.route_params.get("model") or None, req.get_body()))
+    return http_response(await proxy().score(req.route_params.get("model") or None, req.get_body(), req.headers))
 
 
 @bp.route(route="v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def chat_completions(req: func.HttpRequest) -> func.HttpResponse:
     from shared.scoring_proxy import proxy
 
-    return http_response(await proxy().chat(req.get_body()))
+    return http_response(await proxy().chat(req.get_body(), req.headers))
 
 
 @bp.route(route="v1/models/{model?}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

@@ -47,7 +47,9 @@ $eventGridKey = Get-SystemKey 'eventgrid_extension'
 Set-Subscription $env:RESOURCE_GROUP $env:STORAGE_SYSTEM_TOPIC_NAME 'ingest-blob-created' @(
   '--endpoint', "`"$base/runtime/webhooks/blobs?functionName=Host.Functions.ingest&code=$blobsKey`"",
   '--included-event-types', 'Microsoft.Storage.BlobCreated',
-  '--subject-begins-with', "/blobServices/default/containers/$($env:TRAINING_CONTAINER)/")
+  '--subject-begins-with', "/blobServices/default/containers/$($env:TRAINING_CONTAINER)/",
+  # Only the names that start a run (shared/uploads.py; tests/test_uploads.py checks the two agree).
+  '--subject-ends-with', '.jsonl')
 
 Set-Subscription $env:ML_RESOURCE_GROUP $env:ML_SYSTEM_TOPIC_NAME 'job-events' @(
   '--endpoint', "`"$base/runtime/webhooks/EventGrid?functionName=job_events&code=$eventGridKey`"",

@@ -55,11 +55,14 @@ blobs_key=$(system_key blobs_extension)
 eventgrid_key=$(system_key eventgrid_extension)
 
 # The blob trigger with source=EventGrid runs only on BlobCreated events posted to this webhook (Learn: "Azure
-# Blob storage trigger", Event Grid source); the subject filter keeps other containers' uploads out.
+# Blob storage trigger", Event Grid source); the subject filters keep other containers' uploads out and let through
+# only the names that start a run (shared/uploads.py: names ending .jsonl, in any case; Event Grid's subject
+# filters are case-insensitive by default; tests/test_uploads.py checks the two agree).
 upsert "$RESOURCE_GROUP" "$STORAGE_SYSTEM_TOPIC_NAME" ingest-blob-created \
   --endpoint "$base/runtime/webhooks/blobs?functionName=Host.Functions.ingest&code=$blobs_key" \
   --included-event-types Microsoft.Storage.BlobCreated \
-  --subject-begins-with "/blobServices/default/containers/$TRAINING_CONTAINER/"
+  --subject-begins-with "/blobServices/default/containers/$TRAINING_CONTAINER/" \
+  --subject-ends-with ".jsonl"
 
 # Only this app's pipeline jobs: step runs (runType azureml.StepRun) and other users' jobs never reach the app.
 upsert "$ML_RESOURCE_GROUP" "$ML_SYSTEM_TOPIC_NAME" job-events \

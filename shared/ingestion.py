@@ -10,27 +10,24 @@ import logging
 from typing import Any
 
 from .bootstrap import Services
+from .duplicates import ContentDigest, end_if_duplicate
 from .messages import SubmitRun
 from .overrides import OverrideError, parse_overrides
 from .runs import Run, State, new_run, run_id_for
 from .ml.training_params import NOTEBOOK_DEFAULTS
 from .storage import read_chunks
 from .tokens import budget
+from .uploads import starts_run
 from .validation import Validator, split_of
 
 log = logging.getLogger(__name__)
 
-TRAINING_SUFFIX = ".jsonl"
 SUMMARY_ISSUES = 5  # errors kept on the run itself; the full list is in validation.json
-
-
-def is_training_upload(blob_name: str) -> bool:
-    return blob_name.lower().endswith(TRAINING_SUFFIX)
 
 
 def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: Any) -> Run | None:
     """Validate and split one upload (one blob version) and queue or reject its run. Safe to repeat."""
-    if not is_training_upload(blob_name):
+    if not starts_run(blob_name):
         log.info("ingest: %s is not a .jsonl upload; left alone", blob_name)
         return None
     props = blob_client.get_blob_properties()
@@ -60,13 +57,17 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
         svc.blobs.write_json(svc.settings.runs_container, report_path, report)
         return _reject(svc, run_id, report, report_path)
 
-    report, counts = _validate_and_split(svc, blob_client, etag, run_id, overrides)
+    digest = ContentDigest()
+    report, counts = _validate_and_split(svc, blob_client, etag, run_id, overrides, digest)
     report["split"] = counts
     svc.blobs.write_json(svc.settings.runs_container, report_path, report)
     if not report["ok"]:
         return _reject(svc, run_id, report, report_path)
 
     summary = _summary(report, report_path)
+    duplicate = end_if_duplicate(svc, run_id, digest.hexdigest(), overrides, summary)
+    if duplicate is not None:
+        return duplicate
     train_path = f"{run_id}/train.jsonl"
     test_path = f"{run_id}/test.jsonl" if counts["test"] else ""
     run = svc.runs.update(run_id, lambda r: r.advance(
@@ -79,7 +80,7 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
 
 
 def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
-                        overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+                        overrides: dict[str, Any], digest: ContentDigest) -> tuple[dict[str, Any], dict[str, int]]:
     s = svc.settings
     test_fraction = float(overrides.get("test_fraction", s.test_fraction))
     plan = budget(s.tokenizer_dir, overrides, _data_hints(svc),
@@ -95,7 +96,7 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     train_tokens = 0
     limit = plan.max_seq_length or 1 << 62
     try:
-        for valid in validator.records(read_chunks(blob_client, etag=etag)):
+        for valid in validator.records(digest.through(read_chunks(blob_client, etag=etag))):
             part = split_of(valid.record, test_fraction)
             writers[part].write(valid.raw)
             writers[part].write(b"\n")

@@ -29,6 +29,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying ag
                                 "schema": {"type": "string"}}}
 _UPSTREAM_STATUS = {"x-chatft-upstream-status": {"description": "The HTTP status the deployment answered.",
                                                  "schema": {"type": "string"}}}
+_ACCEPT_ENCODING = {"Accept-Encoding": {"description": "The content codings a request body may use.",
+                                       "schema": {"type": "string"}}}
 _RUN_HEADER = {"x-chatft-run": {"description": "The run whose endpoint answered.", "schema": {"type": "string"}}}
 
 
@@ -41,7 +43,9 @@ def _errors(schema: str, *statuses: int) -> dict[str, Any]:
         409: ("The run cannot be deployed again (it is deployed, or has no registered model).", None),
         410: ("The model's endpoint was retired (deleted when idle) or its deployment failed; the message says how "
               "to deploy it again: `POST /api/runs/{run_id}/deploy`.", None),
-        413: ("The body is larger than MAX_REQUEST_BYTES.", None),
+        413: ("The body is larger than MAX_REQUEST_BYTES, as sent or once decompressed.", None),
+        415: ("The body's `Content-Encoding` (gzip and deflate are read) or its `Content-Type` charset is not "
+              "supported; the message names which, and `Accept-Encoding` lists the codings read.", _ACCEPT_ENCODING),
         502: ("The deployment answered with an error (its status is in `x-chatft-upstream-status` and the message), "
               "could not be reached, or answered without generated text.", _UPSTREAM_STATUS),
         503: ("No model is deployed at all (no model named), the named model is still being deployed, or the run "
@@ -78,6 +82,11 @@ _MODEL = _path_parameter("model", MODEL_REF_PATTERN, "A registered model name, `
 _RUN_ID = _path_parameter("run_id", RUN_ID_PATTERN, "The run id.")
 
 
+_BODY = ("JSON, UTF-8 unless the `Content-Type` names another charset (e.g. `application/json; charset=latin-1`); "
+         "it may be compressed, declared with `Content-Encoding: gzip` or `deflate` (415 for any other). "
+         "MAX_REQUEST_BYTES bounds it as sent and once decompressed.")
+
+
 def _score_operation(named: bool) -> dict[str, Any]:
     return {
         "operationId": "scoreModel" if named else "score",
@@ -86,22 +95,23 @@ def _score_operation(named: bool) -> dict[str, Any]:
         "description": "Forwards the Azure ML scoring request to the endpoint of the run serving the model, with "
                        "the endpoint key and the `azureml-model-deployment` header.",
         **({"parameters": [_MODEL]} if named else {}),
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ScoreRequest")}}},
+        "requestBody": {"required": True, "description": _BODY,
+                        "content": {"application/json": {"schema": _ref("ScoreRequest")}}},
         "responses": {"200": _json(_ref("ScoreAnswer"), "The deployment's JSON as is (chat deployments answer "
                                                          "this shape).", _RUN_HEADER),
-                      **_errors("Error", 400, 401, 404, 410, 413, 502, 503, 504)},
+                      **_errors("Error", 400, 401, 404, 410, 413, 415, 502, 503, 504)},
     }
 
 
 def _paths() -> dict[str, Any]:
-    openai_errors = _errors("OpenAIError", 400, 401, 404, 410, 413, 502, 503, 504)
+    openai_errors = _errors("OpenAIError", 400, 401, 404, 410, 413, 415, 502, 503, 504)
     return {
         "/api/score": {"post": _score_operation(named=False)},
         "/api/score/{model}": {"post": _score_operation(named=True)},
         "/api/v1/chat/completions": {"post": {
             "operationId": "createChatCompletion", "tags": ["openai"],
             "summary": "OpenAI-compatible chat completion",
-            "requestBody": {"required": True,
+            "requestBody": {"required": True, "description": _BODY,
                             "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}}},
             "responses": {
                 "200": {"description": "A chat.completion, or with `stream: true` the chat.completion.chunk "

@@ -1,7 +1,7 @@
 """Per-upload overrides: typed, allow-listed values read from the uploaded blob's metadata.
 
 An uploader sets e.g. `epochs=2` and `learning_rate=1e-5` as blob metadata; `parse_overrides` turns them into the
-pipeline's parameter names and types (plus the app-level keys `base_model`, `keep`, `test_fraction`), or raises
+pipeline's parameter names and types (plus the app-level keys `base_model`, `keep`, `test_fraction`, `force`), or raises
 `OverrideError` listing every problem. Strict on purpose: an unknown or malformed key is a mistake to report before
 GPU time is spent, not something to ignore. Pure: no Azure SDK.
 """
@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .values import to_value
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-APP_KEYS = ("base_model", "keep", "test_fraction")  # used by the app itself, not passed to the pipeline
+APP_KEYS = ("base_model", "keep", "test_fraction", "force")  # used by the app itself, not passed to the pipeline
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -99,6 +99,8 @@ OVERRIDES: dict[str, _Override] = {
     "apply_lora": _flag("apply_lora", pipeline_form=True),
     "seed": _integer("seed", 0, 2**32 - 1),
     "keep": _flag("keep", pipeline_form=False),
+    # Train even when an earlier run had the same data and settings (shared/duplicates.py).
+    "force": _flag("force", pipeline_form=False),
     "test_fraction": _number("test_fraction", 0.0, 1.0, low_open=False, high_open=True),
 }
 

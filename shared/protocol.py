@@ -145,8 +145,10 @@ def _refused(why: str) -> Any:
 class ChatCompletionRequest(Contract):
     """OpenAI Chat Completions, translated to the scoring request: `messages` become `input_string`;
     `temperature` (0 decodes greedily, above 0 samples), `top_p` and `max_completion_tokens`/`max_tokens` become
-    generation parameters (left out: the model's defaults). `stop` sequences cut the answer. Other OpenAI fields
-    are ignored; those the deployments cannot honour are refused."""
+    generation parameters (left out: the model's defaults). `stop` sequences cut the answer. A parameter the
+    deployments cannot honour is refused with 400 naming it (`param`) unless it has its no-op value; fields that
+    do not change the answer (`user`, `metadata`, `store`, `service_tier`, `parallel_tool_calls`, ...) are
+    ignored."""
 
     model_config = ConfigDict(extra="ignore")
     shape: ClassVar[str] = "a JSON object"
@@ -168,12 +170,34 @@ class ChatCompletionRequest(Contract):
         None, description='must be {"type": "text"} or left out: structured output is not supported')
     logprobs: Literal[False] | None = Field(
         None, description="must be false or left out: log probabilities are not available")
-    # OpenAI features the deployments cannot honour: a request using one is refused rather than half answered.
-    tools: None = _refused("tools are not supported")
-    tool_choice: None = _refused("tool_choice is not supported")
-    functions: None = _refused("functions are not supported")
-    function_call: None = _refused("function_call is not supported")
+    # OpenAI parameters the deployments cannot honour: a request using one is refused (400 naming it in `param`)
+    # rather than half answered; each one's no-op form ({}, [], 0, "none", null) is accepted.
+    top_logprobs: Annotated[int, Field(ge=0, le=0), _Whole] | None = Field(
+        None, description="must be 0 or left out: log probabilities are not available")
+    logit_bias: Annotated[dict[str, Any], Field(max_length=0)] | None = Field(
+        None, description="must be {} or left out: the deployments cannot bias token logits")
+    frequency_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
+        None, description="must be 0 or left out: the deployments have no frequency penalty")
+    presence_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
+        None, description="must be 0 or left out: the deployments have no presence penalty")
+    seed: None = Field(None, description="must be null or left out: the deployments take no seed (for answers that "
+                                         "repeat, send temperature 0: it decodes greedily)")
+    tools: Annotated[list[Any], Field(max_length=0)] | None = Field(
+        None, description="must be [] or left out: tools are not supported")
+    tool_choice: Literal["none"] | None = Field(
+        None, description='must be "none" or left out: tools are not supported')
+    functions: Annotated[list[Any], Field(max_length=0)] | None = Field(
+        None, description="must be [] or left out: functions are not supported")
+    function_call: Literal["none"] | None = Field(
+        None, description='must be "none" or left out: functions are not supported')
+    modalities: list[Literal["text"]] | None = Field(
+        None, description='must be ["text"] or left out: only text output is supported')
     audio: None = _refused("audio output is not supported")
+    prediction: None = _refused("predicted outputs are not supported")
+    web_search_options: None = _refused("web search is not supported")
+    reasoning_effort: None = Field(None, description="must be null or left out: the deployments are not "
+                                                     "reasoning models")
+    verbosity: None = _refused("verbosity is not supported")
 
 
 class Usage(Contract):

@@ -53,6 +53,13 @@ class Runs(Protocol):
         """Apply `change` to a fresh copy of the run and write it if the run did not change meanwhile, re-reading
         and re-applying on a lost race (RunConflict after too many); `change` returning None writes nothing."""
 
+    def claim(self, key: str, run_id: str) -> str:
+        """Record `run_id` as the holder of `key` (a string of letters and digits, e.g. a hex hash) unless the key
+        has a holder; returns the holder, `run_id` when this call or an earlier one by it took the key."""
+
+    def pass_claim(self, key: str, holder: str, run_id: str) -> bool:
+        """Hand `key` from `holder` to `run_id` if `holder` still holds it (compare-and-swap); whether it did."""
+
 
 def _backoff(attempt: int) -> None:
     # Jittered backoff: writers that collided once do not collide again in lockstep.
@@ -94,6 +101,9 @@ class _CompareAndSwapStore:
             log.info("run %s changed while updating; re-reading", run_id)
             _backoff(attempt)
         raise RunConflict(f"run {run_id} kept changing; gave up after {self._max_attempts} attempts")
+
+
+CLAIMS = "claim"  # partition of the claims (`Runs.claim`) in the runs table; runs are in PARTITION
 
 
 def _to_entity(run: Run) -> dict:
@@ -179,6 +189,38 @@ class RunStore(_CompareAndSwapStore):
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return runs[:limit] if limit else runs
 
+    def claim(self, key: str, run_id: str) -> str:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        for _ in range(self._max_attempts):
+            try:
+                self._client().create_entity({"PartitionKey": CLAIMS, "RowKey": key, "run_id": run_id})
+                return run_id
+            except ResourceExistsError:
+                pass
+            try:
+                return self._client().get_entity(CLAIMS, key)["run_id"]
+            except ResourceNotFoundError:  # the claim went between the two calls (it is never deleted today)
+                continue
+        raise RunConflict(f"claim {key} kept changing; gave up after {self._max_attempts} attempts")
+
+    def pass_claim(self, key: str, holder: str, run_id: str) -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            entity = self._client().get_entity(CLAIMS, key)
+        except ResourceNotFoundError:
+            return False
+        if entity["run_id"] != holder:
+            return False
+        try:
+            self._client().update_entity({"PartitionKey": CLAIMS, "RowKey": key, "run_id": run_id}, mode="replace",
+                                         etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
     def _swap(self, current: Run, changed: Run) -> bool:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
@@ -199,11 +241,23 @@ class InMemoryRunStore(_CompareAndSwapStore):
     def __init__(self, max_attempts: int = 10):
         self._max_attempts = max_attempts
         self._rows: dict[str, tuple[str, dict]] = {}  # run_id -> (etag, run.to_dict())
+        self._claims: dict[str, str] = {}  # claim key -> holding run id
         self._etags = itertools.count(1)
         self._lock = threading.Lock()
 
     def _etag(self) -> str:
         return f'W/"{next(self._etags)}"'
+
+    def claim(self, key: str, run_id: str) -> str:
+        with self._lock:
+            return self._claims.setdefault(key, run_id)
+
+    def pass_claim(self, key: str, holder: str, run_id: str) -> bool:
+        with self._lock:
+            if self._claims.get(key) != holder:
+                return False
+            self._claims[key] = run_id
+            return True
 
     def create(self, run: Run) -> tuple[Run, bool]:
         with self._lock:

@@ -72,6 +72,8 @@ def run_view(run: Run) -> dict[str, Any]:
         "reconciled_at": run.reconciled_at or None,
         "links": {"self": f"/api/runs/{run.run_id}"},
     }
+    if run.duplicate_of:  # ended as a duplicate upload: the run that has (or had) the same data and settings
+        view["links"]["duplicate_of"] = f"/api/runs/{run.duplicate_of}"
     if run.state == State.DEPLOYED:
         view["links"]["score"] = f"/api/score/{run.run_id}"
     if run.redeployable():

@@ -136,6 +136,7 @@ class Run:
     last_used_at: str = ""
     keep: bool = False
     reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
+    duplicate_of: str = ""  # the earlier run with the same data and settings, when this one ended as its duplicate
     failure: Failure | None = None
     etag: str | None = field(default=None, compare=False)  # the store's version; never serialized
 

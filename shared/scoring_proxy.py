@@ -20,11 +20,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
 
-from .api_errors import JSON, ApiError, Reply, error_reply, json_reply, parse_body
+from .api_errors import JSON, ApiError, Reply, declares_encoding, error_reply, json_reply, parse_body
 from .bootstrap import Services, services
 from .lifecycle import on_shutdown
 from .run_views import is_model_ref, is_run_id, model_entry, model_list
@@ -75,19 +75,22 @@ class ScoringProxy:
 
     # ---------------------------------------------------------------------------------------- routes
 
-    async def score(self, model: str | None, body: bytes) -> Reply:
-        """`POST /api/score[/{model}]`: an Azure ML scoring request, answered with the deployment's JSON as is."""
+    async def score(self, model: str | None, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
+        """`POST /api/score[/{model}]`: an Azure ML scoring request, answered with the deployment's JSON as is.
+        `headers` are the request's (Content-Encoding and the Content-Type charset decode the body)."""
         try:
-            check_score_request(parse_body(body, self.svc.settings.max_request_bytes))
-            answer = await self.forward(model or None, body)
+            doc = parse_body(body, self.svc.settings.max_request_bytes, headers)
+            check_score_request(doc)
+            # Sent on as the deployment expects it: UTF-8 JSON, uncompressed (the bytes as sent when they were).
+            answer = await self.forward(model or None, body if _plain(headers) else orjson.dumps(doc))
         except ApiError as err:
             return error_reply(err)
         return Reply(200, answer.body, answer.content_type, {"x-chatft-run": answer.run.run_id})
 
-    async def chat(self, body: bytes) -> Reply:
+    async def chat(self, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
         """`POST /api/v1/chat/completions`: OpenAI Chat Completions over the same deployments."""
         try:
-            request = chat_request(parse_body(body, self.svc.settings.max_request_bytes))
+            request = chat_request(parse_body(body, self.svc.settings.max_request_bytes, headers))
             answer = await self.forward(request.model, orjson.dumps(request.scoring_request))
             try:
                 doc = orjson.loads(answer.body)
@@ -296,3 +299,8 @@ async def close_proxy() -> None:
         current, _proxy = _proxy, None
     if current is not None:
         await current.close()
+
+
+def _plain(headers: Mapping[str, str] | None) -> bool:
+    """Whether a body arrived as UTF-8 JSON, uncompressed: then its own bytes go on to the deployment."""
+    return not declares_encoding(headers)

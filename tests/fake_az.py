@@ -104,6 +104,8 @@ def main(argv: list[str]) -> int:
             sub["includedEventTypes"] = types
         if "--subject-begins-with" in options:
             sub["subjectBeginsWith"] = one(options, "--subject-begins-with")
+        if "--subject-ends-with" in options:
+            sub["subjectEndsWith"] = one(options, "--subject-ends-with")
         if "--advanced-filter" in options:
             sub["advancedFilters"] = [{"key": v[0], "operatorType": v[1], "values": v[2:]}
                                       for v in options["--advanced-filter"]]

@@ -47,6 +47,24 @@ def test_upload_refuses_overrides_the_app_would_reject(settings, data, meta, mes
     assert out.returncode == 2 and message in out.stdout
 
 
+def test_upload_of_a_name_that_starts_no_run_is_refused_unless_forced(settings, tmp_path):
+    from azure.storage.blob import BlobServiceClient
+
+    data = tmp_path / "x.json"
+    data.write_text('[{"messages": []}]')
+    container = BlobServiceClient.from_connection_string(settings.storage_connection).get_container_client(
+        settings.training_container)
+    out = chatft(settings, "upload", str(data))
+    assert out.returncode == 2 and "'x.json' will not start a run" in out.stdout and "--force" in out.stdout
+    assert not container.exists() or not list(container.list_blobs())  # nothing was uploaded
+    named = chatft(settings, "upload", str(tmp_path / "x.json"), "--name", "notes.txt")
+    assert named.returncode == 2 and "'notes.txt' will not start a run" in named.stdout
+    forced = chatft(settings, "upload", str(data), "--force")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "no run:" in forced.stdout and "run id" not in forced.stdout
+    assert [b.name for b in container.list_blobs()] == ["x.json"]
+
+
 def test_upload_of_a_missing_file_is_exit_2(settings, tmp_path):
     out = chatft(settings, "upload", str(tmp_path / "nope.jsonl"))
     assert out.returncode == 2 and "not a readable file" in out.stdout

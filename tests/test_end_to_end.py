@@ -243,6 +243,26 @@ def test_idle_cleanup_deletes_only_the_idle_owned_endpoint_and_redeploy_brings_i
     ws.begin_delete_endpoint("someone-elses")
 
 
+def test_identical_data_again_links_the_first_run_and_force_true_trains_again(deployed, tmp_path):
+    s, first = deployed.settings, deployed.runs[0]
+    jobs_dir = Path(s.chatft_state_dir) / "workspace" / "jobs"
+    data = write_sample(tmp_path / "alpha again.jsonl", seed=0)  # the bytes of the module's "alpha" upload
+    _, copy_id = upload_training_file(s, data, {"epochs": "2"}, blob_name="alpha-again.jsonl")
+    copy = wait_for_run(deployed.store, copy_id, (State.REJECTED, State.QUEUED, State.SUBMITTED), timeout=120)
+    assert copy.state == State.REJECTED and copy.duplicate_of == first.run_id, copy.history
+    assert f"same data and settings as run {first.run_id} (/api/runs/{first.run_id}" in copy.history[-1].detail
+    view = requests.get(f"{deployed.host.base_url}/api/runs/{copy_id}", timeout=30,
+                        headers={"x-functions-key": deployed.host.function_key}).json()
+    assert view["links"]["duplicate_of"] == f"/api/runs/{first.run_id}"
+    assert not copy.job_name and not (jobs_dir / f"chatft-{copy_id}").exists()
+
+    _, forced_id = upload_training_file(s, data, {"epochs": "2", "force": "true"}, blob_name="alpha-forced.jsonl")
+    forced = wait_for_run(deployed.store, forced_id, (State.DEPLOYED, State.FAILED, State.REJECTED))
+    assert forced.state == State.DEPLOYED, (forced.failure, forced.history)
+    assert forced.job_name not in (first.job_name, "") and (jobs_dir / forced.job_name).is_dir()
+    assert forced.model_version != first.model_version or forced.model_name != first.model_name
+
+
 def test_host_killed_during_training_still_reaches_deployed(azurite, tmp_path):
     env = names_env(tmp_path / "state")
     settings = Settings.from_env({**os.environ, **env})

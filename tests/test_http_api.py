@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import socket
 import threading
+import importlib
 import uuid
+import zlib
 from datetime import datetime, timedelta
 
 import openai
@@ -367,6 +370,106 @@ def test_malformed_bodies_get_400_saying_what_is_wrong(api):
     assert "tool messages are not supported" in error_of(response)["message"]
     assert set(error_of(response)) == {"message", "type", "param", "code"}
     assert error_of(response)["param"] == "messages"
+
+
+REFUSED = [({"logit_bias": {"50256": -100}}, "logit_bias"), ({"frequency_penalty": 0.5}, "frequency_penalty"),
+           ({"presence_penalty": -1.0}, "presence_penalty"), ({"seed": 7}, "seed"), ({"top_logprobs": 2}, "top_logprobs"),
+           ({"logprobs": True}, "logprobs"), ({"n": 3}, "n"), ({"response_format": {"type": "json_object"}},
+                                                               "response_format"),
+           ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+           ({"tool_choice": "auto"}, "tool_choice"), ({"modalities": ["text", "audio"]}, "modalities"),
+           ({"reasoning_effort": "low"}, "reasoning_effort")]
+NO_OPS = {"logit_bias": {}, "frequency_penalty": 0, "presence_penalty": 0.0, "seed": None, "top_logprobs": 0,
+          "logprobs": False, "n": 1, "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+          "modalities": ["text"], "user": "someone", "store": False, "metadata": {"team": "a"},
+          "parallel_tool_calls": True}
+
+
+def test_parameters_the_deployment_cannot_honour_are_refused_by_name_and_their_no_op_forms_accepted(api):
+    run = api.run(name="params")
+    client = api.openai()
+    seen = len(api.deployment.seen)
+    for extra, param in REFUSED:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=run.model_name, messages=[{"role": "user", "content": "x"}],
+                                           **extra)
+        assert caught.value.param == param and caught.value.body["type"] == "invalid_request_error", extra
+        assert caught.value.body["message"].startswith(param), caught.value.body
+    assert len(api.deployment.seen) == seen  # nothing refused reached the deployment
+    ok = client.chat.completions.create(model=run.model_name, messages=[{"role": "user", "content": "fine"}],
+                                        **NO_OPS)
+    assert ok.choices[0].message.content == "echo: fine"
+
+
+# The HTTP library the openai client is built on (httpx, or its successor httpx2 in recent releases).
+_http = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
+
+
+class GzipRequests(_http.BaseTransport):
+    """A transport for the openai client that sends every request body gzip-compressed, declared with
+    Content-Encoding (the client itself never compresses)."""
+
+    def __init__(self) -> None:
+        self._inner = _http.HTTPTransport()
+
+    def handle_request(self, request):
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+        body = gzip.compress(request.read())
+        return self._inner.handle_request(_http.Request(request.method, request.url, content=body,
+                                                        headers={**headers, "Content-Encoding": "gzip"},
+                                                        extensions=request.extensions))
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_a_compressed_or_latin1_body_is_decoded_as_its_headers_declare(api):
+    run = api.run(name="encodings")
+    with openai.DefaultHttpxClient(transport=GzipRequests()) as http:
+        client = openai.OpenAI(base_url=api.url + "/v1", api_key="unused", max_retries=0,
+                               default_headers=api.headers, http_client=http)
+        reply = client.chat.completions.create(model=run.model_name, messages=[{"role": "user", "content": "café"}])
+    assert reply.choices[0].message.content == "echo: café"
+    assert json.loads(api.deployment.seen[-1]["body"])["input_data"]["input_string"][0]["content"] == "café"
+
+    latin1 = json.dumps(chat("crème brûlée"), ensure_ascii=False).encode("latin-1")
+    response = api.post(f"/score/{run.run_id}", raw=latin1,
+                        headers={"Content-Type": "application/json; charset=ISO-8859-1"})
+    assert response.status_code == 200 and response.json() == {"output": "echo: crème brûlée"}
+    # The deployment gets UTF-8 JSON, as the Azure ML scoring contract expects.
+    assert json.loads(api.deployment.seen[-1]["body"].decode("utf-8")) == chat("crème brûlée")
+    deflated = api.post("/v1/chat/completions", raw=zlib.compress(json.dumps(
+        {"model": run.model_name, "messages": [{"role": "user", "content": "deflated"}]}).encode()),
+        headers={"Content-Encoding": "deflate"})
+    assert deflated.status_code == 200 and deflated.json()["choices"][0]["message"]["content"] == "echo: deflated"
+
+
+def test_an_undeclared_unknown_or_oversized_encoding_is_refused_naming_the_header(api):
+    run = api.run(name="refused-encodings")
+    body = json.dumps({"model": run.model_name, "messages": [{"role": "user", "content": "naïve"}]},
+                      ensure_ascii=False)
+    seen = len(api.deployment.seen)
+    brotli = api.post("/v1/chat/completions", raw=body.encode(), headers={"Content-Encoding": "br"})
+    assert brotli.status_code == 415 and error_of(brotli)["code"] == "unsupported_content_encoding"
+    assert "Content-Encoding 'br'" in error_of(brotli)["message"]
+    assert brotli.headers["Accept-Encoding"] == "gzip, deflate"
+    unknown = api.post("/v1/chat/completions", raw=body.encode(),
+                       headers={"Content-Type": "application/json; charset=klingon"})
+    assert unknown.status_code == 415 and "Content-Type charset 'klingon'" in error_of(unknown)["message"]
+    undeclared = api.post("/v1/chat/completions", raw=body.encode("latin-1"))
+    assert undeclared.status_code == 400 and "not valid UTF-8" in error_of(undeclared)["message"]
+    assert "charset=latin-1" in error_of(undeclared)["message"]
+    unlabelled = api.post("/v1/chat/completions", raw=gzip.compress(body.encode()))
+    assert unlabelled.status_code == 400 and "Content-Encoding: gzip" in error_of(unlabelled)["message"]
+    cut = api.post("/score", raw=gzip.compress(json.dumps(chat("x")).encode())[:-6],
+                   headers={"Content-Encoding": "gzip"})
+    assert cut.status_code == 400 and "cut short" in error_of(cut)["message"]
+    # A gzip bomb: 10 KB on the wire, 10 MiB once inflated, beyond MAX_REQUEST_BYTES (1 MiB): refused part way.
+    bomb = gzip.compress(b" " * (10 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
+    refused = api.post("/score", raw=bomb, headers={"Content-Encoding": "gzip"})
+    assert refused.status_code == 413 and "once decompressed" in error_of(refused)["message"]
+    assert len(api.deployment.seen) == seen
 
 
 def test_unknown_model_is_404(api):

@@ -284,6 +284,7 @@ def test_the_hook_makes_both_subscriptions_with_their_filters(fake_az):
                                 "?functionName=Host.Functions.ingest&code=BLOBKEY")
     assert blob["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
     assert blob["subjectBeginsWith"] == "/blobServices/default/containers/training-data/"
+    assert blob["subjectEndsWith"] == ".jsonl"  # tests/test_uploads.py: the same rule as the app's
     assert blob["eventDeliverySchema"] == "eventgridschema" and blob["endpointType"] == "webhook"
     ml = subs["rg-ml/evgt-ml-abc/job-events"]
     assert ml["endpoint"] == ("https://func-abc.azurewebsites.net/runtime/webhooks/EventGrid"
@@ -307,6 +308,7 @@ def test_the_hook_and_the_doctor_agree_on_what_the_subscriptions_are(fake_az):
         arm = {"destination": {"endpointUrl": sub["endpoint"]},
                "filter": {"includedEventTypes": sub["includedEventTypes"],
                           "subjectBeginsWith": sub.get("subjectBeginsWith"),
+                          "subjectEndsWith": sub.get("subjectEndsWith"),
                           "advancedFilters": sub.get("advancedFilters", [])},
                "eventDeliverySchema": "EventGridSchema"}
         found = subscription_from_arm(name, topic_types[state["topics"][topic]], arm)

@@ -69,7 +69,8 @@ def test_valid_upload_is_split_reported_and_queued(svc):
 
 def test_split_is_deterministic_across_uploads(svc):
     a = ingest(svc, upload(svc, "a.jsonl", valid_lines(50)))
-    b = ingest(svc, upload(svc, "b.jsonl", valid_lines(50)))
+    b = ingest(svc, upload(svc, "b.jsonl", valid_lines(50), metadata={"force": "true"}))  # else a duplicate
+    assert b.state == State.QUEUED
     assert read_lines(svc, a.test_path) == read_lines(svc, b.test_path)
 
 
@@ -119,6 +120,59 @@ def test_overrides_are_typed_onto_the_run(svc):
 def test_non_jsonl_upload_is_left_alone(svc):
     assert ingest(svc, upload(svc, "notes.txt", ["hello"])) is None
     assert svc.runs.list() == []
+
+
+def test_identical_data_and_settings_again_end_as_a_duplicate_with_no_second_job(svc):
+    first = ingest(svc, upload(svc, "a.jsonl", valid_lines(), metadata={"epochs": "2"}))
+    again = ingest(svc, upload(svc, "copy of a.jsonl", valid_lines(), metadata={"EPOCHS": "2.0"}))
+    assert first.state == State.QUEUED
+    assert again.state == State.REJECTED and again.duplicate_of == first.run_id
+    assert f"same data and settings as run {first.run_id} (/api/runs/{first.run_id}, Queued)" in \
+        again.history[-1].detail and "force=true" in again.history[-1].detail
+    assert again.report["ok"] and not again.job_name and not again.train_path
+    assert {m[0] for m in queued_messages(svc, svc.settings.runs_queue)} == {first.run_id}
+    from shared.run_views import run_view
+
+    assert run_view(again)["links"]["duplicate_of"] == f"/api/runs/{first.run_id}"
+
+
+def test_other_bytes_or_other_settings_are_not_duplicates_and_force_trains_anyway(svc):
+    first = ingest(svc, upload(svc, "a.jsonl", valid_lines(), metadata={"epochs": "2"}))
+    other_settings = ingest(svc, upload(svc, "b.jsonl", valid_lines(), metadata={"epochs": "3"}))
+    other_bytes = ingest(svc, upload(svc, "c.jsonl", valid_lines()[:-1], metadata={"epochs": "2"}))
+    forced = ingest(svc, upload(svc, "d.jsonl", valid_lines(), metadata={"epochs": "2", "force": "true"}))
+    assert [r.state for r in (first, other_settings, other_bytes, forced)] == [State.QUEUED] * 4
+    assert forced.overrides == {"num_train_epochs": 2, "force": True}
+
+
+def test_data_whose_earlier_run_failed_trains_again_and_takes_over(svc):
+    first = ingest(svc, upload(svc, "a.jsonl", valid_lines()))
+    svc.runs.update(first.run_id, lambda r: r.fail("training", "the job failed: out of memory", svc.clock()))
+    retry = ingest(svc, upload(svc, "a-retry.jsonl", valid_lines()))
+    assert retry.state == State.QUEUED
+    third = ingest(svc, upload(svc, "a-third.jsonl", valid_lines()))
+    assert third.state == State.REJECTED and third.duplicate_of == retry.run_id
+
+
+def test_identical_uploads_at_once_give_one_job(svc):
+    import threading
+
+    blobs = [upload(svc, f"same-{i}.jsonl", valid_lines()) for i in range(4)]
+    barrier, runs = threading.Barrier(len(blobs)), []
+
+    def go(blob):
+        barrier.wait()
+        runs.append(ingest(svc, blob))
+
+    threads = [threading.Thread(target=go, args=(b,)) for b in blobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    queued = [r for r in runs if r.state == State.QUEUED]
+    assert len(queued) == 1 and len(runs) == 4
+    assert {r.duplicate_of for r in runs if r.state == State.REJECTED} == {queued[0].run_id}
+    assert {m[0] for m in queued_messages(svc, svc.settings.runs_queue)} == {queued[0].run_id}
 
 
 def test_crash_mid_validation_is_completed_by_redelivery(svc):

@@ -34,6 +34,8 @@ VALID = [
     ("keep", "0", "keep", False),
     ("test_fraction", "0", "test_fraction", 0.0),
     ("test_fraction", "0.2", "test_fraction", 0.2),
+    ("force", "true", "force", True),
+    ("force", "false", "force", False),
 ]
 
 # metadata key -> malformed raw value, and a phrase the message must contain (the expected type/range)
@@ -69,6 +71,7 @@ MALFORMED = [
     ("keep", "", "true or false"),
     ("test_fraction", "1", "a number at least 0 and below 1"),
     ("test_fraction", "-0.1", "a number at least 0 and below 1"),
+    ("force", "always", "true or false"),
 ]
 
 
@@ -117,9 +120,9 @@ def test_keys_are_case_insensitive_like_blob_metadata():
 
 def test_a_full_set_maps_to_pipeline_and_app_level_names():
     parsed = parse_overrides({"epochs": "2", "learning_rate": "2e-5", "lora_r": "16", "apply_lora": "yes",
-                              "base_model": "Phi-4", "keep": "true", "test_fraction": "0.05"})
+                              "base_model": "Phi-4", "keep": "true", "test_fraction": "0.05", "force": "1"})
     assert parsed == {"num_train_epochs": 2, "learning_rate": 2e-5, "lora_r": 16, "apply_lora": "true",
-                      "base_model": "Phi-4", "keep": True, "test_fraction": 0.05}
+                      "base_model": "Phi-4", "keep": True, "test_fraction": 0.05, "force": True}
     assert set(APP_KEYS) <= set(parsed)
 
 

@@ -131,3 +131,43 @@ def test_gives_up_with_conflict_when_always_losing(kind, request):
 
     with pytest.raises(RunConflict):
         store.update("r1", change)
+
+
+def test_a_claim_is_insert_if_absent_and_held_until_passed_on(store):
+    assert store.claim("abc123", "r1") == "r1"
+    assert store.claim("abc123", "r2") == "r1"
+    assert store.claim("abc123", "r1") == "r1"  # asking again is harmless
+    assert store.pass_claim("abc123", "r2", "r3") is False  # only the holder's claim can be passed on
+    assert store.pass_claim("abc123", "r1", "r2") is True
+    assert store.claim("abc123", "r9") == "r2"
+    assert store.pass_claim("nokey", "r1", "r2") is False
+    assert store.list() == []  # claims are not runs
+
+
+def test_concurrent_claims_and_takeovers_have_one_winner(store):
+    barrier = threading.Barrier(6)
+    holders, passed = [], []
+
+    def claim(i):
+        barrier.wait()
+        holders.append(store.claim("k1", f"r{i}"))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(holders)) == 1
+    first = holders[0]
+
+    def take_over(i):
+        barrier.wait()
+        passed.append(store.pass_claim("k1", first, f"n{i}"))
+
+    threads = [threading.Thread(target=take_over, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(passed) == [False] * 5 + [True]
+    assert store.claim("k1", "late").startswith("n")

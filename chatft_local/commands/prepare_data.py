@@ -68,6 +68,11 @@ def main(args: argparse.Namespace) -> int:
     if train is None:
         return _fail(f"no {' or '.join(TRAIN_SPLITS)} split to upload (splits: {', '.join(written)})")
     blob_name = args.blob_name or f"{slug(Path(args.dataset).stem) or 'dataset'}-{slug(train.stem)}.jsonl"
+    from shared.uploads import why_ignored
+
+    ignored = why_ignored(blob_name)
+    if ignored:  # as `chatft upload` does: never print a run id that will not exist
+        return _fail(f"--blob-name: {ignored}")
     return upload(train, blob_name)
 
 
