@@ -201,6 +201,7 @@ var appSettings = {
   AML_WORKSPACE: mlWorkspaceName
   AML_REGISTRY: 'azureml'
   AML_COMPUTE: computeName
+  AML_COMPUTE_GPUS: '0'
   AML_DATASTORE: runsDatastoreName
   AML_PIPELINE_COMPONENT: 'chat_completion_pipeline'
   BASE_MODEL: baseModel

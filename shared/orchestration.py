@@ -17,7 +17,7 @@ from typing import Any, Callable
 from .bootstrap import Services
 from .messages import FIRST_TRY, Attempt, ContinueRun, MalformedMessage, SubmitRun, retry_of
 from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequest, MLBackendError, NotFound,
-                      PermanentError, RegisteredModel)
+                      PermanentError, RegisteredModel, canonical_status)
 from .ml.training_params import registered_model_name
 from .overrides import APP_KEYS
 from .retry import is_transient, retry_policy
@@ -107,7 +107,7 @@ class JobEvent:
     def from_event_grid(cls, event_type: str, data: dict[str, Any]) -> "JobEvent":
         tags = data.get("runTags") or {}
         status = data.get("runStatus") or ("Completed" if event_type == RUN_COMPLETED else "")
-        return cls(event_type=event_type, job_name=str(data.get("runId", "")), status=str(status),
+        return cls(event_type=event_type, job_name=str(data.get("runId", "")), status=canonical_status(status),
                    run_type=str(data.get("runType", "")),
                    parent_run=str(tags.get("azureml.pipelinerunid", "") if isinstance(tags, dict) else ""))
 
