@@ -95,17 +95,10 @@ def expected_subscriptions(settings: Settings) -> dict[str, Subscription]:
     }
 
 
-# Roles the app's identity needs, with the kind of resource they are held on. The README's "Roles" table lists
-# these (and the compute's and workspace's); tests/test_infra.py keeps infra/, README and this in step.
-APP_ROLES: dict[str, str] = {
-    "Storage Blob Data Owner": "Microsoft.Storage/storageAccounts",
-    "Storage Queue Data Contributor": "Microsoft.Storage/storageAccounts",
-    "Storage Table Data Contributor": "Microsoft.Storage/storageAccounts",
-    "Azure Service Bus Data Owner": "Microsoft.ServiceBus/namespaces",
-    "Monitoring Metrics Publisher": "Microsoft.Insights/components",
-    "AzureML Data Scientist": "Microsoft.MachineLearningServices/workspaces",
-}
-APP_ROLES_WITH_METRICS = {"Monitoring Reader": "Microsoft.MachineLearningServices/workspaces"}
+# Roles the app's identity needs, from the one table of its operations (shared/permissions.py), which
+# tests/test_permissions.py proves against infra/.
+from shared.permissions import APP_ROLES, APP_ROLES_WITH_METRICS  # noqa: E402
+
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ def test_the_function_app_is_flex_consumption_python_311_with_the_user_assigned_
 # --- roles --------------------------------------------------------------------------------------------------------
 
 PRINCIPALS = {"appPrincipalId": "app", "computePrincipalId": "compute", "compute.identity.principalId": "compute",
-              "workspacePrincipalId": "workspace"}
+              "computeIdentity.properties.principalId": "compute", "workspacePrincipalId": "workspace"}
 
 
 def _role_names(bicep) -> dict[str, str]:
@@ -222,17 +222,9 @@ def test_each_readme_role_is_assigned_to_the_right_principal_and_nothing_else():
 
 def test_role_definition_ids_are_the_built_in_ones():
     # Built-in role ids (Learn: "Azure built-in roles"; the storage/monitoring ones as in the azd quickstart).
-    known = {
-        "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
-        "Storage Blob Data Contributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
-        "Storage Blob Data Reader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
-        "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
-        "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
-        "Azure Service Bus Data Owner": "090c5cfd-751d-490a-894a-3ce6f1109419",
-        "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
-        "Monitoring Reader": "43d0d8ad-25c7-4714-9337-8ba259a9fe05",
-        "AzureML Data Scientist": "f6c7c914-8db3-469d-8ca1-694a8f32e121",
-    }
+    # The built-in role definitions kept as test data (tests/data/builtin_roles.json, with their source).
+    roles = json.loads((ROOT / "tests" / "data" / "builtin_roles.json").read_text())["roles"]
+    known = {r["roleName"]: guid for guid, r in roles.items()}
     for bicep in files():
         if "var roles = {" in bicep.path.read_text():
             for key, guid in bicep.variables()["roles"].items():
