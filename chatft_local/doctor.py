@@ -245,8 +245,11 @@ def local_checks(settings: Settings, report: Report, *, timeout: float = 3.0) ->
 
 # --- Azure checks ---------------------------------------------------------------------------------------------
 
-def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_ROOT / "functions") -> None:
-    """Checks a deployment through `cloud`: the app's settings, then each resource they name."""
+def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_ROOT / "functions",
+                 gpu_vm_size: str = "") -> None:
+    """Checks a deployment through `cloud`: the app's settings, then each resource they name. `gpu_vm_size` (azd's
+    GPU_VM_SIZE) is the size infra/ declares for the cluster: an existing cluster of another size is never
+    updated by `azd up` (Azure ML cannot change a cluster's VM size), so a difference is reported."""
     app = _guard_value(report, "Function App found", "run `azd up`, or set AZURE_FUNCTION_APP_NAME and "
                        "RESOURCE_GROUP (azd sets both)", cloud.app_settings)
     if app is None:
@@ -271,9 +274,15 @@ def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_
                               "set BASE_MODEL to a model offered for chat-completion fine-tuning (e.g. Phi-4)",
                               lambda: cloud.base_model(settings.base_model))
     if base_model is not None:
-        _guard_value(report, f"compute {settings.aml_compute} exists and has GPUs",
-                     "create a GPU cluster of that name (azd up does) or set AML_COMPUTE",
-                     lambda: cloud.compute(settings.aml_compute, base_model))
+        compute = _guard_value(report, f"compute {settings.aml_compute} exists and has GPUs",
+                               "create a GPU cluster of that name (azd up does) or set AML_COMPUTE",
+                               lambda: cloud.compute(settings.aml_compute, base_model))
+        if compute is not None and gpu_vm_size:
+            same = compute.vm_size.lower() == gpu_vm_size.lower()
+            report.add(f"compute {settings.aml_compute} has GPU_VM_SIZE", same,
+                       compute.vm_size if same else f"it is {compute.vm_size}, GPU_VM_SIZE is {gpu_vm_size}",
+                       "" if same else "delete the cluster and run `azd provision` (a cluster's size cannot be "
+                                       "changed), or set GPU_VM_SIZE to its size")
 
     def datastore() -> tuple[bool, str, str]:
         found = cloud.datastore(settings.aml_datastore)

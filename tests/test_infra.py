@@ -371,3 +371,31 @@ def test_requirements_pin_the_blob_extension_and_keep_the_local_runtime_out():
     assert re.search(r"^azurefunctions-extensions-bindings-blob>=1\.1\.2$", reqs, re.M)
     for local_only in ("torch", "transformers", "mlflow", "peft", "trl", "tree-sitter", "pytest"):
         assert not re.search(rf"^{local_only}\b", reqs, re.M), local_only
+
+
+# --- issue 23: the template's traps --------------------------------------------------------------------------------
+
+def test_issue_23_findings_in_the_template():
+    from shared.ml.training_params import resolve_inference_instance_type
+
+    ml = {r.symbol: r for r in load("app/ml.bicep").resources()}
+    # 2: a default inference size in Phi-4's published inference computes; with a size set, no list is no error.
+    assert load("main.bicep").params()["inferenceInstanceType"] == "Standard_NC24ads_A100_v4"
+    assert resolve_inference_instance_type("Standard_NC24ads_A100_v4", {}) == "Standard_NC24ads_A100_v4"
+    # 3: the cluster has a user-assigned identity, which holds Blob Data Contributor on the workspace storage.
+    assert ml["compute"].body["identity"]["type"] == "UserAssigned"
+    assert ml["computeWorkspaceStorage"].body["properties"]["principalId"] == "computeIdentity.properties.principalId"
+    assert "how-to-disable-local-auth-storage.md" in ml["computeIdentity"].comment
+    # 4: a Basic registry with the admin account off is the workspace's containerRegistry.
+    assert ml["registry"].body["sku"] == {"name": "Basic"}
+    assert ml["registry"].body["properties"] == {"adminUserEnabled": False}
+    assert ml["newWorkspace"].body["properties"]["containerRegistry"] == "registry.id"
+    # 5: existing topics are used instead of a second one per source, and the outputs the hook reads say which.
+    assert ml["mlTopic"].conditional and load("app/eventgrid.bicep").resources()[0].conditional
+    outputs = load("app/eventgrid.bicep").src.decode()
+    assert "empty(existingStorageTopicName) ? storageTopic.name : existingStorageTopicName" in outputs
+    assert "empty(existingMlTopicName) ? mlTopic.name : existingMlTopicName" in load("app/ml.bicep").src.decode()
+    # 6: an existing workspace's own region for what goes into it.
+    assert ml["compute"].body["location"] == "mlLocation" and ml["mlTopic"].body["location"] == "mlLocation"
+    # 7: GA API versions only.
+    assert not [r.type for f in files() for r in f.resources() if "preview" in r.type]
