@@ -98,17 +98,10 @@ def expected_subscriptions(settings: Settings) -> dict[str, Subscription]:
     }
 
 
-# Roles the app's identity needs, with the kind of resource they are held on. The README's "Roles" table lists
-# these (and the compute's and workspace's); tests/test_infra.py keeps infra/, README and this in step.
-APP_ROLES: dict[str, str] = {
-    "Storage Blob Data Owner": "Microsoft.Storage/storageAccounts",
-    "Storage Queue Data Contributor": "Microsoft.Storage/storageAccounts",
-    "Storage Table Data Contributor": "Microsoft.Storage/storageAccounts",
-    "Azure Service Bus Data Owner": "Microsoft.ServiceBus/namespaces",
-    "Monitoring Metrics Publisher": "Microsoft.Insights/components",
-    "AzureML Data Scientist": "Microsoft.MachineLearningServices/workspaces",
-}
-APP_ROLES_WITH_METRICS = {"Monitoring Reader": "Microsoft.MachineLearningServices/workspaces"}
+# Roles the app's identity needs, from the one table of its operations (shared/permissions.py), which
+# tests/test_permissions.py proves against infra/.
+from shared.permissions import APP_ROLES, APP_ROLES_WITH_METRICS  # noqa: E402
+
 
 
 @dataclass(frozen=True)
@@ -255,8 +248,11 @@ def local_checks(settings: Settings, report: Report, *, timeout: float = 3.0) ->
 
 # --- Azure checks ---------------------------------------------------------------------------------------------
 
-def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_ROOT / "functions") -> None:
-    """Checks a deployment through `cloud`: the app's settings, then each resource they name."""
+def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_ROOT / "functions",
+                 gpu_vm_size: str = "") -> None:
+    """Checks a deployment through `cloud`: the app's settings, then each resource they name. `gpu_vm_size` (azd's
+    GPU_VM_SIZE) is the size infra/ declares for the cluster: an existing cluster of another size is never
+    updated by `azd up` (Azure ML cannot change a cluster's VM size), so a difference is reported."""
     app = _guard_value(report, "Function App found", "run `azd up`, or set AZURE_FUNCTION_APP_NAME and "
                        "RESOURCE_GROUP (azd sets both)", cloud.app_settings)
     if app is None:
@@ -281,9 +277,15 @@ def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_
                               "set BASE_MODEL to a model offered for chat-completion fine-tuning (e.g. Phi-4)",
                               lambda: cloud.base_model(settings.base_model))
     if base_model is not None:
-        _guard_value(report, f"compute {settings.aml_compute} exists and has GPUs",
-                     "create a GPU cluster of that name (azd up does) or set AML_COMPUTE",
-                     lambda: cloud.compute(settings.aml_compute, base_model))
+        compute = _guard_value(report, f"compute {settings.aml_compute} exists and has GPUs",
+                               "create a GPU cluster of that name (azd up does) or set AML_COMPUTE",
+                               lambda: cloud.compute(settings.aml_compute, base_model))
+        if compute is not None and gpu_vm_size:
+            same = compute.vm_size.lower() == gpu_vm_size.lower()
+            report.add(f"compute {settings.aml_compute} has GPU_VM_SIZE", same,
+                       compute.vm_size if same else f"it is {compute.vm_size}, GPU_VM_SIZE is {gpu_vm_size}",
+                       "" if same else "delete the cluster and run `azd provision` (a cluster's size cannot be "
+                                       "changed), or set GPU_VM_SIZE to its size")
 
     def datastore() -> tuple[bool, str, str]:
         found = cloud.datastore(settings.aml_datastore)

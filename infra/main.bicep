@@ -41,8 +41,16 @@ param runsDatastoreName string = 'chatft_runs'
 @description('Base model in the azureml registry (BASE_MODEL). Phi-3-mini-4k-instruct is archived there.')
 param baseModel string = 'Phi-4'
 
+// Phi-4 lists it among its inference computes (azureml-assets). Since June 2026 the registry keeps the allow-lists
+// in system metadata, which azure-ai-ml's Model does not expose: with a size set, a missing list is no list.
 @description('Instance type of online deployments; empty takes the first current size of the model\'s allow-list.')
-param inferenceInstanceType string = ''
+param inferenceInstanceType string = 'Standard_NC24ads_A100_v4'
+
+@description('Name of an Event Grid system topic the app storage account already has (one per source); empty creates one.')
+param existingStorageTopicName string = ''
+
+@description('Name of an Event Grid system topic the ML workspace already has (one per source); empty creates one.')
+param existingMlTopicName string = ''
 
 @description('Also check Azure Monitor request metrics before cleanup deletes an endpoint (adds Monitoring Reader).')
 param cleanupCheckMetrics bool = false
@@ -142,6 +150,7 @@ module ml 'app/ml.bicep' = {
     runsContainerName: runsContainerName
     appPrincipalId: identity.outputs.principalId
     cleanupCheckMetrics: cleanupCheckMetrics
+    existingMlTopicName: existingMlTopicName
   }
   dependsOn: [rg]
 }
@@ -166,6 +175,7 @@ module eventgrid 'app/eventgrid.bicep' = {
   params: {
     storageTopicName: 'evgt-st-${resourceToken}'
     storageAccountId: storage.outputs.id
+    existingStorageTopicName: existingStorageTopicName
     location: location
     tags: tags
   }
@@ -201,6 +211,7 @@ var appSettings = {
   AML_WORKSPACE: mlWorkspaceName
   AML_REGISTRY: 'azureml'
   AML_COMPUTE: computeName
+  AML_COMPUTE_GPUS: '0'
   AML_DATASTORE: runsDatastoreName
   AML_PIPELINE_COMPONENT: 'chat_completion_pipeline'
   BASE_MODEL: baseModel
@@ -267,6 +278,8 @@ output AZURE_SUBSCRIPTION_ID string = subscription().subscriptionId
 output AZURE_RESOURCE_GROUP string = mlResourceGroupName
 output AML_WORKSPACE string = mlWorkspaceName
 output AML_COMPUTE string = computeName
+output GPU_VM_SIZE string = gpuVmSize
+output ML_LOCATION string = ml.outputs.location
 output AML_DATASTORE string = runsDatastoreName
 output APP_ID string = appId
 output AZURE_CLIENT_ID string = identity.outputs.clientId

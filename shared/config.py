@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         "Registry holding base models and the pipeline component.")
     aml_compute: str = _setting("AML_COMPUTE", "gpu-cluster",
         "GPU compute cluster for fine-tuning jobs.")
+    aml_compute_gpus: int = _setting("AML_COMPUTE_GPUS", 0,
+        "GPUs per node of AML_COMPUTE's VM size; 0 takes the count from the app's table of the sizes Azure ML "
+        "fine-tuning allows (shared/ml/training_params.py VM_SIZE_GPUS). Set it for a size the table lacks.")
     aml_datastore: str = _setting("AML_DATASTORE", DEFAULT_DATASTORE,
         "Datastore over RUNS_CONTAINER (identity-based); train/test files are passed as its paths. The "
         "default is the datastore `azd up` creates (infra/); `workspaceblobstore` would not hold them.")

@@ -19,7 +19,7 @@ from typing import Any
 from .bootstrap import Services
 from .messages import FIRST_TRY, Attempt, ContinueRun, MalformedMessage, SubmitRun
 from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequest, MLBackendError, NotFound,
-                      RegisteredModel)
+                      RegisteredModel, canonical_status)
 from .ml.training_params import registered_model_name
 from .overrides import APP_KEYS
 from .run_store import RunNotFound
@@ -56,7 +56,7 @@ class JobEvent:
     def from_event_grid(cls, event_type: str, data: dict[str, Any]) -> "JobEvent":
         tags = data.get("runTags") or {}
         status = data.get("runStatus") or ("Completed" if event_type == RUN_COMPLETED else "")
-        return cls(event_type=event_type, job_name=str(data.get("runId", "")), status=str(status),
+        return cls(event_type=event_type, job_name=str(data.get("runId", "")), status=canonical_status(status),
                    run_type=str(data.get("runType", "")),
                    parent_run=str(tags.get("azureml.pipelinerunid", "") if isinstance(tags, dict) else ""))
 

@@ -764,3 +764,154 @@ def test_endpoint_and_deployment_names_are_checked_before_calling(backend, cloud
         backend.begin_create_deployment("ft-chats-01234567", name, RegisteredModel("m", "1", "id"),
                                         "Standard_NC6s_v3", 1)
     assert not [c for c in cloud.calls if "online" in c[0]]
+
+
+# ------------------------------------------------------------------ the subscription-scope VM size list (issue 23)
+
+
+def arm_forbidden(action, scope):
+    """What ARM raises through azure-core when a role does not grant `action` at `scope`: 403 AuthorizationFailed."""
+    from azure.core.exceptions import HttpResponseError
+
+    exc = HttpResponseError(message=f"(AuthorizationFailed) The client 'app' with object id 'oid' does not have "
+                                    f"authorization to perform action '{action}' over scope '{scope}' or the scope "
+                                    f"is invalid.")
+    exc.status_code = 403
+    return exc
+
+
+class ArmComputeOps(ComputeOps):
+    """ComputeOps as ARM answers the app's identity, which holds roles on the workspace only: the subscription-scope
+    GET .../locations/{location}/vmSizes (azure-ai-ml `build_virtual_machine_sizes_list_request`) is refused."""
+
+    def list_sizes(self):
+        self.cloud.calls.append(("compute.list_sizes",))
+        raise arm_forbidden("Microsoft.MachineLearningServices/locations/vmsizes/read", "/subscriptions/sub")
+
+
+@pytest.fixture
+def arm_cloud():
+    cloud = Cloud()
+    cloud.workspace.compute = ArmComputeOps(cloud)
+    return cloud
+
+
+def azure_backend(cloud, **settings):
+    from shared.ml.azureml import AzureMLBackend
+
+    settings = Settings.from_env(env={}, ml_backend="azureml", azure_subscription_id="sub", azure_resource_group="rg",
+                                 aml_workspace="ws", aml_datastore="runsstore", **settings)
+    return AzureMLBackend(settings, credential=object(), ml_client=cloud.workspace, registry_client=cloud.registry)
+
+
+@pytest.mark.parametrize("size, gpus", [("Standard_NC24ads_A100_v4", 1), ("standard_nc96ads_a100_v4", 4),
+                                        ("Standard_ND96amsr_A100_v4", 8), ("Standard_NC80adis_H100_v5", 2)])
+def test_the_gpus_of_an_allowed_size_come_from_the_table_without_the_subscription_scope_call(arm_cloud, size, gpus):
+    from azure.ai.ml.entities import AmlCompute
+
+    arm_cloud.computes["gpu-cluster"] = AmlCompute(name="gpu-cluster", size=size, provisioning_state="Succeeded")
+    backend = azure_backend(arm_cloud)
+    base = backend.resolve_base_model("Phi-4")
+    assert backend.check_compute("gpu-cluster", base).gpus_per_node == gpus
+    assert arm_cloud.count("compute.list_sizes") == 0
+
+
+def test_a_size_outside_the_table_behind_a_403_names_the_setting_and_the_setting_overrides(arm_cloud):
+    from azure.ai.ml.entities import AmlCompute
+
+    arm_cloud.computes["gpu-cluster"] = AmlCompute(name="gpu-cluster", size="Standard_NC8as_T4_v3",
+                                                   provisioning_state="Succeeded")
+    base = azure_backend(arm_cloud).resolve_base_model("Phi-4")
+    with pytest.raises(PermanentError, match="set AML_COMPUTE_GPUS") as refused:
+        azure_backend(arm_cloud).check_compute("gpu-cluster", base)
+    assert "locations/vmsizes/read" in str(refused.value) and arm_cloud.count("compute.list_sizes") == 1
+    assert azure_backend(arm_cloud, aml_compute_gpus=3).check_compute("gpu-cluster", base).gpus_per_node == 3
+    assert arm_cloud.count("compute.list_sizes") == 1
+    # Where the identity may list sizes (a user granted the read), a size outside the table is read from Azure.
+    arm_cloud.workspace.compute = ComputeOps(arm_cloud)
+    with pytest.raises(PermanentError, match="available SKUs: .*or set AML_COMPUTE_GPUS"):
+        azure_backend(arm_cloud).check_compute("gpu-cluster", base)
+
+
+def test_other_list_size_errors_are_not_hidden(arm_cloud):
+    from azure.ai.ml.entities import AmlCompute
+
+    arm_cloud.computes["gpu-cluster"] = AmlCompute(name="gpu-cluster", size="Standard_NC8as_T4_v3",
+                                                   provisioning_state="Succeeded")
+    backend = azure_backend(arm_cloud)
+    base = backend.resolve_base_model("Phi-4")
+    arm_cloud.workspace.compute.list_sizes = lambda: (_ for _ in ()).throw(http_error(503))
+    with pytest.raises(TransientError):
+        backend.check_compute("gpu-cluster", base)
+
+
+def test_a_run_goes_from_its_queued_upload_to_submit_while_arm_refuses_the_vm_size_list(arm_cloud, offline_settings):
+    """The run `ingest` queued (train/test files in RUNS_CONTAINER) is submitted through the Azure ML adapter while
+    the stand-in answers the vmSizes GET with ARM's 403, as it does the template's app identity."""
+    from shared.bootstrap import bootstrap
+    from shared.ml.azureml import AzureMLBackend
+    from shared.orchestration import submit_run
+    from shared.run_store import InMemoryRunStore
+    from shared.runs import State, new_run
+    from tests.fakes import RecordingSender
+
+    settings = offline_settings.model_copy(update=dict(ml_backend="azureml", azure_subscription_id="sub",
+                                                       azure_resource_group="rg", aml_workspace="ws",
+                                                       base_model="Phi-4",
+                                                       inference_instance_type="Standard_NC24ads_A100_v4"))
+    backend = AzureMLBackend(settings, credential=object(), ml_client=arm_cloud.workspace,
+                             registry_client=arm_cloud.registry)
+    svc = bootstrap(settings, ml=backend, messages=RecordingSender(), runs=InMemoryRunStore())
+    run_id = "chats-0123456789ab"
+    run = new_run(run_id, svc.clock()).advance(State.VALIDATING, svc.clock())
+    svc.runs.create(run.advance(State.QUEUED, svc.clock(), train_path=f"{run_id}/train.jsonl",
+                                test_path=f"{run_id}/test.jsonl"))
+    run = submit_run(svc, run_id)
+    assert run.state == State.SUBMITTED, run.failure
+    assert arm_cloud.count("jobs.create_or_update") == 1 and arm_cloud.count("compute.list_sizes") == 0
+    inputs = node_inputs(arm_cloud.jobs[run.job_name])
+    assert inputs["number_of_gpu_to_use_finetuning"] == 1
+
+
+# ------------------------------------------------------------------ findings 8 and 9 (issue 23)
+
+
+def test_a_model_version_taken_with_another_path_is_a_conflict_and_takes_the_next_number(backend, cloud):
+    """azure-ai-ml 1.35.2 raises AssetPathException for the service's "(UserError) Asset paths cannot be updated."
+    (operations/_model_operations.py:292): the version is taken, so the registration takes the next number."""
+    from azure.ai.ml._artifacts._constants import CHANGED_ASSET_PATH_MSG, CHANGED_ASSET_PATH_MSG_NO_PERSONAL_DATA
+    from azure.ai.ml.entities import Model
+    from azure.ai.ml.exceptions import AssetPathException, ErrorTarget
+
+    from shared.ml.azureml import Conflict, translate
+
+    exc = AssetPathException(message=CHANGED_ASSET_PATH_MSG, target=ErrorTarget.MODEL,
+                             no_personal_data_message=CHANGED_ASSET_PATH_MSG_NO_PERSONAL_DATA)
+    assert type(translate(exc, "registering model m version 1")) is Conflict
+
+    first, second = completed_job(backend, cloud), completed_job(backend, cloud, "chats-ba9876543210")
+    real_create = cloud.workspace.models.create_or_update
+
+    def other_path(model):  # another job registered version 1 (another path) just before this PUT
+        if model.version == "1":
+            cloud.workspace.models.items[("chats", "1")] = Model(name="chats", version="1", id="other",
+                                                                 tags={"chatft-job": first})
+            raise AssetPathException(message=CHANGED_ASSET_PATH_MSG, target=ErrorTarget.MODEL,
+                                     no_personal_data_message=CHANGED_ASSET_PATH_MSG_NO_PERSONAL_DATA)
+        return real_create(model)
+
+    cloud.workspace.models.create_or_update = other_path
+    assert backend.register_model(second, "chats").version == "2"
+
+
+@pytest.mark.parametrize("word", ["failed", "FAILED", "Failed"])
+def test_statuses_in_any_casing_are_the_ports_words(word):
+    from shared.ml.port import Deployment, Endpoint, JobStatus
+    from shared.orchestration import RUN_STATUS_CHANGED, JobEvent
+
+    event = JobEvent.from_event_grid(RUN_STATUS_CHANGED, {"runId": "chatft-x", "runStatus": word})
+    assert event.status == "Failed"
+    assert JobStatus("j", word).done and JobStatus("j", "completed").status == "Completed"
+    assert Endpoint("e", word).provisioning_state == "Failed"
+    assert Deployment("e", "d", "succeeded").provisioning_state == "Succeeded"
+    assert JobStatus("j", "SomethingNew").status == "SomethingNew"

@@ -175,3 +175,17 @@ def test_no_function_app_stops_the_azure_checks_with_the_fix():
     cloud.app_exists = False
     report = _azure(cloud)
     assert [c.name for c in report.checks] == ["Function App found"] and "azd up" in report.checks[0].fix
+
+
+def test_a_cluster_of_another_size_than_gpu_vm_size_is_reported():
+    from chatft_local.doctor import Report, azure_checks
+
+    cloud = healthy_cloud()
+    size = cloud.computes["gpu-cluster"][0]
+    report = Report()
+    azure_checks(cloud, report, gpu_vm_size="Standard_NC96ads_A100_v4")
+    failed = _failed(report)["compute gpu-cluster has GPU_VM_SIZE"]
+    assert size in failed and "GPU_VM_SIZE is Standard_NC96ads_A100_v4" in failed
+    report = Report()
+    azure_checks(cloud, report, gpu_vm_size=size.upper())
+    assert report.ok

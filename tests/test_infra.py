@@ -180,7 +180,7 @@ def test_the_function_app_is_flex_consumption_python_311_with_the_user_assigned_
 # --- roles --------------------------------------------------------------------------------------------------------
 
 PRINCIPALS = {"appPrincipalId": "app", "computePrincipalId": "compute", "compute.identity.principalId": "compute",
-              "workspacePrincipalId": "workspace"}
+              "computeIdentity.properties.principalId": "compute", "workspacePrincipalId": "workspace"}
 
 
 def _role_names(bicep) -> dict[str, str]:
@@ -222,17 +222,9 @@ def test_each_readme_role_is_assigned_to_the_right_principal_and_nothing_else():
 
 def test_role_definition_ids_are_the_built_in_ones():
     # Built-in role ids (Learn: "Azure built-in roles"; the storage/monitoring ones as in the azd quickstart).
-    known = {
-        "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
-        "Storage Blob Data Contributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
-        "Storage Blob Data Reader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
-        "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
-        "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
-        "Azure Service Bus Data Owner": "090c5cfd-751d-490a-894a-3ce6f1109419",
-        "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
-        "Monitoring Reader": "43d0d8ad-25c7-4714-9337-8ba259a9fe05",
-        "AzureML Data Scientist": "f6c7c914-8db3-469d-8ca1-694a8f32e121",
-    }
+    # The built-in role definitions kept as test data (tests/data/builtin_roles.json, with their source).
+    roles = json.loads((ROOT / "tests" / "data" / "builtin_roles.json").read_text())["roles"]
+    known = {r["roleName"]: guid for guid, r in roles.items()}
     for bicep in files():
         if "var roles = {" in bicep.path.read_text():
             for key, guid in bicep.variables()["roles"].items():
@@ -381,3 +373,31 @@ def test_requirements_pin_the_blob_extension_and_keep_the_local_runtime_out():
     assert re.search(r"^azurefunctions-extensions-bindings-blob>=1\.1\.2$", reqs, re.M)
     for local_only in ("torch", "transformers", "mlflow", "peft", "trl", "tree-sitter", "pytest"):
         assert not re.search(rf"^{local_only}\b", reqs, re.M), local_only
+
+
+# --- issue 23: the template's traps --------------------------------------------------------------------------------
+
+def test_issue_23_findings_in_the_template():
+    from shared.ml.training_params import resolve_inference_instance_type
+
+    ml = {r.symbol: r for r in load("app/ml.bicep").resources()}
+    # 2: a default inference size in Phi-4's published inference computes; with a size set, no list is no error.
+    assert load("main.bicep").params()["inferenceInstanceType"] == "Standard_NC24ads_A100_v4"
+    assert resolve_inference_instance_type("Standard_NC24ads_A100_v4", {}) == "Standard_NC24ads_A100_v4"
+    # 3: the cluster has a user-assigned identity, which holds Blob Data Contributor on the workspace storage.
+    assert ml["compute"].body["identity"]["type"] == "UserAssigned"
+    assert ml["computeWorkspaceStorage"].body["properties"]["principalId"] == "computeIdentity.properties.principalId"
+    assert "how-to-disable-local-auth-storage.md" in ml["computeIdentity"].comment
+    # 4: a Basic registry with the admin account off is the workspace's containerRegistry.
+    assert ml["registry"].body["sku"] == {"name": "Basic"}
+    assert ml["registry"].body["properties"] == {"adminUserEnabled": False}
+    assert ml["newWorkspace"].body["properties"]["containerRegistry"] == "registry.id"
+    # 5: existing topics are used instead of a second one per source, and the outputs the hook reads say which.
+    assert ml["mlTopic"].conditional and load("app/eventgrid.bicep").resources()[0].conditional
+    outputs = load("app/eventgrid.bicep").src.decode()
+    assert "empty(existingStorageTopicName) ? storageTopic.name : existingStorageTopicName" in outputs
+    assert "empty(existingMlTopicName) ? mlTopic.name : existingMlTopicName" in load("app/ml.bicep").src.decode()
+    # 6: an existing workspace's own region for what goes into it.
+    assert ml["compute"].body["location"] == "mlLocation" and ml["mlTopic"].body["location"] == "mlLocation"
+    # 7: GA API versions only.
+    assert not [r.type for f in files() for r in f.resources() if "preview" in r.type]

@@ -55,7 +55,8 @@ def main(args: argparse.Namespace) -> int:
             report.add("Azure deployment found", False, "RESOURCE_GROUP and AZURE_FUNCTION_APP_NAME are not set",
                        "run `azd up` in this folder (azd keeps them), or export both")
         else:
-            azure_checks(AzureCloud(deployment), report)
+            azure_checks(AzureCloud(deployment), report,
+                         gpu_vm_size={**azd_values(), **env}.get("GPU_VM_SIZE", ""))
     for line in render(report):
         print(line)
     return 0 if report.ok else 1

@@ -6,7 +6,10 @@ param storageAccountId string
 param location string
 param tags object
 
-resource storageTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+@description('Name of a system topic the storage account already has (Event Grid allows one per source: Defender for Storage makes one); empty creates one.')
+param existingStorageTopicName string = ''
+
+resource storageTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = if (empty(existingStorageTopicName)) {
   name: storageTopicName
   location: location
   tags: tags
@@ -16,4 +19,4 @@ resource storageTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   }
 }
 
-output storageTopicName string = storageTopic.name
+output storageTopicName string = empty(existingStorageTopicName) ? storageTopic.name : existingStorageTopicName

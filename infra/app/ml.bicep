@@ -16,11 +16,40 @@ param runsContainerName string
 param appPrincipalId string
 param cleanupCheckMetrics bool
 
+@description('Name of an Event Grid system topic the workspace already has (Event Grid allows one per source); empty creates one.')
+param existingMlTopicName string = ''
+
 // Built-in role definition ids (Learn: "Azure built-in roles").
 var roles = {
   azureMLDataScientist: 'f6c7c914-8db3-469d-8ca1-694a8f32e121' // AzureML Data Scientist
   monitoringReader: '43d0d8ad-25c7-4714-9337-8ba259a9fe05' // Monitoring Reader
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1' // Storage Blob Data Reader
+  reader: 'acdd72a7-3385-48ef-bd42-f606fba81ae7' // Reader
+  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d' // AcrPull
+}
+
+// The workspace's own region (an existing workspace may be elsewhere than the azd region): its compute, datastore
+// and system topic go there. ARM's if() evaluates only the branch taken, so the reference runs only for an existing one.
+var mlLocation = createWorkspace ? location : workspace.location
+
+// The cluster's user-assigned identity. Learn (azure-ai-docs, how-to-disable-local-auth-storage.md, "Scenarios for
+// role assignments"): with shared keys off on the workspace storage, jobs with a model as input or output need a
+// user-assigned identity on the compute cluster, with Storage Blob Data Contributor on that storage.
+resource computeIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-compute-${resourceToken}'
+  location: mlLocation
+  tags: tags
+}
+
+// The workspace's container registry, so the MLflow no-code deployment's image build does not make one with the
+// admin account on (Learn, how-to-identity-based-service-authentication.md). Basic, admin off: pulls use identities.
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = if (createWorkspace) {
+  name: 'cr${resourceToken}'
+  location: location
+  tags: tags
+  sku: { name: 'Basic' }
+  properties: { adminUserEnabled: false }
 }
 
 // --- A new workspace's dependencies: its own storage (identity-only, like the app's) and key vault (RBAC).
@@ -51,9 +80,9 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = if (createWorkspace) 
   }
 }
 
-// 2024-10-01-preview: the GA 2024-10-01 schema has no systemDatastoresAuthMode (bicep-types-az, machinelearningservices
-// 2024-10-01 vs 2024-10-01-preview types.md, WorkspaceProperties).
-resource newWorkspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01-preview' = if (createWorkspace) {
+// GA 2025-06-01 defines systemDatastoresAuthMode and containerRegistry (bicep-types-az 1f896de, generated/
+// machinelearningservices/microsoft.machinelearningservices/2025-06-01/types.md, WorkspaceProperties).
+resource newWorkspace 'Microsoft.MachineLearningServices/workspaces@2025-06-01' = if (createWorkspace) {
   name: workspaceName
   location: location
   tags: tags
@@ -64,6 +93,7 @@ resource newWorkspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01-p
     storageAccount: mlStorage.id
     keyVault: keyVault.id
     applicationInsights: applicationInsightsId
+    containerRegistry: registry.id
     // The workspace's own datastores use its identity: its storage account has shared keys disabled.
     systemDatastoresAuthMode: 'Identity'
     publicNetworkAccess: 'Enabled'
@@ -78,9 +108,12 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' exi
 // The fine-tuning cluster: min 0 nodes so it costs nothing idle; its own identity reads the run files.
 resource compute 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-01' = {
   name: '${workspaceName}/${computeName}'
-  location: location
+  location: mlLocation
   tags: tags
-  identity: { type: 'SystemAssigned' }
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${computeIdentity.id}': {} }
+  }
   properties: {
     computeType: 'AmlCompute'
     properties: {
@@ -115,9 +148,9 @@ resource runsDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@
 
 // Azure ML run events. Its subscription (to `job_events`, with filters for this app's pipeline jobs) needs the
 // app's eventgrid_extension system key: scripts/postdeploy.sh creates it.
-resource mlTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+resource mlTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = if (empty(existingMlTopicName)) {
   name: 'evgt-ml-${resourceToken}'
-  location: location
+  location: mlLocation
   tags: tags
   properties: {
     source: resourceId('Microsoft.MachineLearningServices/workspaces', workspaceName)
@@ -134,6 +167,20 @@ resource appDataScientist 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   scope: workspace
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.azureMLDataScientist)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [newWorkspace]
+}
+
+// App identity -> Reader on the workspace: azure-ai-ml GETs the workspace (`workspaces/read`) before creating an
+// endpoint or a deployment (operations/_online_endpoint_operations.py:228, _online_deployment_operations.py:188),
+// and AzureML Data Scientist's `workspaces/*/read` does not match `workspaces/read` (shared/permissions.py).
+resource appWorkspaceReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(subscription().id, resourceGroup().id, workspaceName, appPrincipalId, roles.reader)
+  scope: workspace
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.reader)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }
@@ -160,11 +207,24 @@ resource computeWorkspaceStorage 'Microsoft.Authorization/roleAssignments@2022-0
   scope: mlStorage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
-    principalId: compute.identity.principalId
+    principalId: computeIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
-output computePrincipalId string = compute.identity.principalId
+// Compute identity -> AcrPull on the workspace's registry: with the admin account off, the job's images are pulled
+// with the cluster's identity (Learn, how-to-identity-based-service-authentication.md).
+resource computeAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (createWorkspace) {
+  name: guid(subscription().id, resourceGroup().id, 'cr${resourceToken}', computeName, roles.acrPull)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.acrPull)
+    principalId: computeIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+output computePrincipalId string = computeIdentity.properties.principalId
 output workspacePrincipalId string = workspace.identity.principalId
-output systemTopicName string = mlTopic.name
+output systemTopicName string = empty(existingMlTopicName) ? mlTopic.name : existingMlTopicName
+output location string = mlLocation

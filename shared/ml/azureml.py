@@ -26,7 +26,8 @@ from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Depl
                    JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                    TransientError)
 from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
-                              display_name, finetune_parameters, gpus_per_node, resolve_inference_instance_type)
+                              display_name, finetune_parameters, gpus_per_node, known_gpus_per_node,
+                              resolve_inference_instance_type, unknown_gpus_error)
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,16 @@ def base_model_from_entity(model: Any, registry: str, today: date | None = None)
     return BaseModel(name=model.name, version=str(model.version), id=model.id, tags=tags)
 
 
-def compute_from_entities(compute: Any, sizes: Iterable[Any], base_model_tags: Mapping[str, Any] | None) -> Compute:
-    """The notebook's compute checks (step 3) on the workspace's compute and VM size entities."""
+def compute_from_entities(compute: Any, sizes: Iterable[Any], base_model_tags: Mapping[str, Any] | None,
+                          gpus: int | None = None) -> Compute:
+    """The notebook's compute checks (step 3) on the workspace's compute entity; the GPUs per node are `gpus`
+    when known (the table or AML_COMPUTE_GPUS), else read from the VM size entities `sizes`."""
     vm_size = getattr(compute, "size", None)
     if not vm_size:
         raise PermanentError(f"compute {compute.name} has no VM size; fine-tuning needs a GPU compute cluster")
     check_finetune_compute(compute.name, vm_size, compute.provisioning_state, base_model_tags)
-    gpus = gpus_per_node(compute.name, vm_size, ((s.name, s.gpus) for s in sizes))
+    if gpus is None:
+        gpus = gpus_per_node(compute.name, vm_size, ((s.name, s.gpus) for s in sizes))
     return Compute(name=compute.name, vm_size=vm_size, gpus_per_node=gpus)
 
 
@@ -201,6 +205,11 @@ def translate(exc: BaseException, what: str, not_found: str | None = None) -> Ex
         return NotFound(not_found or f"{what}: not found")
     if isinstance(exc, ResourceExistsError) or status == 409:
         return Conflict(f"{what}: it exists already ({detail})")
+    if type(exc).__name__ == "AssetPathException" and type(exc).__module__.startswith("azure.ai.ml"):
+        # A PUT of a model version another registration took, with another path: the service answers "(UserError)
+        # Asset paths cannot be updated." and azure-ai-ml 1.35.2 raises AssetPathException for it
+        # (operations/_model_operations.py:292, create_or_update). That version exists already: a conflict.
+        return Conflict(f"{what}: it exists already with another path ({detail})")
     if isinstance(exc, ClientAuthenticationError):
         return PermanentError(f"{what}: Azure refused the app's credentials ({detail}); check the identity and its "
                               f"role assignments on the workspace and registry")
@@ -308,9 +317,20 @@ class AzureMLBackend:
                         not_found=f"compute {compute_name} not found in workspace {self.settings.aml_workspace}; "
                                   f"create a GPU cluster of that name or set AML_COMPUTE"):
             compute = ws.compute.get(compute_name)
-        with azure_call("listing the workspace's VM sizes"):
-            sizes = list(ws.compute.list_sizes())
-        return compute_from_entities(compute, sizes, base_model.tags)
+        vm_size = getattr(compute, "size", None) or ""
+        gpus = known_gpus_per_node(vm_size, self.settings.aml_compute_gpus)
+        sizes: list[Any] = []
+        if gpus is None and vm_size:  # a size outside the table: ask Azure, which needs a subscription-scope read
+            try:
+                with azure_call("listing the VM sizes of the workspace's region"):
+                    sizes = list(ws.compute.list_sizes())
+            except PermanentError as exc:
+                if _status(exc.__cause__) != 403:
+                    raise
+                raise unknown_gpus_error(compute_name, vm_size, "it is not in the app's table and listing VM sizes "
+                                         "needs Microsoft.MachineLearningServices/locations/vmsizes/read at the "
+                                         "subscription, which the app's identity does not hold") from exc
+        return compute_from_entities(compute, sizes, base_model.tags, gpus=gpus)
 
     # --- jobs
 

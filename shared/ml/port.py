@@ -16,6 +16,19 @@ JOB_DONE = frozenset({"Completed", "Failed", "Canceled"})
 # Provisioning states of endpoints and deployments.
 PROVISIONING_DONE = frozenset({"Succeeded", "Failed", "Canceled"})
 
+# Every status word the app compares, in the casing the code uses. Event Grid's synthetic samples write
+# `"runStatus": "failed"` and ARM's provisioning states arrive in whatever casing the service chose, so each status
+# is put into this casing where it enters the port (`canonical_status`) and every comparison then ignores case.
+_CANONICAL = {s.lower(): s for s in (*JOB_DONE, *PROVISIONING_DONE, "NotStarted", "Queued", "Preparing",
+                                      "Provisioning", "Starting", "Running", "Finalizing", "CancelRequested",
+                                      "Creating", "Updating", "Deleting")}
+
+
+def canonical_status(status: Any) -> str:
+    """`status` in the casing of the constants above ("failed" -> "Failed"); an unknown word unchanged."""
+    text = str(status or "")
+    return _CANONICAL.get(text.lower(), text)
+
 # Tags that mark an endpoint as this app's (values: APP_ID setting, run id, ISO created-at).
 TAG_APP = "chatft-app"
 TAG_RUN = "chatft-run"
@@ -89,6 +102,9 @@ class JobStatus:
     error: str = ""  # a one-line summary when Failed/Canceled
     metrics: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", canonical_status(self.status))
+
     @property
     def done(self) -> bool:
         return self.status in JOB_DONE
@@ -110,6 +126,9 @@ class Endpoint:
     traffic: dict[str, int] = field(default_factory=dict)
     error: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "provisioning_state", canonical_status(self.provisioning_state))
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -117,6 +136,9 @@ class Deployment:
     name: str
     provisioning_state: str
     error: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "provisioning_state", canonical_status(self.provisioning_state))
 
 
 @dataclass(frozen=True)

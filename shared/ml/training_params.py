@@ -269,6 +269,35 @@ def check_finetune_compute(compute_name: str, vm_size: str, provisioning_state: 
                              f"(K80 GPUs)")
 
 
+# GPUs per VM of the sizes Azure ML fine-tuning allows (the `finetune_compute_allow_list` of the chat models in the
+# azureml registry: Phi-3/Phi-4, Llama, Mistral), from Learn's size pages: NC A100 v4 series (NC24ads 1, NC48ads 2,
+# NC96ads 4 A100 80GB), ND A100 v4 series (ND96asr_v4 8 A100 40GB), NDm A100 v4 series (ND96amsr 8 A100 80GB), NCads
+# H100 v5 series (NC40ads 1, NC80adis 2 H100 NVL), ND H100 v5 series (ND96isr 8 H100).
+# Why a table, not `MLClient.compute.list_sizes()`: that call is a subscription-scope GET
+# (.../providers/Microsoft.MachineLearningServices/locations/{location}/vmSizes) which a role on the workspace never
+# grants; ARM answers 403 (shared/permissions.py). A size's GPU count never changes, so the table is stable; a size
+# it lacks is read from Azure where the identity may list sizes, else AML_COMPUTE_GPUS names it.
+VM_SIZE_GPUS: dict[str, int] = {s.lower(): n for s, n in (
+    ("Standard_NC24ads_A100_v4", 1), ("Standard_NC48ads_A100_v4", 2), ("Standard_NC96ads_A100_v4", 4),
+    ("Standard_ND96asr_v4", 8), ("Standard_ND96amsr_A100_v4", 8),
+    ("Standard_NC40ads_H100_v5", 1), ("Standard_NC80adis_H100_v5", 2), ("Standard_ND96isr_H100_v5", 8))}
+GPUS_SETTING = "AML_COMPUTE_GPUS"
+
+
+def known_gpus_per_node(vm_size: str, override: int = 0) -> int | None:
+    """GPUs per node of `vm_size`: `override` (AML_COMPUTE_GPUS) when above 0, else the table VM_SIZE_GPUS
+    (case-insensitive), else None (ask Azure)."""
+    if override and override > 0:
+        return int(override)
+    return VM_SIZE_GPUS.get((vm_size or "").lower())
+
+
+def unknown_gpus_error(compute_name: str, vm_size: str, why: str) -> PermanentError:
+    """The error for a VM size whose GPU count neither the table nor Azure gave: it names AML_COMPUTE_GPUS."""
+    return PermanentError(f"number of GPUs of VM size {vm_size} (compute {compute_name}) unknown: {why}; set "
+                          f"{GPUS_SETTING} to its GPUs per node")
+
+
 def gpus_per_node(compute_name: str, vm_size: str, sizes: Iterable[tuple[str, int | None]]) -> int:
     """GPUs of the SKU whose name matches the cluster's VM size (case-insensitive), from the workspace's list of
     sizes; not found, or no GPU, is a PermanentError (listing the available SKUs when not found)."""
@@ -281,7 +310,7 @@ def gpus_per_node(compute_name: str, vm_size: str, sizes: Iterable[tuple[str, in
                                      f"runs on GPU compute only")
             return int(gpus)
     raise PermanentError(f"number of GPUs of VM size {vm_size} (compute {compute_name}) not found; available SKUs: "
-                         f"{', '.join(sorted(available)) or 'none'}")
+                         f"{', '.join(sorted(available)) or 'none'}; or set {GPUS_SETTING} to its GPUs per node")
 
 
 def check_inference_instance_type(instance_type: str, model_tags: Mapping[str, Any] | None) -> None:
