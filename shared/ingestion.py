@@ -13,6 +13,7 @@ from .bootstrap import Services
 from .duplicates import ContentDigest, end_if_duplicate
 from .messages import SubmitRun
 from .overrides import OverrideError, parse_overrides
+from .retry import is_transient
 from .runs import Run, State, new_run, run_id_for
 from .ml.training_params import NOTEBOOK_DEFAULTS
 from .storage import read_chunks
@@ -58,7 +59,10 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
         return _reject(svc, run_id, report, report_path)
 
     digest = ContentDigest()
-    report, counts = _validate_and_split(svc, blob_client, etag, run_id, overrides, digest)
+    try:
+        report, counts = _validate_and_split(svc, blob_client, etag, run_id, overrides, digest)
+    except _IngestCrash as crash:
+        return _end_crashed(svc, run_id, crash)
     report["split"] = counts
     svc.blobs.write_json(svc.settings.runs_container, report_path, report)
     if not report["ok"]:
@@ -95,18 +99,23 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     counts = {"train": 0, "test": 0}
     train_tokens = 0
     limit = plan.max_seq_length or 1 << 62
+    line, inside = 0, False  # the last line yielded; whether the fault came while splitting it
     try:
         for valid in validator.records(digest.through(read_chunks(blob_client, etag=etag))):
+            line, inside = valid.line, True
             part = split_of(valid.record, test_fraction)
             writers[part].write(valid.raw)
             writers[part].write(b"\n")
             counts[part] += 1
             if part == "train":
                 train_tokens += min(valid.tokens, limit)
-    except BaseException:
+            inside = False
+    except BaseException as exc:
         for writer in writers.values():
             writer.abort()
-        raise
+        if isinstance(exc, Exception) and not is_transient(exc):
+            raise _IngestCrash(line if inside else line + 1, not inside, exc) from exc
+        raise  # a storage fault: the trigger tries again; the run stays Validating for the retry
     report = validator.report()
     tokens = report["tokens"]
     # What GPU time scales with: the train split's tokens (after truncation) times the epochs.
@@ -121,6 +130,39 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     for writer in writers.values():
         writer.close() if report["ok"] else writer.abort()
     return report, counts
+
+
+class _IngestCrash(Exception):
+    """Validating or splitting raised (not a transient fault): at `line` (or after it, when `after`)."""
+
+    def __init__(self, line: int, after: bool, error: Exception):
+        super().__init__(f"line {line}: {type(error).__name__}: {error}")
+        self.line, self.after, self.error = line, after, error
+
+
+def _is_data_fault(exc: BaseException) -> bool:
+    """A fault the upload's content caused: nesting deeper than a parser or the recursion limit takes (json's
+    RecursionError, orjson's "Recursion limit reached")."""
+    return isinstance(exc, RecursionError) or "recursion" in str(exc).lower()
+
+
+def _end_crashed(svc: Services, run_id: str, crash: _IngestCrash) -> Run:
+    """End a run whose ingest raised: Rejected when the data caused it (named with its line), else Failed at
+    "ingest" with the error. Either way the run is terminal, so a redelivery of the upload finds it done."""
+    where = f"line {crash.line}" if not crash.after else f"at or after line {crash.line}"
+    error = f"{type(crash.error).__name__}: {str(crash.error).splitlines()[0] if str(crash.error) else ''}"[:300]
+    now = svc.clock()
+    if _is_data_fault(crash.error):
+        detail = f"{where}: too_deeply_nested: a value nests too deeply to be read ({error})"
+        log.warning("ingest: run %s rejected: %s", run_id, detail)
+        report = {"ok": False, "reason": detail, "errors": [{"line": crash.line, "code": "too_deeply_nested",
+                                                              "message": detail}]}
+        return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, now, detail, report=report,
+                                                           from_states=(State.VALIDATING,), step="ingest"))
+    log.error("ingest: run %s failed (%s): %s", run_id, where, error, exc_info=crash.error)
+    reason = f"ingesting the upload failed {where}: {error}; see the function's log"
+    return svc.runs.update(run_id, lambda r: r.fail("ingest", reason, now, step="ingest")
+                           if r.state == State.VALIDATING else None)
 
 
 def _data_hints(svc: Services) -> tuple[str, dict[str, Any]] | None:

@@ -1,10 +1,10 @@
 """The reconciler: runs in progress that stopped moving are brought up to date with the backend's word.
 
 Only Event Grid events and queue messages move a run past Submitted; a missing subscription, an event Event Grid
-gave up on, or a lost message would leave a run stuck for ever. Every RECONCILE_SCHEDULE tick, a run in
-Submitted, Training, Trained, Registered or Deploying whose history has not moved for RECONCILE_AFTER_MINUTES is
+gave up on, or a lost message would leave a run stuck for ever. Every RECONCILE_SCHEDULE tick, a run in any
+state in progress (Received to Deploying) whose history has not moved for RECONCILE_AFTER_MINUTES is
 looked at: the steps that own its state (`shared.orchestration.ROUTES`, the same ones events and checks run) read
-the job's or endpoint's real status and take the steps still to take. A job gone from the workspace, or the
+the upload's blob, the job's or the endpoint's real status and take the steps still to take. A job gone from the workspace, or the
 endpoint of a deploying run gone after its creation was accepted, fails the run with that reason.
 """
 
@@ -15,13 +15,43 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from .bootstrap import Services
+from .messages import SubmitRun
 from .orchestration import ROUTES
 from .runs import Run, State, iso, parse_iso
-from .steps import Trigger, run_steps
+from .steps import Move, Resend, Step, Trigger, run_steps
 
 log = logging.getLogger(__name__)
 
-IN_PROGRESS = (State.SUBMITTED, State.TRAINING, State.TRAINED, State.REGISTERED, State.DEPLOYING)
+IN_PROGRESS = (State.RECEIVED, State.VALIDATING, State.QUEUED, State.SUBMITTED, State.TRAINING, State.TRAINED,
+               State.REGISTERED, State.DEPLOYING)
+
+
+def _revalidate(svc: Services, run: Run, trigger: Trigger) -> Move | None:
+    """An upload whose validation stopped (the host died, the trigger gave up): look at its blob. The same version
+    still there -> ingest it again (idempotent by run id); overwritten or deleted -> Rejected, saying so."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from .ingestion import ingest_upload
+
+    container, name = run.upload.get("container", ""), run.upload.get("blob", "")
+    blob = svc.blobs.blob(container, name)
+    try:
+        props = blob.get_blob_properties()
+    except ResourceNotFoundError:
+        return Move(State.REJECTED, "the upload was deleted before it was validated")
+    etag = str(props.etag).strip('"')
+    if etag != run.upload.get("etag"):
+        return Move(State.REJECTED, f"superseded by a newer upload (etag {etag})")
+    ingest_upload(svc, container, name, blob)  # writes the run itself, as the blob trigger does
+    return None
+
+
+# Only the reconciler runs it, and a reconciling step's transient fault raises (the next tick is the retry):
+# nothing is ever resent.
+REVALIDATE = Step("revalidate", (State.RECEIVED, State.VALIDATING), _revalidate,
+                  Resend(lambda run, t: SubmitRun(run.run_id)), stage="ingest")
+# The reconciler's owners: the pipeline's routes, and the upload's own blob for Received/Validating.
+RECONCILE_ROUTES = {**ROUTES, State.RECEIVED: (REVALIDATE,), State.VALIDATING: (REVALIDATE,)}
 
 
 @dataclass
@@ -69,4 +99,4 @@ def reconcile_run(svc: Services, run_id: str) -> Run | None:
     now = svc.clock()
     # Not a history line: looking is not progress.
     run = svc.runs.update(run_id, lambda r: r.edit(reconciled_at=iso(now)) if r.state in IN_PROGRESS else None)
-    return run_steps(svc, ROUTES.get(run.state, ()), run_id, Trigger(reconciling=True)) or run
+    return run_steps(svc, RECONCILE_ROUTES.get(run.state, ()), run_id, Trigger(reconciling=True)) or run

@@ -324,3 +324,50 @@ def test_local_faults_fail_then_behave_and_count_across_restarts(settings, tmp_p
     changed = with_faults(LocalWorkspace(settings), "get_endpoint=transient:1")
     with pytest.raises(TransientError):
         changed.get_endpoint("ft-x")  # a changed setting counts from zero
+
+
+# ------------------------------------------------------------------------------ the holes the runner closes
+
+
+def test_a_deploying_run_whose_endpoint_was_never_created_gets_it_and_is_deployed(svc, ml, clock):
+    # The host died between the move to Deploying and the endpoint's creation (in Azure: an instance recycled).
+    ml.instant_provisioning = True
+    run_id, job = submitted(svc, ml)
+    ml.complete_job(job)
+    ml.fail_next("begin_create_endpoint", RuntimeError("host killed here"))  # neither transient nor permanent
+    with pytest.raises(RuntimeError):
+        handle_job_event(svc, event(job, "Completed"))
+    run = svc.runs.get(run_id)
+    assert run.state == State.DEPLOYING and not run.endpoint_accepted_at and run.endpoint_name not in ml.endpoints
+    clock.now += timedelta(minutes=16)
+    reconcile_runs(svc)  # not "deleted outside the app": never created, so created now
+    run = svc.runs.get(run_id)
+    assert run.state == State.DEPLOYING and run.endpoint_accepted_at and run.endpoint_name in ml.endpoints
+    clock.now += timedelta(minutes=16)
+    assert reconcile_runs(svc).moved == [(run_id, "Deploying", "Deployed")]  # final state Deployed
+    assert ml.created["endpoint"] == 1
+
+
+@pytest.mark.parametrize("method,stage,step", [
+    ("submit_job", "submit", "submit"),
+    ("get_job", "training", "job status"),
+    ("register_model", "register", "register"),
+    ("begin_create_endpoint", "deploy", "create endpoint"),
+    ("get_endpoint", "deploy", "deployment check"),
+])
+def test_a_permanent_error_at_each_step_fails_the_run_at_once_naming_the_step(svc, ml, clock, method, stage, step):
+    ml.instant_provisioning = True
+    run_id = queued_run(svc)
+    ml.fail_next(method, PermanentError(f"refused: {method}"))
+    submit_run(svc, run_id)
+    run = svc.runs.get(run_id)
+    if run.state != State.FAILED:
+        ml.complete_job(run.job_name)
+        run = handle_job_event(svc, event(run.job_name, "Completed"))
+    if run.state != State.FAILED:
+        _, body, _, _ = [m for m in svc.messages.sent if m[0] == svc.settings.deploy_queue][-1]
+        run = continue_run(svc, body)
+    assert run.state == State.FAILED, (method, run.history)  # final state Failed, reason the error
+    assert run.failure.stage == stage and f"refused: {method}" in run.failure.reason
+    assert run.history[-1].step == step
+    assert not [t for t in run.history if t.kind == "retry"], "never retried"
