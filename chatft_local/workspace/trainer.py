@@ -124,7 +124,11 @@ def load_conversations(path: str | os.PathLike) -> list[dict[str, Any]]:
         for line in f:
             if not line.strip():
                 continue
-            messages = json.loads(line).get("messages")
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # the validator refuses such lines; never trusted here
+                continue
+            messages = record.get("messages") if isinstance(record, dict) else None
             if not isinstance(messages, list) or len(messages) < 2:
                 continue
             kept = [{"role": m["role"], "content": m["content"]} for m in messages
