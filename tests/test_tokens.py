@@ -40,7 +40,7 @@ def test_a_tokenizer_counts_each_content_in_batches(word_tokenizer):
     validator = Validator(counter=counter, max_seq_length=30, max_invalid_fraction=0.5)
     valid = list(validator.records([b"\n".join(lines) + b"\n"]))
     assert [v.tokens for v in valid[:7]] == [(i + 1) + 3 + 2 * MESSAGE_TOKENS for i in range(7)]
-    report = validator.report()
+    report = validator.report().model_dump(mode="json")
     # line 301: 40 user words + 4 + 2 header tokens put the assistant at 46, past 30: wholly cut
     assert [(e["line"], e["code"]) for e in report["errors"]] == [(301, "assistant_truncated")]
     assert report["warnings"] == [] and report["tokens"]["method"] == counter.method
@@ -53,9 +53,9 @@ def test_tokenizer_and_estimate_disagree_where_the_words_are_short(word_tokenize
     estimated = Validator()
     for v in (counted, estimated):
         list(v.records([data]))
-    assert counted.report()["tokens"]["max"] == 200 + 8
-    assert estimated.report()["tokens"]["max"] == (599 + 499 + 3) // 4 + 8  # "alpha alpha ..." is 599 chars
-    assert estimated.report()["tokens"]["method"] == ESTIMATE_METHOD
+    assert counted.report().model_dump()["tokens"]["max"] == 200 + 8
+    assert estimated.report().model_dump()["tokens"]["max"] == (599 + 499 + 3) // 4 + 8  # "alpha alpha ..." is 599 chars
+    assert estimated.report().model_dump()["tokens"]["method"] == ESTIMATE_METHOD
 
 
 def test_an_unusable_tokenizer_dir_falls_back_to_the_estimate_and_says_why(tmp_path):
