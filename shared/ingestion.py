@@ -125,8 +125,8 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
 
 
 def _data_hints(svc: Services) -> tuple[str, dict[str, Any]] | None:
-    """The ML backend's hints for token counts (the local workspace has them; Azure's backend would need a
-    registry call per upload, so there the TOKENIZER_DIR setting and the upload's max_seq_length are used)."""
+    """The ML backend's hints for token counts: the tokenizer folder and the base model's defaults (the local
+    workspace's base model; in Azure TOKENIZER_DIR and the registry model's tags, asked once per process)."""
     hints = getattr(svc.ml, "data_hints", None)
     if hints is None:
         return None

@@ -165,10 +165,29 @@ def budget(tokenizer_dir: str, overrides: Mapping[str, Any] | None = None,
         limit, source = int(overrides["max_seq_length"]), "the upload's override"
     elif _positive(defaults.get("max_seq_length")):
         limit, source = int(defaults["max_seq_length"]), "the base model's default"
+    elif (length := model_max_length(tokenizer_dir or hint_dir)) is not None:
+        # The component's max_seq_length defaults to -1, "the model's max length" (chat_completion_pipeline spec,
+        # input max_seq_length): the tokenizer's model_max_length.
+        limit, source = length, "the base model's max length (tokenizer_config.json)"
     else:
         limit, source = None, ""
     epochs = overrides.get("num_train_epochs") or defaults.get("num_train_epochs") or default_epochs
     return Budget(counter, limit, source, float(epochs) if epochs else None, note)
+
+
+def model_max_length(tokenizer_dir: str | os.PathLike | None) -> int | None:
+    """`model_max_length` of the tokenizer_config.json beside a tokenizer.json, or None (absent, unreadable, or
+    transformers' "no limit" sentinel, about 1e30)."""
+    if not tokenizer_dir:
+        return None
+    import json
+
+    try:
+        value = json.loads((Path(tokenizer_dir).expanduser() / "tokenizer_config.json").read_text()).get(
+            "model_max_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if _positive(value) and value < 1 << 31 else None
 
 
 def _positive(value: Any) -> bool:

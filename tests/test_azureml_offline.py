@@ -764,3 +764,9 @@ def test_endpoint_and_deployment_names_are_checked_before_calling(backend, cloud
         backend.begin_create_deployment("ft-chats-01234567", name, RegisteredModel("m", "1", "id"),
                                         "Standard_NC6s_v3", 1)
     assert not [c for c in cloud.calls if "online" in c[0]]
+
+
+def test_data_hints_ask_the_registry_once_for_the_base_models_defaults(backend, cloud):
+    first = backend.data_hints()
+    assert first[1]["num_train_epochs"] == 1 and backend.data_hints() is first
+    assert sum(c[:2] == ("models.get", "Phi-3-mini-4k-instruct") for c in cloud.calls) == 1
