@@ -83,6 +83,8 @@ def open_source(path: Path, container: str = "auto") -> Source:
     first = text.lstrip()[:1]
     if container == "jsonl" or (container == "auto" and first == b"{" and _first_line_is_object(text)):
         return Source("JSON Lines", "line", _jsonl(path))
+    if container == "auto" and _header_then_objects(text):
+        return Source("JSON Lines after a header line", "line", _jsonl(path))
     if first == b"[":
         return Source("a JSON array", "item", _json_items(path, "item", multiple=False))
     if first == b"{":
@@ -99,7 +101,16 @@ def _first_line_is_object(text: bytes) -> bool:
         return False
 
 
+def _header_then_objects(text: bytes) -> bool:
+    """A first line that is not JSON (a CSV-style header, a title) followed by lines of JSON objects."""
+    lines = [line for line in text.split(b"\n")[:6] if line.strip()]
+    return len(lines) >= 2 and not _first_line_is_object(lines[0]) and lines[0].lstrip()[:1] not in (b"[", b"{") \
+        and all(_first_line_is_object(line) for line in lines[1:-1] or lines[1:])
+
+
 def _jsonl(path: Path) -> Iterator[tuple[int, Any, str]]:
+    from shared.validation.sniffing import unparsed_line
+
     with open(path, "rb") as stream:
         for number, line in enumerate(stream, 1):  # one line in memory at a time
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
@@ -109,7 +120,12 @@ def _jsonl(path: Path) -> Iterator[tuple[int, Any, str]]:
             try:
                 yield number, orjson.loads(line), ""
             except orjson.JSONDecodeError as exc:
-                yield number, None, f"invalid_json: not valid JSON ({exc.msg}, column {exc.colno})"
+                if number == 1 and line.lstrip()[:1] not in (b"{", b"["):
+                    yield number, None, ("header_line: line 1 is not a JSON record (a header or title line?); "
+                                         "left out")
+                    continue
+                code, message = unparsed_line(line.rstrip(b"\r\n"), exc)
+                yield number, None, f"{code}: {message}"
 
 
 def _json_items(path: Path, prefix: str, multiple: bool) -> Iterator[tuple[int, Any, str]]:
@@ -200,9 +216,12 @@ class Dropped(Exception):
 
 
 def _text(value: Any, where: str) -> str:
-    """A message's text: a string, or an array of text parts (OpenAI's multimodal shape) joined by line breaks."""
+    """A message's text: a string, a number (an Alpaca answer such as 42, written as JSON writes it), or an array
+    of text parts (OpenAI's multimodal shape) joined by line breaks."""
     if isinstance(value, str):
         return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return orjson.dumps(value).decode()
     if isinstance(value, list):
         texts = []
         for part in value:
@@ -354,8 +373,13 @@ def convert(source: Source, record_format: str | None, write: Callable[[bytes], 
                 continue
             for key in record.keys() - known:
                 outcome.removed_keys[key] = outcome.removed_keys.get(key, 0) + 1
+            try:
+                line = orjson.dumps(out)
+            except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate from a JSON document's \ud800
+                drop(position, f"not_text: the record's text cannot be written as UTF-8 JSON ({exc})")
+                continue
             window[next(lines)] = position
-            yield orjson.dumps(out) + b"\n"
+            yield line + b"\n"
 
     for valid in validator.records(converted()):
         window.pop(valid.line)

@@ -6,8 +6,12 @@ The upload itself is only read, never modified, moved or deleted; reports go to 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from typing import Any
+
+import orjson
 
 from .bootstrap import Services
 from .duplicates import ContentDigest, end_if_duplicate
@@ -19,11 +23,26 @@ from .ml.training_params import NOTEBOOK_DEFAULTS
 from .storage import read_chunks
 from .tokens import budget
 from .uploads import starts_run
-from .validation import Validator, split_of
+from .validation import ValidationReport, Validator
 
 log = logging.getLogger(__name__)
 
 SUMMARY_ISSUES = 5  # errors kept on the run itself; the full list is in validation.json
+
+
+def split_of(record: dict[str, Any], test_fraction: float) -> str:
+    """"train" or "test" for a record, stable across processes and machines.
+
+    Hashes `prompt_id` when present (so every copy of a conversation lands on the same side), else the record's
+    canonical bytes (sorted keys), with sha256.
+    """
+    pid = record.get("prompt_id")
+    if pid is None or pid == "":
+        key = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    else:
+        key = pid.encode() if isinstance(pid, str) else orjson.dumps(pid, option=orjson.OPT_SORT_KEYS)
+    point = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+    return "test" if point < test_fraction else "train"
 
 
 def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: Any) -> Run | None:
@@ -51,31 +70,29 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     try:
         overrides = parse_overrides(dict(props.metadata or {}))
     except OverrideError as exc:
-        report = {"ok": False, "records": 0, "valid_records": 0, "errors": exc.problems,
-                  "error_counts": {p["code"]: 1 for p in exc.problems}, "warnings": [],
-                  "reason": "blob metadata holds overrides the app does not accept: "
-                            + "; ".join(p["message"] for p in exc.problems)}
-        svc.blobs.write_json(svc.settings.runs_container, report_path, report)
+        report = ValidationReport.refused(exc.problems, "blob metadata holds overrides the app does not accept: "
+                                          + "; ".join(p["message"] for p in exc.problems))
+        svc.blobs.write_json(svc.settings.runs_container, report_path, report.model_dump(mode="json"))
         return _reject(svc, run_id, report, report_path)
 
     digest = ContentDigest()
     try:
-        report, counts = _validate_and_split(svc, blob_client, etag, run_id, overrides, digest)
+        report = _validate_and_split(svc, blob_client, etag, run_id, overrides, props.size, digest)
     except _IngestCrash as crash:
         return _end_crashed(svc, run_id, crash)
-    report["split"] = counts
-    svc.blobs.write_json(svc.settings.runs_container, report_path, report)
-    if not report["ok"]:
+    svc.blobs.write_json(svc.settings.runs_container, report_path, report.model_dump(mode="json"))
+    if not report.ok:
         return _reject(svc, run_id, report, report_path)
 
     summary = _summary(report, report_path)
     duplicate = end_if_duplicate(svc, run_id, digest.hexdigest(), overrides, summary)
     if duplicate is not None:
         return duplicate
+    counts = report.split
     train_path = f"{run_id}/train.jsonl"
-    test_path = f"{run_id}/test.jsonl" if counts["test"] else ""
+    test_path = f"{run_id}/test.jsonl" if counts.test else ""
     run = svc.runs.update(run_id, lambda r: r.advance(
-        State.QUEUED, svc.clock(), f"{counts['train']} train / {counts['test']} test records",
+        State.QUEUED, svc.clock(), f"{counts.train} train / {counts.test} test records",
         report=summary, overrides=overrides, train_path=train_path, test_path=test_path,
         keep=bool(overrides.get("keep", False))) if r.state == State.VALIDATING else None)
     if run.state == State.QUEUED:
@@ -83,8 +100,8 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     return run
 
 
-def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
-                        overrides: dict[str, Any], digest: ContentDigest) -> tuple[dict[str, Any], dict[str, int]]:
+def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str, overrides: dict[str, Any],
+                        size: int | None, digest: ContentDigest) -> ValidationReport:
     s = svc.settings
     test_fraction = float(overrides.get("test_fraction", s.test_fraction))
     plan = budget(s.tokenizer_dir, overrides, _data_hints(svc),
@@ -93,22 +110,17 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
                           max_issues=s.validation_report_max_issues,
                           max_invalid_fraction=s.validation_max_invalid_fraction,
                           max_seq_length=plan.max_seq_length, max_seq_length_source=plan.max_seq_length_source,
-                          counter=plan.counter, epochs=plan.epochs)
+                          counter=plan.counter, epochs=plan.epochs, token_note=plan.note,
+                          split=functools.partial(split_of, test_fraction=test_fraction),
+                          test_fraction=test_fraction, expected_bytes=size)
     writers = {"train": svc.blobs.writer(s.runs_container, f"{run_id}/train.jsonl"),
                "test": svc.blobs.writer(s.runs_container, f"{run_id}/test.jsonl")}
-    counts = {"train": 0, "test": 0}
-    train_tokens = 0
-    limit = plan.max_seq_length or 1 << 62
     line, inside = 0, False  # the last line yielded; whether the fault came while splitting it
     try:
         for valid in validator.records(digest.through(read_chunks(blob_client, etag=etag))):
             line, inside = valid.line, True
-            part = split_of(valid.record, test_fraction)
-            writers[part].write(valid.raw)
-            writers[part].write(b"\n")
-            counts[part] += 1
-            if part == "train":
-                train_tokens += min(valid.tokens, limit)
+            writers[valid.split].write(valid.raw)
+            writers[valid.split].write(b"\n")
             inside = False
     except BaseException as exc:
         for writer in writers.values():
@@ -117,19 +129,9 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
             raise _IngestCrash(line if inside else line + 1, not inside, exc) from exc
         raise  # a storage fault: the trigger tries again; the run stays Validating for the retry
     report = validator.report()
-    tokens = report["tokens"]
-    # What GPU time scales with: the train split's tokens (after truncation) times the epochs.
-    tokens["train_tokens_per_epoch"] = train_tokens
-    tokens["train_tokens_total"] = round(train_tokens * plan.epochs) if plan.epochs else None
-    if plan.note:
-        tokens["note"] = plan.note
-    if report["ok"] and counts["train"] == 0:
-        report["ok"] = False
-        report["reason"] = "every valid record fell into the test split; lower TEST_FRACTION"
-        report["errors"].insert(0, {"line": 0, "code": "too_few_records", "message": report["reason"]})
     for writer in writers.values():
-        writer.close() if report["ok"] else writer.abort()
-    return report, counts
+        writer.close() if report.ok else writer.abort()
+    return report
 
 
 class _IngestCrash(Exception):
@@ -155,8 +157,8 @@ def _end_crashed(svc: Services, run_id: str, crash: _IngestCrash) -> Run:
     if _is_data_fault(crash.error):
         detail = f"{where}: too_deeply_nested: a value nests too deeply to be read ({error})"
         log.warning("ingest: run %s rejected: %s", run_id, detail)
-        report = {"ok": False, "reason": detail, "errors": [{"line": crash.line, "code": "too_deeply_nested",
-                                                              "message": detail}]}
+        report = ValidationReport.refused([{"line": crash.line, "code": "too_deeply_nested", "message": detail}],
+                                          detail).model_dump(mode="json")
         return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, now, detail, report=report,
                                                            from_states=(State.VALIDATING,), step="ingest"))
     log.error("ingest: run %s failed (%s): %s", run_id, where, error, exc_info=crash.error)
@@ -166,8 +168,8 @@ def _end_crashed(svc: Services, run_id: str, crash: _IngestCrash) -> Run:
 
 
 def _data_hints(svc: Services) -> tuple[str, dict[str, Any]] | None:
-    """The ML backend's hints for token counts (the local workspace has them; Azure's backend would need a
-    registry call per upload, so there the TOKENIZER_DIR setting and the upload's max_seq_length are used)."""
+    """The ML backend's hints for token counts: the tokenizer folder and the base model's defaults (the local
+    workspace's base model; in Azure TOKENIZER_DIR and the registry model's tags, asked once per process)."""
     hints = getattr(svc.ml, "data_hints", None)
     if hints is None:
         return None
@@ -178,28 +180,17 @@ def _data_hints(svc: Services) -> tuple[str, dict[str, Any]] | None:
         return None
 
 
-def _summary(report: dict[str, Any], report_path: str) -> dict[str, Any]:
-    return {
-        "ok": report["ok"],
-        "records": report.get("records", 0),
-        "valid_records": report.get("valid_records", 0),
-        "invalid_records": report.get("invalid_records", 0),
-        "error_counts": report.get("error_counts", {}),
-        "warning_counts": report.get("warning_counts", {}),
-        "reason": report.get("reason", ""),
-        "errors": report.get("errors", [])[:SUMMARY_ISSUES],
-        "split": report.get("split", {}),
-        "tokens": {k: v for k, v in report.get("tokens", {}).items() if k != "histogram"},
-        "report_path": report_path,
-    }
+def _summary(report: ValidationReport, report_path: str) -> dict[str, Any]:
+    """What the run keeps of the report: the same shape, its issue lists capped (the whole is `report_path`)."""
+    return report.summary(report_path, SUMMARY_ISSUES).model_dump(mode="json")
 
 
-def _reject(svc: Services, run_id: str, report: dict[str, Any], report_path: str) -> Run:
+def _reject(svc: Services, run_id: str, report: ValidationReport, report_path: str) -> Run:
     summary = _summary(report, report_path)
     first = summary["errors"][0] if summary["errors"] else {}
     where = f"line {first['line']}: " if first.get("line") else ""
     first_error = f"{where}{first.get('code', 'invalid')}: {first.get('message', '')}".strip()
-    reason = report.get("reason", "")
+    reason = report.reason
     detail = f"{reason}; first error {first_error}" if reason and first.get("line") else reason or first_error
     log.info("ingest: run %s rejected (%s)", run_id, detail)
     return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, svc.clock(), detail, report=summary)

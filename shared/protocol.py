@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from .validation.report import ValidationReport
 from .run_views import MAX_RUNS_LIMIT, MODEL_REF_PATTERN, RUN_ID_PATTERN  # noqa: F401  (the document's)
 
 MAX_TOKENS = 1_000_000  # above any deployed model's context; bounds the integers a caller may send
@@ -337,8 +338,9 @@ class RunView(Contract):
     updated_at: str
     history: list[Step]
     upload: UploadView
-    report: dict[str, Any] = Field(description="Validation summary (the full report is `report_path` in "
-                                               "RUNS_CONTAINER).")
+    report: ValidationReport | None = Field(description="The validation report, its issue lists capped (the full "
+                                                        "report is `report_path` in RUNS_CONTAINER); null before "
+                                                        "the upload is validated.")
     job: JobView | None
     metrics: dict[str, Any]
     model: ModelView | None

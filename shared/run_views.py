@@ -61,7 +61,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "updated_at": run.updated_at,
         "history": [t.to_dict() for t in run.history],
         "upload": {k: run.upload[k] for k in ("container", "blob", "size") if k in run.upload},
-        "report": run.report,
+        "report": run.report or None,
         "job": {"name": run.job_name, "status": run.job_status} if run.job_name else None,
         "metrics": run.metrics,
         "model": ({"name": run.model_name, "version": run.model_version, "id": run.model_id}

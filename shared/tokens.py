@@ -33,12 +33,19 @@ HEADER_TOKENS = 2  # chat-format tokens before a message's content (Phi-3: `<|ro
 ESTIMATE_METHOD = "estimate: ceil(characters / 4) of the contents + 4 chat-format tokens per message"
 
 
+def estimate_tokens(text: str) -> int:
+    """The estimate of one content's tokens: ceil(characters / 4) (the validator inlines this same formula)."""
+    return (len(text) + 3) >> 2
+
+
 class TokenCounter(Protocol):
     """Counts content tokens. `method` says which counter it is (for the report); `count` takes a batch of
     message contents and returns their token counts (chat-format tokens not included), in order."""
 
     method: str
     batch_records: int  # how many records the validator collects before calling `count`
+    exact: bool  # a tokenizer's count (True) or the estimate (False)
+    bytes_bound: bool  # verified: never more content tokens than UTF-8 bytes
 
     def count(self, contents: Sequence[str]) -> list[int]: ...
 
@@ -48,9 +55,11 @@ class Estimate:
 
     method = ESTIMATE_METHOD
     batch_records = 1
+    exact = False
+    bytes_bound = False
 
     def count(self, contents: Sequence[str]) -> list[int]:
-        return [(len(c) + 3) >> 2 for c in contents]
+        return [estimate_tokens(c) for c in contents]
 
 
 class TokenizerCounter:
@@ -58,6 +67,8 @@ class TokenizerCounter:
 
     Raises `TokenizerUnavailable` when the directory holds no tokenizer.json or `tokenizers` is not installed."""
 
+    exact = True
+    bytes_bound = False
     batch_records = 256  # enough contents per call for the Rust tokenizer to spread them over its threads
 
     def __init__(self, directory: str | os.PathLike):
@@ -75,9 +86,34 @@ class TokenizerCounter:
         # encode_batch_fast (tokenizers >= 0.20) skips computing character offsets, which a count does not need.
         self._encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
         self.method = f"tokenizer: {path}"
+        self.bytes_bound = _bytes_bound(self._tokenizer)
 
     def count(self, contents: Sequence[str]) -> list[int]:
         return [len(e) for e in self._encode(list(contents), add_special_tokens=False)]
+
+
+# Strings that make a tokenizer spend the most tokens per byte: every byte value, runs of one character, the
+# characters a normalizer could expand, and each script's first letters.
+_PROBES = ("".join(map(chr, range(256))), "\x00" * 64, " " * 64, "\n" * 64, "ﬁ㎧ǅİẞ", "東京 café — “x” €5 °C",
+           "\U0001F600" * 8, "ab" * 64, "<|end|><|user|>")
+
+
+def _bytes_bound(tokenizer: Any) -> bool:
+    """Whether content tokens never outnumber the content's UTF-8 bytes for this tokenizer: a byte-level BPE
+    (GPT-2's scheme: each token is one or more bytes) with no normalizer that could lengthen the text, checked
+    on probe strings too. False (count every record) for anything else, e.g. SentencePiece's normalizers."""
+    import json
+
+    try:
+        spec = json.loads(tokenizer.to_str())
+    except Exception:  # an unreadable spec: assume nothing
+        return False
+    pre = json.dumps(spec.get("pre_tokenizer"))
+    model = spec.get("model") or {}
+    if spec.get("normalizer") is not None or model.get("type") != "BPE" or '"ByteLevel"' not in pre:
+        return False
+    encoded = tokenizer.encode_batch(list(_PROBES), add_special_tokens=False)
+    return all(len(e) <= len(p.encode()) for e, p in zip(encoded, _PROBES))
 
 
 class TokenizerUnavailable(Exception):
@@ -129,10 +165,29 @@ def budget(tokenizer_dir: str, overrides: Mapping[str, Any] | None = None,
         limit, source = int(overrides["max_seq_length"]), "the upload's override"
     elif _positive(defaults.get("max_seq_length")):
         limit, source = int(defaults["max_seq_length"]), "the base model's default"
+    elif (length := model_max_length(tokenizer_dir or hint_dir)) is not None:
+        # The component's max_seq_length defaults to -1, "the model's max length" (chat_completion_pipeline spec,
+        # input max_seq_length): the tokenizer's model_max_length.
+        limit, source = length, "the base model's max length (tokenizer_config.json)"
     else:
         limit, source = None, ""
     epochs = overrides.get("num_train_epochs") or defaults.get("num_train_epochs") or default_epochs
     return Budget(counter, limit, source, float(epochs) if epochs else None, note)
+
+
+def model_max_length(tokenizer_dir: str | os.PathLike | None) -> int | None:
+    """`model_max_length` of the tokenizer_config.json beside a tokenizer.json, or None (absent, unreadable, or
+    transformers' "no limit" sentinel, about 1e30)."""
+    if not tokenizer_dir:
+        return None
+    import json
+
+    try:
+        value = json.loads((Path(tokenizer_dir).expanduser() / "tokenizer_config.json").read_text()).get(
+            "model_max_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if _positive(value) and value < 1 << 31 else None
 
 
 def _positive(value: Any) -> bool:

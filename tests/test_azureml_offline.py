@@ -915,3 +915,9 @@ def test_statuses_in_any_casing_are_the_ports_words(word):
     assert Endpoint("e", word).provisioning_state == "Failed"
     assert Deployment("e", "d", "succeeded").provisioning_state == "Succeeded"
     assert JobStatus("j", "SomethingNew").status == "SomethingNew"
+
+
+def test_data_hints_ask_the_registry_once_for_the_base_models_defaults(backend, cloud):
+    first = backend.data_hints()
+    assert first[1]["num_train_epochs"] == 1 and backend.data_hints() is first
+    assert sum(c[:2] == ("models.get", "Phi-3-mini-4k-instruct") for c in cloud.calls) == 1

@@ -38,7 +38,7 @@ def validated(path: Path) -> tuple[list[dict], dict]:
     validator = Validator()
     with open(path, "rb") as stream:
         records = [v.record for v in validator.records(read_chunks(stream))]
-    return records, validator.report()
+    return records, validator.report().model_dump(mode="json")
 
 
 def sharegpt(i: int) -> dict:

@@ -46,7 +46,7 @@ def test_deep_nesting_ends_the_run_with_a_reason_and_redelivery_does_not_loop(sv
 def test_a_bug_while_splitting_fails_the_run_naming_ingest_and_the_line(svc, monkeypatch):
     import shared.ingestion as ingestion
 
-    def broken(record, fraction):
+    def broken(record, test_fraction):
         if record.get("prompt_id") == "id-3":
             raise KeyError("a bug")
         return "train"

@@ -7,6 +7,8 @@ import pytest
 from shared.bootstrap import bootstrap
 from shared.messaging import decode_envelope
 from shared.runs import State
+from shared.tokens import estimate_tokens
+from shared.validation import ValidationReport
 from tests.fakes import FakeMLBackend
 
 
@@ -207,10 +209,12 @@ def test_the_uploads_max_seq_length_sets_the_token_budget(settings):
     assert tokens["truncated_records"] == 1 and tokens["tokens_cut"] == 58
     assert run.state == State.QUEUED
     train = read_lines(svc, run.train_path)
-    expected = sum(min(150, (len(m["messages"][0]["content"]) + len(m["messages"][1]["content"]) + 3) // 4 + 8)
-                   for m in train)
-    assert tokens["train_tokens_per_epoch"] == expected > 0 and tokens["train_tokens_total"] == 2 * expected
-    assert run.report["tokens"]["max_seq_length"] == 150 and "histogram" not in run.report["tokens"]
+    expected = sum(min(150, sum(estimate_tokens(m["content"]) for m in r["messages"]) + 8) for r in train)
+    assert tokens["trained_tokens_per_epoch"] == expected > 0 and tokens["trained_tokens_total"] == 2 * expected
+    # one report shape: the run keeps the same one, its issue lists capped, with the split the validator counted
+    assert run.report["tokens"] == tokens and run.report["report_path"] == f"{run.run_id}/validation.json"
+    assert report["split"]["train"] == len(train) and report["split"]["train"] + report["split"]["test"] == 41
+    assert ValidationReport.model_validate(report) and ValidationReport.model_validate(run.report)
 
 
 def test_without_an_override_or_model_hint_truncation_is_not_checked(svc):

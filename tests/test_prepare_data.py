@@ -54,7 +54,7 @@ def test_writes_the_first_percent_of_each_split(dataset, tmp_path, capsys):
 def test_the_output_passes_the_validator(dataset, tmp_path):
     out = tmp_path / "out"
     assert chatft(["prepare-data", "--dataset", str(dataset), "--split-pc", "100", "--out", str(out)]) == 0
-    report = validate_chunks([(out / "train_sft.jsonl").read_bytes()])
+    report = validate_chunks([(out / "train_sft.jsonl").read_bytes()]).model_dump()
     assert report["ok"] and report["valid_records"] == 40 and report["warning_counts"] == {}
 
 

@@ -40,7 +40,7 @@ def test_a_tokenizer_counts_each_content_in_batches(word_tokenizer):
     validator = Validator(counter=counter, max_seq_length=30, max_invalid_fraction=0.5)
     valid = list(validator.records([b"\n".join(lines) + b"\n"]))
     assert [v.tokens for v in valid[:7]] == [(i + 1) + 3 + 2 * MESSAGE_TOKENS for i in range(7)]
-    report = validator.report()
+    report = validator.report().model_dump(mode="json")
     # line 301: 40 user words + 4 + 2 header tokens put the assistant at 46, past 30: wholly cut
     assert [(e["line"], e["code"]) for e in report["errors"]] == [(301, "assistant_truncated")]
     assert report["warnings"] == [] and report["tokens"]["method"] == counter.method
@@ -53,9 +53,9 @@ def test_tokenizer_and_estimate_disagree_where_the_words_are_short(word_tokenize
     estimated = Validator()
     for v in (counted, estimated):
         list(v.records([data]))
-    assert counted.report()["tokens"]["max"] == 200 + 8
-    assert estimated.report()["tokens"]["max"] == (599 + 499 + 3) // 4 + 8  # "alpha alpha ..." is 599 chars
-    assert estimated.report()["tokens"]["method"] == ESTIMATE_METHOD
+    assert counted.report().model_dump()["tokens"]["max"] == 200 + 8
+    assert estimated.report().model_dump()["tokens"]["max"] == (599 + 499 + 3) // 4 + 8  # "alpha alpha ..." is 599 chars
+    assert estimated.report().model_dump()["tokens"]["method"] == ESTIMATE_METHOD
 
 
 def test_an_unusable_tokenizer_dir_falls_back_to_the_estimate_and_says_why(tmp_path):
@@ -95,3 +95,50 @@ def test_base_model_hints_build_nothing(tmp_path, word_tokenizer):
     assert base_model_hints(tmp_path, str(model)) == ("", {"max_seq_length": 2048})
     (model / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1e30}))
     assert base_model_hints(tmp_path, str(model)) == ("", {"max_seq_length": 4096})
+
+
+@pytest.fixture(scope="module")
+def byte_bpe(tmp_path_factory):
+    """A small byte-level BPE (GPT-2's scheme): the kind whose token count the byte length bounds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(["alpha beta gamma delta"] * 50, trainer=trainer)
+    directory = tmp_path_factory.mktemp("bpe")
+    bpe.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def test_a_byte_level_bpe_is_verified_and_a_word_tokenizer_is_not(byte_bpe, word_tokenizer):
+    assert TokenizerCounter(byte_bpe).bytes_bound and not TokenizerCounter(word_tokenizer).bytes_bound
+
+
+def test_records_near_the_limit_are_counted_exactly_and_the_rest_sampled(byte_bpe):
+    lines = [rec(i % 50 + 1, 3) for i in range(3000)]
+    data = b"\n".join(lines) + b"\n"
+    counter = TokenizerCounter(byte_bpe)
+    exact = Validator(counter=counter, max_seq_length=200, max_invalid_fraction=1.0)
+    list(exact.records([data]))
+    sampled = Validator(counter=counter, max_seq_length=200, max_invalid_fraction=1.0,
+                        expected_bytes=len(data) * 40)  # as if 40x larger: a low sampling rate
+    list(sampled.records([data]))
+    e, s = exact.report(), sampled.report()
+    # every record that could reach the limit was counted: the same truncation verdicts, line by line
+    assert s.errors == e.errors and s.warnings == e.warnings and s.tokens.tokens_cut == e.tokens.tokens_cut
+    assert e.tokens.sample is None and e.tokens.records_counted == 3000
+    t = s.tokens
+    assert t.sample is not None and 0 < t.sample.records < t.records_bounded
+    assert t.records_counted + t.records_bounded == 3000 and t.records_counted > 0
+    # the sample's estimate of the total is within its stated error (a generous 3x for a 95% interval)
+    assert abs(t.record_tokens - e.tokens.record_tokens) <= 3 * max(1, t.sample.record_tokens_error_95)
+
+
+def test_without_an_override_max_seq_length_is_the_tokenizers_model_max_length(byte_bpe):
+    (byte_bpe / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 4096}))
+    plan = budget(str(byte_bpe))
+    assert plan.max_seq_length == 4096 and "tokenizer_config.json" in plan.max_seq_length_source
+    assert budget(str(byte_bpe), {"max_seq_length": 100}).max_seq_length == 100

@@ -117,7 +117,7 @@ def test_max_seq_length_and_the_token_distribution(tmp_path):
     out = result.stdout
     assert "line 13: exceeds_max_seq_length: 208 tokens, over max_seq_length 150 (--max-seq-length)" in out
     assert "line 14: assistant_truncated:" in out
-    assert "min 9, p50 9, p95 208, max 208" in out and "#" in out
+    assert "min 10, p50 10, p95 208, max 208" in out  # ceil(2 / 4) a content + 8: as Estimate.count and "#" in out
     assert "max_seq_length 150 (--max-seq-length): 1 record(s) truncated, 58 tokens cut" in out
     assert "x 2 epochs" in out and "estimate" in out
     report = json.loads(chatft("validate", str(path), "--json", "--max-seq-length", "150",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -46,7 +47,8 @@ def main(args: argparse.Namespace) -> int:
                           max_issues=settings.validation_report_max_issues,
                           max_invalid_fraction=settings.validation_max_invalid_fraction,
                           max_seq_length=plan.max_seq_length, max_seq_length_source=plan.max_seq_length_source,
-                          counter=plan.counter, epochs=plan.epochs)
+                          counter=plan.counter, epochs=plan.epochs, token_note=plan.note,
+                          expected_bytes=_size(args.file))
     try:
         with open(args.file, "rb") as stream:
             for _ in validator.records(read_chunks(stream)):
@@ -54,9 +56,7 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"chatft validate: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    report = validator.report()
-    if plan.note:
-        report["tokens"]["note"] = plan.note
+    report = validator.report().model_dump(mode="json")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -97,8 +97,12 @@ def token_lines(tokens: dict[str, Any], width: int = 30) -> list[str]:
     cuts, and the training tokens x epochs (what GPU time scales with)."""
     if not tokens.get("records"):
         return []
+    sample = tokens.get("sample")
+    how = (f"; {tokens['records_counted']} records counted one by one, the distribution of the other "
+           f"{tokens['records_bounded']} (all shorter than max_seq_length) from a uniform sample of "
+           f"{sample['records']}, total within ±{sample['record_tokens_error_95']} at 95%" if sample else "")
     lines = [f"  tokens per record ({tokens['method']}"
-             + (f"; {tokens['note']}" if tokens.get("note") else "") + "):",
+             + (f"; {tokens['note']}" if tokens.get("note") else "") + how + "):",
              f"    min {tokens['min']}, p50 {tokens['p50']}, p95 {tokens['p95']}, max {tokens['max']}"]
     rows = tokens["histogram"]
     most = max(n for _, _, n in rows)
@@ -113,10 +117,17 @@ def token_lines(tokens: dict[str, Any], width: int = 30) -> list[str]:
     else:
         lines.append("  max_seq_length unknown (--max-seq-length N): truncation not checked")
     epochs = tokens.get("epochs")
-    total = f" x {epochs:g} epochs = {tokens['trained_total']}" if epochs else ""
-    lines.append(f"  training tokens: {tokens['trained_per_epoch']} per epoch{total} (all records; the upload's "
-                 "test split is left out of training)")
+    total = f" x {epochs:g} epochs = {tokens['trained_tokens_total']}" if epochs else ""
+    lines.append(f"  training tokens: {tokens['trained_tokens_per_epoch']} per epoch{total} (all records; the "
+                 "upload's test split is left out of training)")
     return lines
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def _hints(settings: Settings) -> tuple[str, dict] | None:

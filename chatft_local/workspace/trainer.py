@@ -120,11 +120,15 @@ def load_conversations(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The `messages` of each JSONL record (other columns dropped, as the pipeline does), each message reduced to
     role and content. Records the upstream validator would refuse are skipped rather than trusted."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line in f:
             if not line.strip():
                 continue
-            messages = json.loads(line).get("messages")
+            try:
+                record = json.loads(line)  # bytes: json detects UTF-8 (a line that is not raises ValueError)
+            except (ValueError, RecursionError):  # the validator refuses such lines; never trusted here
+                continue
+            messages = record.get("messages") if isinstance(record, dict) else None
             if not isinstance(messages, list) or len(messages) < 2:
                 continue
             kept = [{"role": m["role"], "content": m["content"]} for m in messages

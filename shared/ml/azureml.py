@@ -253,6 +253,7 @@ class AzureMLBackend:
         self._workspace = ml_client
         self._registry = registry_client
         self._component: Any = None
+        self._hints: tuple[str, dict] | None = None
         self._lock = threading.Lock()
 
     # --- clients
@@ -310,6 +311,18 @@ class AzureMLBackend:
                                   f"there); set BASE_MODEL (or the upload's base_model) to another model"):
             model = self.registry.models.get(name, label="latest")
         return base_model_from_entity(model, registry)
+
+    def data_hints(self) -> tuple[str, dict]:
+        """(TOKENIZER_DIR, the base model's `model_specific_defaults`) for token counts at ingestion: one registry
+        call per process (cached). The tokenizer files are not downloaded here (a registry model's artifacts are
+        the whole model); TOKENIZER_DIR names a mounted folder holding its tokenizer.json and
+        tokenizer_config.json (whose model_max_length is the component's default max_seq_length)."""
+        if self._hints is None:
+            from .training_params import MODEL_DEFAULTS_TAG, tag_literal
+
+            defaults = tag_literal(self.resolve_base_model(self.settings.base_model).tags, MODEL_DEFAULTS_TAG)
+            self._hints = (self.settings.tokenizer_dir, defaults if isinstance(defaults, dict) else {})
+        return self._hints
 
     def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
         ws = self.workspace
