@@ -26,16 +26,13 @@ def write_report(report: dict, output: str | os.PathLike) -> Path:
         target = target / REPORT_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    partial.write_text(json.dumps(report, indent=1, allow_nan=False, default=_finite))
+    partial.write_text(json.dumps(_clean(report), indent=1, allow_nan=False))
     os.replace(partial, target)
     return target
 
 
-def _finite(value):  # json's allow_nan=False refuses inf; a report says null for "no number"
-    return None
-
-
 def _clean(value):
+    """JSON has no NaN or infinity: a report says null for "not a number" (a diverged loss)."""
     import math
 
     if isinstance(value, float) and not math.isfinite(value):
@@ -68,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except EvaluationError as exc:
         print(f"evaluation failed: {exc}", file=sys.stderr)
         return 1
-    path = write_report(_clean(report), args.output)
+    report = _clean(report)
+    path = write_report(report, args.output)
     print(f"evaluation written to {path}: {json.dumps(report['metrics'])}")
     return 0
 

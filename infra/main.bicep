@@ -203,6 +203,7 @@ var appSettings = {
   AML_COMPUTE: computeName
   AML_DATASTORE: runsDatastoreName
   AML_PIPELINE_COMPONENT: 'chat_completion_pipeline'
+  AML_PIPELINE_COMPONENT_VERSION: '0.0.82'
   BASE_MODEL: baseModel
   EXPERIMENT_NAME: ''
   INFERENCE_INSTANCE_TYPE: inferenceInstanceType

@@ -330,6 +330,61 @@ class RunList(Contract):
     count: int
 
 
+# ------------------------------------------------------------------------------ evaluation report
+
+
+class MetricSummary(Contract):
+    """One metric of both models: means over the records it was computed on."""
+
+    base: float | None
+    tuned: float | None
+    records: int = Field(ge=0)
+    higher_is_better: bool
+    base_token_weighted: float | None = Field(None, description="eval_loss only: weighted by assistant tokens, "
+                                                                "as the trainer reports it.")
+    tuned_token_weighted: float | None = None
+
+
+class PairedScores(Contract):
+    """Per-record values of one metric, paired by position (null: not a number, e.g. a diverged loss)."""
+
+    base: list[float | None]
+    tuned: list[float | None]
+
+
+class EvaluationSample(Contract):
+    prompt: str = Field(description="The last turn before the reference answer.")
+    reference: str
+    base: str
+    tuned: str
+
+
+class EvaluationLimitsView(Contract):
+    max_records: int
+    samples: int
+    max_new_tokens: int
+    max_length: int
+
+
+class EvaluationReport(Contract):
+    """`RUNS_CONTAINER/<run_id>/evaluation.json`, written by the evaluation (`evaluation/`, locally in the
+    workspace's job process, in Azure by the evaluation command job) and read by the quality gate."""
+
+    version: Literal[1]
+    run_id: str
+    base_model: str
+    tuned_model: str
+    records: int = Field(ge=0, description="Test records scored by loss, paired (both models).")
+    sampled: int = Field(ge=0, description="Test prompts both models answered.")
+    tokens: int = Field(ge=0, description="Tokens scored or generated, both models together.")
+    device: str
+    seconds: float
+    limits: EvaluationLimitsView
+    metrics: dict[str, MetricSummary]
+    per_record: dict[str, PairedScores]
+    samples: list[EvaluationSample]
+
+
 # ------------------------------------------------------------------------------------- problems
 
 

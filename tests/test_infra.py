@@ -366,7 +366,7 @@ def test_funcignore_keeps_only_the_app():
     spec = pathspec.PathSpec.from_lines("gitwildmatch", (ROOT / ".funcignore").read_text().splitlines())
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     kept = [p for p in tracked if not spec.match_file(p)]
-    allowed = re.compile(r"(function_app\.py|host\.json|requirements\.txt|(functions|shared)/.+\.py)$")
+    allowed = re.compile(r"(function_app\.py|host\.json|requirements\.txt|(functions|shared|evaluation)/.+\.py)$")
     assert [p for p in kept if not allowed.match(p)] == []
     assert {"function_app.py", "host.json", "requirements.txt", "functions/ingest.py", "shared/config.py"} <= set(kept)
     for heavy in (".venv/lib/x.py", "node_modules/azurite/x.js", ".chatft/workspace/mlflow.db", "tests/test_x.py",
