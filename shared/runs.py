@@ -248,8 +248,19 @@ def experiment_name_for(base_model: str) -> str:
     return f"chat_completion_{slug(base_model, 60) or 'model'}"
 
 
+EVALUATION_SUFFIX = "-eval"
+
+
+def evaluation_job_name_for(run_id: str) -> str:
+    """The evaluation job's name: the fine-tuning job's and `-eval` (a run id ends with its hash, never `-eval`)."""
+    return job_name_for(run_id) + EVALUATION_SUFFIX
+
+
 def run_id_from_job_name(job_name: str) -> str | None:
-    return job_name[len("chatft-"):] if job_name.startswith("chatft-") else None
+    """The run a fine-tuning or evaluation job belongs to; None for a job the app did not name."""
+    if not job_name.startswith("chatft-"):
+        return None
+    return job_name[len("chatft-"):].removesuffix(EVALUATION_SUFFIX) or None
 
 
 def endpoint_name_for(run_id: str, attempt: int = 0) -> str:
