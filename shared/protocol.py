@@ -303,6 +303,27 @@ class FailureView(Contract):
     reason: str
 
 
+class EvaluationView(Contract):
+    """The quality gate's decision: the fine-tune against its base model on the test split (shared/quality_gate.py)."""
+
+    gate: str = Field(description="EVAL_GATE (or the upload's eval_gate): enforce, report or off.")
+    metric: str = Field(description="The metric decided on (EVAL_METRIC).")
+    higher_is_better: bool
+    records: int = Field(description="Paired test records the decision rests on.")
+    base: float | None = Field(description="The metric's mean for the base model.")
+    tuned: float | None = Field(description="The metric's mean for the fine-tuned model.")
+    improvement: float | None = Field(description="Mean per-record improvement (positive: the fine-tune is better).")
+    low: float | None = Field(description="Lower bound of the improvement's 95% paired-bootstrap interval.")
+    high: float | None = Field(description="Upper bound of that interval.")
+    min_improvement: float
+    verdict: Literal["better", "worse", "inconclusive", "undecided"]
+    deploy: bool = Field(description="Whether the gate let the model be deployed (false: the run is Held).")
+    reason: str
+    metrics: dict[str, Any] | None = Field(None, description="Base and tuned means of every metric computed.")
+    report_path: str | None = Field(None, description="The evaluation report in RUNS_CONTAINER (with samples).")
+    deployed_by_choice: str | None = Field(None, description="When a person deployed the Held run anyway.")
+
+
 class RunView(Contract):
     """A run's status, as `GET /api/runs` shows it. Endpoint keys are never kept on a run, and fields are listed
     one by one so nothing new appears unreviewed."""
@@ -317,6 +338,7 @@ class RunView(Contract):
                                                "RUNS_CONTAINER).")
     job: JobView | None
     metrics: dict[str, Any]
+    evaluation: EvaluationView | None = None
     model: ModelView | None
     endpoint: EndpointView | None
     failure: FailureView | None
