@@ -157,3 +157,18 @@ def _finite(value: Any) -> bool:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def compare_every_metric(per_record: Mapping[str, Mapping[str, list]], policy: GatePolicy) -> dict[str, dict]:
+    """Base against tuned on every metric the evaluation has, each with its own paired interval and verdict (what
+    `GET /api/runs/{id}` and `chatft runs RUN_ID` show); only `policy.metric`'s decides."""
+    shown = {}
+    for metric in METRICS:
+        if metric not in per_record:
+            continue
+        d = decide(per_record, GatePolicy(gate="report", metric=metric, min_improvement=policy.min_improvement,
+                                          min_records=policy.min_records))
+        shown[metric] = {"base": d.base, "tuned": d.tuned, "improvement": d.improvement, "low": d.low,
+                         "high": d.high, "records": d.records, "higher_is_better": d.higher_is_better,
+                         "verdict": d.verdict}
+    return shown
