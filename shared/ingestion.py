@@ -93,6 +93,7 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
                "test": svc.blobs.writer(s.runs_container, f"{run_id}/test.jsonl")}
     counts = {"train": 0, "test": 0}
     train_tokens = 0
+    eval_tokens = 0  # of the test records the evaluation scores (the first EVAL_MAX_RECORDS)
     limit = plan.max_seq_length or 1 << 62
     try:
         for valid in validator.records(read_chunks(blob_client, etag=etag)):
@@ -102,6 +103,8 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
             counts[part] += 1
             if part == "train":
                 train_tokens += min(valid.tokens, limit)
+            elif counts["test"] <= s.eval_max_records:
+                eval_tokens += min(valid.tokens, limit)
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -111,6 +114,7 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     # What GPU time scales with: the train split's tokens (after truncation) times the epochs.
     tokens["train_tokens_per_epoch"] = train_tokens
     tokens["train_tokens_total"] = round(train_tokens * plan.epochs) if plan.epochs else None
+    tokens.update(evaluation_tokens(svc.settings, overrides, eval_tokens, counts["test"]))
     if plan.note:
         tokens["note"] = plan.note
     if report["ok"] and counts["train"] == 0:
@@ -120,6 +124,17 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     for writer in writers.values():
         writer.close() if report["ok"] else writer.abort()
     return report, counts
+
+
+def evaluation_tokens(settings: Any, overrides: dict[str, Any], scored: int, test_records: int) -> dict[str, int]:
+    """What the quality gate's evaluation will process, stated before it is spent: both models read the scored
+    test records (teacher-forced), and answer up to EVAL_SAMPLES prompts with at most EVAL_MAX_NEW_TOKENS each
+    (an upper bound). Zero when EVAL_GATE (or the upload's eval_gate) is off."""
+    if (overrides.get("eval_gate") or settings.eval_gate) == "off":
+        return {"eval_tokens_scored": 0, "eval_tokens_generated_max": 0, "eval_tokens_total": 0}
+    generated = 2 * min(settings.eval_samples, test_records, settings.eval_max_records) * settings.eval_max_new_tokens
+    return {"eval_tokens_scored": 2 * scored, "eval_tokens_generated_max": generated,
+            "eval_tokens_total": 2 * scored + generated}
 
 
 def _data_hints(svc: Services) -> tuple[str, dict[str, Any]] | None:
