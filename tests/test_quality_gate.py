@@ -100,3 +100,71 @@ def test_the_policy_takes_the_uploads_overrides_over_the_settings():
     assert GatePolicy.for_run(settings, {}) == GatePolicy()
     policy = GatePolicy.for_run(settings, {"eval_gate": "report", "eval_metric": "chrf", "eval_min_improvement": 1.5})
     assert (policy.gate, policy.metric, policy.min_improvement) == ("report", "chrf", 1.5)
+
+
+# ------------------------------------------------------------------ the gate on a report in RUNS_CONTAINER
+
+
+def report_document(run_id: str, base: list, tuned: list) -> dict:
+    mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+    metric = {"eval_loss": {"base": mean(base), "tuned": mean([t for t in tuned if t is not None]),
+                            "records": len(base), "higher_is_better": False}}
+    return {"version": 1, "run_id": run_id, "base_model": "b", "tuned_model": "t", "records": len(base),
+            "sampled": 1, "tokens": 123, "device": "cpu", "seconds": 1.5,
+            "limits": {"max_records": 500, "samples": 50, "max_new_tokens": 128, "max_length": 0},
+            "metrics": metric, "per_record": {"eval_loss": {"base": base, "tuned": tuned}},
+            "samples": [{"prompt": "p", "reference": "r", "base": "b", "tuned": "t"}]}
+
+
+@pytest.fixture
+def gate_svc(settings):
+    from shared.bootstrap import bootstrap
+    from shared.run_store import InMemoryRunStore
+    from tests.fakes import FakeMLBackend
+
+    svc = bootstrap(settings, ml=FakeMLBackend(), runs=InMemoryRunStore())
+    svc.blobs.container(settings.runs_container)  # created on first use
+    return svc
+
+
+def _run(run_id: str, **overrides):
+    from shared.runs import new_run, utcnow
+
+    return new_run(run_id, utcnow(), overrides=overrides)
+
+
+def test_the_gate_decides_on_the_report_the_evaluation_wrote(gate_svc):
+    from shared.evaluations import gate_run, report_path_for
+
+    run = _run("gate-0123456789ab")
+    tuned = [b - 1.0 for b in BASE]
+    gate_svc.blobs.write_json(gate_svc.settings.runs_container, report_path_for(run.run_id),
+                              report_document(run.run_id, BASE, tuned))
+    decision = gate_run(gate_svc, run)
+    assert decision["verdict"] == "better" and decision["deploy"] and decision["metric"] == "eval_loss"
+    assert decision["report_path"] == "gate-0123456789ab/evaluation.json" and decision["tokens"] == 123
+    assert decision["metrics"]["eval_loss"]["improvement"] == pytest.approx(1.0)
+    # The upload's override decides under `report`: the same worse numbers deploy, and say why.
+    worse = _run("gate-worse0123456", eval_gate="report")
+    gate_svc.blobs.write_json(gate_svc.settings.runs_container, report_path_for(worse.run_id),
+                              report_document(worse.run_id, BASE, [b + 1.0 for b in BASE]))
+    reported = gate_run(gate_svc, worse)
+    assert reported["verdict"] == "worse" and reported["deploy"] and reported["gate"] == "report"
+
+
+def test_a_missing_or_malformed_report_is_a_permanent_error_naming_it(gate_svc):
+    from shared.evaluations import EvaluationUnusable, gate_run, report_path_for
+
+    run = _run("gate-missing01234")
+    with pytest.raises(EvaluationUnusable, match="wrote no report at gate-missing01234/evaluation.json"):
+        gate_run(gate_svc, run)
+    document = report_document(run.run_id, BASE, BASE)
+    del document["per_record"]
+    gate_svc.blobs.write_json(gate_svc.settings.runs_container, report_path_for(run.run_id), document)
+    with pytest.raises(EvaluationUnusable, match="is not a report: per_record"):
+        gate_run(gate_svc, run)
+    chrf = _run("gate-chrf0123456", eval_metric="chrf")
+    gate_svc.blobs.write_json(gate_svc.settings.runs_container, report_path_for(chrf.run_id),
+                              report_document(chrf.run_id, BASE, BASE))
+    with pytest.raises(EvaluationUnusable, match="no per-record chrf scores"):
+        gate_run(gate_svc, chrf)
