@@ -63,6 +63,9 @@ def connection_problems(prefix: str, app: Mapping[str, str]) -> list[str]:
 JOB_EVENT_TYPES = ("Microsoft.MachineLearningServices.RunStatusChanged",
                    "Microsoft.MachineLearningServices.RunCompleted")
 PIPELINE_RUN_TYPE = "azureml.PipelineRun"
+# The quality gate's evaluation is a command job: the run history's type of those (azure-ai-ml v1's
+# ScriptRun.RUN_TYPE). Not observed on a live workspace; the reconciler covers it should the events not come.
+COMMAND_RUN_TYPE = "azureml.scriptrun"
 APP_TAG_FILTER_KEY = "data.runTags.chatft-app"  # shared.ml.port.TAG_APP on every job the app submits
 
 
@@ -90,7 +93,7 @@ def expected_subscriptions(settings: Settings) -> dict[str, Subscription]:
         "job-events": Subscription(
             "job-events", "Microsoft.MachineLearningServices.Workspaces", "/runtime/webhooks/EventGrid",
             "job_events", JOB_EVENT_TYPES,
-            advanced_filters=(("data.runType", "StringIn", (PIPELINE_RUN_TYPE,)),
+            advanced_filters=(("data.runType", "StringIn", (PIPELINE_RUN_TYPE, COMMAND_RUN_TYPE)),
                               (APP_TAG_FILTER_KEY, "StringIn", (settings.app_id,)))),
     }
 

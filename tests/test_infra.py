@@ -289,7 +289,8 @@ def test_the_hook_makes_both_subscriptions_with_their_filters(fake_az):
     assert ml["endpoint"] == ("https://func-abc.azurewebsites.net/runtime/webhooks/EventGrid"
                               "?functionName=job_events&code=EGKEY")
     assert ml["includedEventTypes"] == list(JOB_EVENT_TYPES)
-    assert ml["advancedFilters"] == [{"key": "data.runType", "operatorType": "StringIn", "values": ["azureml.PipelineRun"]},
+    assert ml["advancedFilters"] == [{"key": "data.runType", "operatorType": "StringIn", "values": ["azureml.PipelineRun",
+                                                                                              "azureml.scriptrun"]},
                                      {"key": "data.runTags.chatft-app", "operatorType": "StringIn", "values": ["chatft"]}]
     assert ml["eventDeliverySchema"] == "eventgridschema"
     assert "BLOBKEY" not in done.stdout and "EGKEY" not in done.stdout  # keys never printed
@@ -349,7 +350,7 @@ def test_the_powershell_hook_makes_the_same_subscriptions():
     sh, ps1 = HOOK.read_text(), (ROOT / "scripts" / "postdeploy.ps1").read_text()
     for fragment in ("ingest-blob-created", "job-events", "Host.Functions.ingest", "functionName=job_events",
                      "/runtime/webhooks/blobs", "/runtime/webhooks/EventGrid", "Microsoft.Storage.BlobCreated",
-                     *JOB_EVENT_TYPES, "data.runType", "azureml.PipelineRun", "data.runTags.chatft-app",
+                     *JOB_EVENT_TYPES, "data.runType", "azureml.PipelineRun", "azureml.scriptrun", "data.runTags.chatft-app",
                      "/blobServices/default/containers/", "blobs_extension", "eventgrid_extension",
                      "eventgridschema", "system-topic event-subscription show", "update", "create"):
         assert fragment in sh and fragment in ps1, fragment
