@@ -160,7 +160,8 @@ def test_the_uploads_max_seq_length_sets_the_token_budget(settings):
 
 
 def test_the_token_totals_include_what_the_evaluation_will_process(settings):
-    svc = bootstrap(settings.replace(eval_max_records=2, eval_samples=1, eval_max_new_tokens=10), ml=FakeMLBackend())
+    svc = bootstrap(settings.replace(eval_gate="enforce", eval_max_records=2, eval_samples=1, eval_max_new_tokens=10),
+                    ml=FakeMLBackend())
     run = ingest(svc, upload(svc, "evaltokens.jsonl", valid_lines(60)))
     tokens = svc.blobs.read_json(svc.settings.runs_container, f"{run.run_id}/validation.json")["tokens"]
     test = read_lines(svc, run.test_path)

@@ -122,7 +122,7 @@ def gate_svc(settings):
     from shared.run_store import InMemoryRunStore
     from tests.fakes import FakeMLBackend
 
-    svc = bootstrap(settings, ml=FakeMLBackend(), runs=InMemoryRunStore())
+    svc = bootstrap(settings.replace(eval_gate="enforce"), ml=FakeMLBackend(), runs=InMemoryRunStore())
     svc.blobs.container(settings.runs_container)  # created on first use
     return svc
 
