@@ -18,7 +18,6 @@ The output is an MLflow transformers model (task llm/v1/chat) with the LoRA weig
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
