@@ -2,7 +2,7 @@
 
 Only Event Grid events and queue messages move a run past Submitted; a missing subscription, an event Event Grid
 gave up on, or a lost message would leave a run stuck for ever. Every RECONCILE_SCHEDULE tick, a run in
-Submitted, Training, Trained, Registered or Deploying whose history has not moved for RECONCILE_AFTER_MINUTES is
+Submitted, Training, Trained, Evaluating, Registered or Deploying whose history has not moved for RECONCILE_AFTER_MINUTES is
 looked at: the steps that own its state (`shared.orchestration.ROUTES`, the same ones events and checks run) read
 the job's or endpoint's real status and take the steps still to take. A job gone from the workspace, or the
 endpoint of a deploying run gone after its creation was accepted, fails the run with that reason.
@@ -21,7 +21,8 @@ from .steps import Trigger, run_steps
 
 log = logging.getLogger(__name__)
 
-IN_PROGRESS = (State.SUBMITTED, State.TRAINING, State.TRAINED, State.REGISTERED, State.DEPLOYING)
+IN_PROGRESS = (State.SUBMITTED, State.TRAINING, State.TRAINED, State.EVALUATING, State.REGISTERED,
+               State.DEPLOYING)
 
 
 @dataclass
