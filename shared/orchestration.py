@@ -83,8 +83,11 @@ def handle_job_event(svc: Services, event: JobEvent) -> Run | None:
     if event.status == "Running":
         return run_step(svc, JOB_STARTED, run.run_id)
     if event.status in JOB_DONE:
-        # Events are hints, delivered late or out of order: the backend's word on the job decides.
-        return settle_job(svc, run.run_id, expect_done=event.status == "Completed")
+        # Events are hints, delivered late or out of order: the backend's word on the job decides. A Completed
+        # event met after the job's step (a duplicate, or RunCompleted after RunStatusChanged) expects nothing of
+        # the steps now owning the run (the evaluation job may be running).
+        expect = event.status == "Completed" and run.state in (State.SUBMITTED, State.TRAINING)
+        return settle_job(svc, run.run_id, expect_done=expect)
     return run
 
 

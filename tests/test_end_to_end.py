@@ -110,10 +110,11 @@ def deployed(azurite, tmp_path_factory):
                                          {"epochs": "1", "test_fraction": "0.1"}, blob_name="tiny.jsonl")[1],
         }
         done = (State.DEPLOYED, State.HELD, State.FAILED, State.REJECTED)
-        runs = [wait_for_run(store, r, done) for r in run_ids]
+        # Four runs train, are evaluated and deploy side by side on the CPU: more than one run's time.
+        runs = [wait_for_run(store, r, done, timeout=2 * RUN_TIMEOUT) for r in run_ids]
         for run in runs:
             assert run.state == State.DEPLOYED, (run.state, run.failure, run.history)
-        gated = {name: wait_for_run(store, r, done) for name, r in gated_ids.items()}
+        gated = {name: wait_for_run(store, r, done, timeout=2 * RUN_TIMEOUT) for name, r in gated_ids.items()}
         yield Deployed(host, settings, store, runs, gated)
     finally:
         host.stop()

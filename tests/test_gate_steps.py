@@ -118,3 +118,11 @@ def test_the_reconciler_moves_a_stale_evaluating_run_on(svc, ml):
     report = reconcile_runs(svc)
     assert (run.run_id, "Evaluating", "Deploying") in report.moved
     assert svc.runs.get(run.run_id).evaluation["verdict"] == "better"
+
+
+def test_a_late_completed_event_of_the_training_job_does_not_chase_the_evaluation(svc, ml):
+    run = trained(svc, ml)
+    sent = len(svc.messages.sent)
+    again = handle_job_event(svc, event(job_name_for(run.run_id), "Completed"))  # e.g. RunCompleted after it
+    assert again.state == State.EVALUATING and not [t for t in again.history if t.kind == "retry"]
+    assert len(svc.messages.sent) == sent
