@@ -1,5 +1,6 @@
-"""The run's way from a queued upload to a deployed endpoint, as declared steps: submit, job status, register,
-begin deployment, create endpoint, deployment check; and the handlers that run them.
+"""The run's way from a queued upload to a deployed endpoint, as declared steps: submit, job status, evaluate and
+gate (the quality gate, `shared.quality_gate`), register, hold, begin deployment, create endpoint, deployment check;
+and the handlers that run them.
 
 Triggers arrive at least once and out of order, so each step is declared once (`shared.steps.Step`: the states it
 applies from, its act, where its retries go) and run by `shared.steps.run_step`, which guards it, writes its outcome
