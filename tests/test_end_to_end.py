@@ -101,9 +101,10 @@ def deployed(azurite, tmp_path_factory):
             run_ids.append(upload_training_file(settings, data, {"epochs": "2", "test_fraction": "0.3"},
                                                 blob_name=f"{name}.jsonl")[1])
         gated_ids = {
-            # A learning rate this high makes the stand-in's loss diverge (not a number) within one epoch.
+            # A learning rate this high makes the stand-in's loss diverge (not a number) over three epochs (one is not
+            # enough on 42 records: the loss still falls below the random base's).
             "sabotaged": upload_training_file(settings, write_sample(tmp / "sabotaged.jsonl", seed=5),
-                                              {"epochs": "1", "learning_rate": "0.9", "test_fraction": "0.3"},
+                                              {"epochs": "3", "learning_rate": "0.9", "test_fraction": "0.3"},
                                               blob_name="sabotaged.jsonl")[1],
             # 4 test records (the split is a stable hash): fewer than EVAL_MIN_RECORDS.
             "tiny": upload_training_file(settings, write_sample(tmp / "tiny.jsonl", seed=6),
