@@ -102,7 +102,7 @@ def deployed(azurite, tmp_path_factory):
                                                 blob_name=f"{name}.jsonl")[1])
         gated_ids = {
             # A learning rate this high makes the stand-in's loss diverge (not a number) over three epochs (one is not
-            # enough on 42 records: the loss still falls below the random base's).
+            # enough on 48 records: the loss still falls below the random base's).
             "sabotaged": upload_training_file(settings, write_sample(tmp / "sabotaged.jsonl", seed=5),
                                               {"epochs": "3", "learning_rate": "0.9", "test_fraction": "0.3"},
                                               blob_name="sabotaged.jsonl")[1],
