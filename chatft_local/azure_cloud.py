@@ -102,6 +102,11 @@ class AzureCloud:
     def compute(self, name: str, base_model):
         return self._backend().check_compute(name, base_model)
 
+    def pipeline_component_versions(self, name: str) -> tuple[list[str], str]:
+        backend = self._backend()
+        versions = [str(c.version) for c in backend.registry.components.list(name=name)]
+        return versions, backend.latest_pipeline_component_version()
+
     def datastore(self, name: str) -> Datastore | None:
         from azure.core.exceptions import ResourceNotFoundError
 

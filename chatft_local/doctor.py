@@ -64,6 +64,9 @@ def connection_problems(prefix: str, app: Mapping[str, str]) -> list[str]:
 JOB_EVENT_TYPES = ("Microsoft.MachineLearningServices.RunStatusChanged",
                    "Microsoft.MachineLearningServices.RunCompleted")
 PIPELINE_RUN_TYPE = "azureml.PipelineRun"
+# The quality gate's evaluation is a command job: the run history's type of those (azure-ai-ml v1's
+# ScriptRun.RUN_TYPE). Not observed on a live workspace; the reconciler covers it should the events not come.
+COMMAND_RUN_TYPE = "azureml.scriptrun"
 APP_TAG_FILTER_KEY = "data.runTags.chatft-app"  # shared.ml.port.TAG_APP on every job the app submits
 
 
@@ -93,7 +96,7 @@ def expected_subscriptions(settings: Settings) -> dict[str, Subscription]:
         "job-events": Subscription(
             "job-events", "Microsoft.MachineLearningServices.Workspaces", "/runtime/webhooks/EventGrid",
             "job_events", JOB_EVENT_TYPES,
-            advanced_filters=(("data.runType", "StringIn", (PIPELINE_RUN_TYPE,)),
+            advanced_filters=(("data.runType", "StringIn", (PIPELINE_RUN_TYPE, COMMAND_RUN_TYPE)),
                               (APP_TAG_FILTER_KEY, "StringIn", (settings.app_id,)))),
     }
 
@@ -135,6 +138,7 @@ class Cloud(Protocol):
     def base_model(self, name: str): ...  # -> shared.ml.port.BaseModel
     def compute(self, name: str, base_model) : ...  # -> shared.ml.port.Compute
     def datastore(self, name: str) -> Datastore | None: ...
+    def pipeline_component_versions(self, name: str) -> tuple[list[str], str]: ...  # (versions, label latest's)
     def queue(self, name: str) -> Queue | None: ...
     def subscription(self, name: str) -> Subscription | None: ...
     def role_assignments(self, principal_id: str) -> list[RoleAssignment]: ...
@@ -287,6 +291,20 @@ def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_
                        "" if same else "delete the cluster and run `azd provision` (a cluster's size cannot be "
                                        "changed), or set GPU_VM_SIZE to its size")
 
+    def component() -> tuple[bool, str, str]:
+        name, pinned = settings.aml_pipeline_component, settings.aml_pipeline_component_version
+        versions, latest = cloud.pipeline_component_versions(name)
+        if pinned not in versions:
+            return False, f"version {pinned} not in registry {settings.aml_registry} (it offers {latest or 'none'})", \
+                "set AML_PIPELINE_COMPONENT_VERSION to a version the registry offers, after reading its spec"
+        if latest and _version_key(latest) > _version_key(pinned):
+            # Not a failure: the pinned version still runs. Moving on is a choice to make after reading the spec.
+            return True, f"pinned at {pinned}; the registry offers a newer one, {latest}: read its spec, then set " \
+                         f"AML_PIPELINE_COMPONENT_VERSION={latest} to move", ""
+        return True, f"pinned at {pinned}, the registry's latest", ""
+
+    _guard(report, f"pipeline component {settings.aml_pipeline_component} at its pinned version", "", component)
+
     def datastore() -> tuple[bool, str, str]:
         found = cloud.datastore(settings.aml_datastore)
         if found is None:
@@ -347,6 +365,11 @@ def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_
         return True, f"{len(needed)} roles held", ""
 
     _guard(report, "app identity holds its roles", "", roles)
+
+
+def _version_key(version: str) -> tuple:
+    """Registry component versions are dotted numbers (0.0.82); anything else sorts first."""
+    return tuple(int(p) if p.isdigit() else -1 for p in str(version).split("."))
 
 
 def _norm(value):

@@ -214,6 +214,8 @@ var appSettings = {
   AML_COMPUTE_GPUS: '0'
   AML_DATASTORE: runsDatastoreName
   AML_PIPELINE_COMPONENT: 'chat_completion_pipeline'
+  AML_PIPELINE_COMPONENT_VERSION: '0.0.82'
+  AML_EVALUATION_ENVIRONMENT: 'azureml://registries/azureml/environments/acft-hf-nlp-gpu/labels/latest'
   BASE_MODEL: baseModel
   EXPERIMENT_NAME: ''
   INFERENCE_INSTANCE_TYPE: inferenceInstanceType
@@ -239,6 +241,13 @@ var appSettings = {
   RETRY_BASE_SECONDS: '10'
   MAX_REQUEST_BYTES: '1048576'
   SCORE_TIMEOUT_SECONDS: '90.0'
+  EVAL_GATE: 'enforce'
+  EVAL_METRIC: 'eval_loss'
+  EVAL_MIN_IMPROVEMENT: '0.0'
+  EVAL_MIN_RECORDS: '20'
+  EVAL_MAX_RECORDS: '500'
+  EVAL_SAMPLES: '50'
+  EVAL_MAX_NEW_TOKENS: '128'
 }
 
 module function 'app/function.bicep' = {

@@ -55,7 +55,7 @@ Set-Subscription $env:ML_RESOURCE_GROUP $env:ML_SYSTEM_TOPIC_NAME 'job-events' @
   '--endpoint', "`"$base/runtime/webhooks/EventGrid?functionName=job_events&code=$eventGridKey`"",
   '--included-event-types', 'Microsoft.MachineLearningServices.RunStatusChanged',
   'Microsoft.MachineLearningServices.RunCompleted',
-  '--advanced-filter', 'data.runType', 'StringIn', 'azureml.PipelineRun',
+  '--advanced-filter', 'data.runType', 'StringIn', 'azureml.PipelineRun', 'azureml.scriptrun',
   '--advanced-filter', 'data.runTags.chatft-app', 'StringIn', $env:APP_ID)
 
 Write-Host 'postdeploy: done; check the deployment with: chatft doctor --azure'

@@ -64,12 +64,13 @@ upsert "$RESOURCE_GROUP" "$STORAGE_SYSTEM_TOPIC_NAME" ingest-blob-created \
   --subject-begins-with "/blobServices/default/containers/$TRAINING_CONTAINER/" \
   --subject-ends-with ".jsonl"
 
-# Only this app's pipeline jobs: step runs (runType azureml.StepRun) and other users' jobs never reach the app.
+# Only this app's pipeline jobs and evaluation command jobs (runType azureml.scriptrun, the run history's type of a
+# command job): step runs (runType azureml.StepRun) and other users' jobs never reach the app.
 upsert "$ML_RESOURCE_GROUP" "$ML_SYSTEM_TOPIC_NAME" job-events \
   --endpoint "$base/runtime/webhooks/EventGrid?functionName=job_events&code=$eventgrid_key" \
   --included-event-types Microsoft.MachineLearningServices.RunStatusChanged \
                          Microsoft.MachineLearningServices.RunCompleted \
-  --advanced-filter data.runType StringIn azureml.PipelineRun \
+  --advanced-filter data.runType StringIn azureml.PipelineRun azureml.scriptrun \
   --advanced-filter data.runTags.chatft-app StringIn "$APP_ID"
 
 echo "postdeploy: done; check the deployment with: chatft doctor --azure"

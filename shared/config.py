@@ -19,6 +19,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 AZURITE_CONNECTION = "UseDevelopmentStorage=true"
 # The identity-based datastore over RUNS_CONTAINER that infra/ creates (infra/app/ml.bicep, param runsDatastoreName).
 DEFAULT_DATASTORE = "chatft_runs"
+# The version of ../shared/reference/chat_completion_pipeline.spec.yaml, the spec this app was checked against.
+PIPELINE_COMPONENT_VERSION = "0.0.82"
+# azureml-assets assets/training/finetune_acft_hf_nlp/environments/acpt/asset.yaml names it `acft-hf-nlp-gpu`; its
+# context/requirements.txt holds transformers, peft, rouge-score 0.1.2 and sacrebleu 2.4.0 (torch from the ACPT image).
+# Its version numbers are assigned at publication, so the label is used; pin `versions/<n>` to freeze it.
+EVALUATION_ENVIRONMENT = "azureml://registries/azureml/environments/acft-hf-nlp-gpu/labels/latest"
 
 
 class SettingError(ValueError):
@@ -35,6 +41,17 @@ def _lower(value: Any) -> Any:
 
 
 _LOWER = BeforeValidator(_lower)  # choices are case-insensitive
+
+
+def _metric_name(value: Any) -> Any:
+    from .quality_gate import METRICS
+
+    if isinstance(value, str):
+        return {m.lower(): m for m in METRICS}.get(value.strip().lower(), value)
+    return value
+
+
+_BY_NAME = BeforeValidator(_metric_name)  # metric names keep their case (rougeL) but match without it
 # When set, `Settings` reads only its keyword arguments (a mapping given to `from_env`), not `os.environ`.
 _ONLY_GIVEN: ContextVar[bool] = ContextVar("_ONLY_GIVEN", default=False)
 
@@ -87,7 +104,13 @@ class Settings(BaseSettings):
         "Datastore over RUNS_CONTAINER (identity-based); train/test files are passed as its paths. The "
         "default is the datastore `azd up` creates (infra/); `workspaceblobstore` would not hold them.")
     aml_pipeline_component: str = _setting("AML_PIPELINE_COMPONENT", "chat_completion_pipeline",
-        "Registry pipeline component used for fine-tuning (label latest).")
+        "Registry pipeline component used for fine-tuning, at AML_PIPELINE_COMPONENT_VERSION.")
+    aml_pipeline_component_version: str = _setting("AML_PIPELINE_COMPONENT_VERSION", PIPELINE_COMPONENT_VERSION,
+        "Version of the pipeline component the app runs (pinned, so what a run does cannot change under it); "
+        "`chatft doctor --azure` says when the registry offers a newer one.")
+    aml_evaluation_environment: str = _setting("AML_EVALUATION_ENVIRONMENT", EVALUATION_ENVIRONMENT,
+        "Azure ML environment of the evaluation job (a curated registry environment with torch, transformers, "
+        "peft, rouge-score and sacrebleu).")
     base_model: str = _setting("BASE_MODEL", "Phi-3-mini-4k-instruct",
         "Base model name in the registry. Archived models are refused up front: Phi-3-mini-4k-instruct "
         "is archived in today's azureml registry; set another (for example a Phi-4 model).")
@@ -133,6 +156,25 @@ class Settings(BaseSettings):
         "Largest accepted HTTP request body (413 beyond).")
     score_timeout_seconds: float = _setting("SCORE_TIMEOUT_SECONDS", 90.0,
         "Upstream timeout of a scoring request (the deployment's request timeout).")
+    # The quality gate (shared/quality_gate.py) and the evaluation it decides on (evaluation/)
+    eval_gate: Annotated[Literal["enforce", "report", "off"], _LOWER] = _setting("EVAL_GATE", "enforce",
+        "`enforce`: deploy a fine-tune only when the evaluation shows it better than its base model, else the run "
+        "is Held; `report`: evaluate and deploy anyway; `off`: no evaluation.")
+    eval_metric: Annotated[Literal["eval_loss", "perplexity", "rougeL", "chrf"], _BY_NAME] = _setting(
+        "EVAL_METRIC", "eval_loss",
+        "Metric the gate decides on: `eval_loss` or `perplexity` (lower is better), `rougeL` or `chrf` "
+        "(higher is better).")
+    eval_min_improvement: float = _setting("EVAL_MIN_IMPROVEMENT", 0.0,
+        "The improvement's lower 95% bound must be above this (in the metric's units) for a deployment.")
+    eval_min_records: int = _setting("EVAL_MIN_RECORDS", 20,
+        "Fewer paired test records than this and the gate cannot decide: it says so, and holds under "
+        "`enforce` only when the point estimate is worse.")
+    eval_max_records: int = _setting("EVAL_MAX_RECORDS", 500,
+        "Test records the evaluation scores by loss (the first ones of `test.jsonl`).")
+    eval_samples: int = _setting("EVAL_SAMPLES", 50,
+        "Test prompts both models answer greedily, scored by ROUGE-L and chrF.")
+    eval_max_new_tokens: int = _setting("EVAL_MAX_NEW_TOKENS", 128,
+        "Longest greedy answer of the evaluation (tokens).")
     # Reliability: retries of transient faults, the reconciler, fault injection
     retry_window_minutes: float = _setting("RETRY_WINDOW_MINUTES", 60.0,
         "How long `submit` and `deployments` retry a step that keeps failing transiently (throttling, 5xx, "
@@ -188,6 +230,11 @@ class Settings(BaseSettings):
                      "max_request_bytes", "inference_instance_count"):
             if getattr(self, name) <= 0:
                 raise SettingError(f"setting {name.upper()} must be positive")
+        for name in ("eval_min_records", "eval_max_records", "eval_max_new_tokens"):
+            if getattr(self, name) <= 0:
+                raise SettingError(f"setting {name.upper()} must be positive")
+        if self.eval_samples < 0:
+            raise SettingError("setting EVAL_SAMPLES must be at least 0")
         for name in ("retry_window_minutes", "retry_base_seconds", "reconcile_after_minutes"):
             if getattr(self, name) <= 0:
                 raise SettingError(f"setting {name.upper()} must be positive")

@@ -116,11 +116,19 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     writers = {"train": svc.blobs.writer(s.runs_container, f"{run_id}/train.jsonl"),
                "test": svc.blobs.writer(s.runs_container, f"{run_id}/test.jsonl")}
     line, inside = 0, False  # the last line yielded; whether the fault came while splitting it
+    test_records = eval_tokens = 0  # eval: of the test records the evaluation scores (the first EVAL_MAX_RECORDS)
+    limit = plan.max_seq_length or 1 << 62
     try:
         for valid in validator.records(digest.through(read_chunks(blob_client, etag=etag))):
             line, inside = valid.line, True
             writers[valid.split].write(valid.raw)
             writers[valid.split].write(b"\n")
+            if valid.split == "test":
+                test_records += 1
+                if test_records <= s.eval_max_records:
+                    # -1: not counted one by one; its byte length bounds it (a byte-level BPE never makes more
+                    # tokens than bytes), so the figure stays an upper bound.
+                    eval_tokens += min(valid.tokens if valid.tokens >= 0 else len(valid.raw), limit)
             inside = False
     except BaseException as exc:
         for writer in writers.values():
@@ -129,6 +137,9 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
             raise _IngestCrash(line if inside else line + 1, not inside, exc) from exc
         raise  # a storage fault: the trigger tries again; the run stays Validating for the retry
     report = validator.report()
+    if report.tokens is not None:
+        # The evaluation's tokens are stated before they are spent (shared/quality_gate.py runs it after training).
+        report.tokens = report.tokens.model_copy(update=evaluation_tokens(s, overrides, eval_tokens, test_records))
     for writer in writers.values():
         writer.close() if report.ok else writer.abort()
     return report
@@ -165,6 +176,17 @@ def _end_crashed(svc: Services, run_id: str, crash: _IngestCrash) -> Run:
     reason = f"ingesting the upload failed {where}: {error}; see the function's log"
     return svc.runs.update(run_id, lambda r: r.fail("ingest", reason, now, step="ingest")
                            if r.state == State.VALIDATING else None)
+
+
+def evaluation_tokens(settings: Any, overrides: dict[str, Any], scored: int, test_records: int) -> dict[str, int]:
+    """What the quality gate's evaluation will process, stated before it is spent: both models read the scored
+    test records (teacher-forced), and answer up to EVAL_SAMPLES prompts with at most EVAL_MAX_NEW_TOKENS each
+    (an upper bound). Zero when EVAL_GATE (or the upload's eval_gate) is off."""
+    if (overrides.get("eval_gate") or settings.eval_gate) == "off":
+        return {"eval_tokens_scored": 0, "eval_tokens_generated_max": 0, "eval_tokens_total": 0}
+    generated = 2 * min(settings.eval_samples, test_records, settings.eval_max_records) * settings.eval_max_new_tokens
+    return {"eval_tokens_scored": 2 * scored, "eval_tokens_generated_max": generated,
+            "eval_tokens_total": 2 * scored + generated}
 
 
 def _data_hints(svc: Services) -> tuple[str, dict[str, Any]] | None:

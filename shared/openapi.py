@@ -40,7 +40,9 @@ def _errors(schema: str, *statuses: int) -> dict[str, Any]:
         400: ("The body (or query) is malformed; the message names each problem.", None),
         401: ("No valid function key (header `x-functions-key` or query `code`).", None),
         404: ("No such model or run.", None),
-        409: ("The run cannot be deployed again (it is deployed, or has no registered model).", None),
+        409: ("The run cannot be deployed again (it is deployed, or has no registered model); or, scoring, the "
+              "quality gate held the model (`model_held`: the message gives the reason and how to deploy it anyway).",
+              None),
         410: ("The model's endpoint was retired (deleted when idle) or its deployment failed; the message says how "
               "to deploy it again: `POST /api/runs/{run_id}/deploy`.", None),
         413: ("The body is larger than MAX_REQUEST_BYTES, as sent or once decompressed.", None),
@@ -99,12 +101,12 @@ def _score_operation(named: bool) -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("ScoreRequest")}}},
         "responses": {"200": _json(_ref("ScoreAnswer"), "The deployment's JSON as is (chat deployments answer "
                                                          "this shape).", _RUN_HEADER),
-                      **_errors("Error", 400, 401, 404, 410, 413, 415, 502, 503, 504)},
+                      **_errors("Error", 400, 401, 404, 409, 410, 413, 415, 502, 503, 504)},
     }
 
 
 def _paths() -> dict[str, Any]:
-    openai_errors = _errors("OpenAIError", 400, 401, 404, 410, 413, 415, 502, 503, 504)
+    openai_errors = _errors("OpenAIError", 400, 401, 404, 409, 410, 413, 415, 502, 503, 504)
     return {
         "/api/score": {"post": _score_operation(named=False)},
         "/api/score/{model}": {"post": _score_operation(named=True)},
@@ -150,9 +152,12 @@ def _paths() -> dict[str, Any]:
         }},
         "/api/runs/{run_id}/deploy": {"post": {
             "operationId": "deployRun", "tags": ["runs"],
-            "summary": "Deploy again a run whose endpoint was retired (or whose deployment failed)",
+            "summary": "Deploy again a run whose endpoint was retired (or whose deployment failed), or deploy a Held "
+                       "run anyway",
             "description": "Begins creating a new endpoint for the run's registered model; the run is Deploying "
-                           "until it is Deployed (poll `GET /api/runs/{run_id}`).",
+                           "until it is Deployed (poll `GET /api/runs/{run_id}`). A run the quality gate Held is "
+                           "deployed over the gate's decision, and the run records that a person chose to "
+                           "(`evaluation.deployed_by_choice`).",
             "parameters": [_RUN_ID],
             "responses": {"202": _json(_ref("RunView"), "Deployment begun; the run is Deploying.",
                                        {"Location": {"description": "The run's status URL.",

@@ -1,5 +1,6 @@
-"""The run's way from a queued upload to a deployed endpoint, as declared steps: submit, job status, register,
-begin deployment, create endpoint, deployment check; and the handlers that run them.
+"""The run's way from a queued upload to a deployed endpoint, as declared steps: submit, job status, evaluate and
+gate (the quality gate, `shared.quality_gate`), register, hold, begin deployment, create endpoint, deployment check;
+and the handlers that run them.
 
 Triggers arrive at least once and out of order, so each step is declared once (`shared.steps.Step`: the states it
 applies from, its act, where its retries go) and run by `shared.steps.run_step`, which guards it, writes its outcome
@@ -23,8 +24,8 @@ from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequ
 from .ml.training_params import registered_model_name
 from .overrides import APP_KEYS
 from .run_store import RunNotFound
-from .runs import (Run, State, endpoint_name_for, experiment_name_for, iso, job_name_for, parse_iso,
-                   run_id_from_job_name)
+from .runs import (Run, State, endpoint_name_for, evaluation_job_name_for, experiment_name_for, iso, job_name_for,
+                   parse_iso, run_id_from_job_name)
 from .steps import (ByLaterMessage, Edit, Fail, Move, NotYet, Resend, Step, Trigger, dead_letter, describe,
                     run_step, run_steps)
 
@@ -72,14 +73,22 @@ def handle_job_event(svc: Services, event: JobEvent) -> Run | None:
         return None
     run_id = run_id_from_job_name(event.job_name)
     run = svc.runs.find(run_id) if run_id else None
+    if run is not None and event.job_name == evaluation_job_name_for(run.run_id):
+        # The evaluation job: only its end matters (the backend's word decides, as for the fine-tuning job).
+        if event.status in JOB_DONE:
+            return settle_job(svc, run.run_id, expect_done=event.status == "Completed")
+        return run
     if run is None or run.job_name != event.job_name:
         log.debug("job event for unknown job %s ignored", event.job_name)
         return None
     if event.status == "Running":
         return run_step(svc, JOB_STARTED, run.run_id)
     if event.status in JOB_DONE:
-        # Events are hints, delivered late or out of order: the backend's word on the job decides.
-        return settle_job(svc, run.run_id, expect_done=event.status == "Completed")
+        # Events are hints, delivered late or out of order: the backend's word on the job decides. A Completed
+        # event met after the job's step (a duplicate, or RunCompleted after RunStatusChanged) expects nothing of
+        # the steps now owning the run (the evaluation job may be running).
+        expect = event.status == "Completed" and run.state in (State.SUBMITTED, State.TRAINING)
+        return settle_job(svc, run.run_id, expect_done=expect)
     return run
 
 
@@ -130,7 +139,53 @@ def _job_status(svc: Services, run: Run, trigger: Trigger) -> Move | Fail | None
     return None
 
 
-def _register(svc: Services, run: Run, trigger: Trigger) -> Move:
+def _wants_evaluation(svc: Services, run: Run) -> bool:
+    """The quality gate runs unless EVAL_GATE (or the upload's eval_gate) is off; a run without a test split has
+    nothing to evaluate on (its gate would have no records: it is registered and deployed as before)."""
+    from .evaluations import gate_of
+
+    return gate_of(svc, run) != "off" and bool(run.test_path)
+
+
+def _evaluate(svc: Services, run: Run, trigger: Trigger) -> Move | None:
+    """Submit the evaluation of the fine-tune against its base model (idempotent by its derived name)."""
+    if not _wants_evaluation(svc, run):
+        return None  # REGISTER takes the run from Trained
+    from .evaluations import evaluation_request
+
+    job_name = svc.ml.submit_evaluation(evaluation_request(svc, run))
+    return Move(State.EVALUATING, f"evaluation job {job_name}", {"evaluation_job": job_name})
+
+
+def _gate(svc: Services, run: Run, trigger: Trigger) -> Edit | Fail | None:
+    """The backend's word on the evaluation job; once Completed, the gate's decision on its report goes on the run
+    (REGISTER then moves it on). A missing or malformed report fails the run (`EvaluationUnusable`)."""
+    from .evaluations import gate_run
+
+    try:
+        job = svc.ml.get_job(run.evaluation_job)
+    except NotFound as exc:
+        return Fail(f"evaluation job {run.evaluation_job} no longer exists in the workspace (deleted?): {exc}")
+    if job.status in ("Failed", "Canceled"):
+        return Fail(f"evaluation job {job.status.lower()}: {job.error or 'no error summary from the job'}")
+    if job.status != "Completed":
+        if trigger.expect_done or trigger.attempt.number:
+            raise NotYet(f"the evaluation job was reported Completed but says {job.status}")
+        return None
+    return Edit({"evaluation": gate_run(svc, run)})
+
+
+def _hold(svc: Services, run: Run, trigger: Trigger) -> Move:
+    return Move(State.HELD, run.evaluation.get("reason", "the quality gate held the model"))
+
+
+def _held_by_gate(run: Run) -> bool:
+    return bool(run.evaluation) and not run.evaluation.get("deploy", True)
+
+
+def _register(svc: Services, run: Run, trigger: Trigger) -> Move | None:
+    if run.state == State.TRAINED and _wants_evaluation(svc, run):
+        return None  # EVALUATE owns it
     base = run.overrides.get("base_model") or svc.settings.base_model
     name = registered_model_name(base, dataset=run.run_id.rsplit("-", 1)[0])
     # No version: the backend returns the integer version this job already has, else registers the next one.
@@ -148,6 +203,15 @@ def _begin_deployment(svc: Services, run: Run, trigger: Trigger) -> Move:
         "endpoint_name": endpoint_name_for(run.run_id, run.moves_into(State.DEPLOYING)),
         "deployment_name": svc.settings.deployment_name, "deploy_started_at": iso(now), "deploy_checks": 0,
         "endpoint_accepted_at": "", "scoring_uri": "", "failure": None}, then=schedule_check)
+
+
+def _deploy_again(svc: Services, run: Run, trigger: Trigger) -> Move:
+    """Redeploy a Retired or Failed run, or deploy a Held one anyway: a person chose to, and the run says so."""
+    move = _begin_deployment(svc, run, trigger)
+    if run.state != State.HELD:
+        return move
+    return replace(move, detail=f"deployed by a person's choice, over the quality gate's hold",
+                   changes={**move.changes, "deployed_by_choice": iso(svc.clock())})
 
 
 def _create_endpoint(svc: Services, run: Run, trigger: Trigger) -> Edit:
@@ -241,7 +305,7 @@ def _for_this_endpoint(run: Run, trigger: Trigger) -> bool:
     return not trigger.endpoint or trigger.endpoint == run.endpoint_name
 
 
-SETTLING = (State.SUBMITTED, State.TRAINING, State.TRAINED, State.REGISTERED)
+SETTLING = (State.SUBMITTED, State.TRAINING, State.TRAINED, State.EVALUATING, State.REGISTERED)
 
 SUBMIT = Step("submit", (State.QUEUED,), _submit,
               Resend(lambda run, t: SubmitRun(run.run_id), origin=lambda step, run, t: f"{run.run_id}-submit"))
@@ -249,11 +313,20 @@ JOB_STARTED = Step("job started", (State.SUBMITTED,), _job_started, Resend(_cont
                    stage="training")
 JOB_STATUS = Step("job status", (State.SUBMITTED, State.TRAINING), _job_status, Resend(_continue("job status")),
                   stage="training")
-REGISTER = Step("register", (State.TRAINED,), _register, Resend(_continue("register")))
+# The quality gate: Trained -> Evaluating (the evaluation job) -> the decision on the run -> Registered -> Deploying,
+# or Held (registered, no endpoint) when the gate says the fine-tune is not better than its base model.
+EVALUATE = Step("evaluate", (State.TRAINED,), _evaluate, Resend(_continue("evaluate")))
+GATE = Step("gate", (State.EVALUATING,), _gate, Resend(_continue("gate")), stage="evaluate",
+            when=lambda run, t: not run.evaluation)
+REGISTER = Step("register", (State.TRAINED, State.EVALUATING), _register, Resend(_continue("register")),
+                when=lambda run, t: run.state == State.TRAINED or bool(run.evaluation))
+HOLD = Step("hold", (State.REGISTERED,), _hold, Resend(_continue("hold")), when=lambda run, t: _held_by_gate(run))
 BEGIN_DEPLOYMENT = Step("begin deployment", (State.REGISTERED,), _begin_deployment,
                         Resend(_continue("begin deployment")),
-                        stage="deploy")
-REDEPLOY = replace(BEGIN_DEPLOYMENT, name="redeploy", applies_from=(State.RETIRED, State.FAILED))
+                        stage="deploy", when=lambda run, t: not _held_by_gate(run))
+# A person's deploy (POST /api/runs/{id}/deploy): a Retired or Failed run again, or a Held one over the gate.
+REDEPLOY = replace(BEGIN_DEPLOYMENT, name="redeploy", applies_from=(State.RETIRED, State.FAILED, State.HELD),
+                   act=_deploy_again, when=None)
 CREATE_ENDPOINT = Step("create endpoint", (State.DEPLOYING,), _create_endpoint,
                        ByLaterMessage(check_delay, "the first check tries again"), stage="deploy",
                        when=lambda run, t: not run.endpoint_accepted_at, keyed_by=("endpoint_name",),
@@ -264,7 +337,7 @@ CHECK = Step("deployment check", (State.DEPLOYING,), _check,
              stage="deploy", when=_for_this_endpoint, keyed_by=("endpoint_name",), cleanup=_delete_endpoint)
 
 # After the job: each step takes the run one state on; run in order, each only where its guard holds.
-AFTER_JOB = (JOB_STATUS, REGISTER, BEGIN_DEPLOYMENT, CREATE_ENDPOINT)
+AFTER_JOB = (JOB_STATUS, EVALUATE, GATE, REGISTER, HOLD, BEGIN_DEPLOYMENT, CREATE_ENDPOINT)
 # Which steps own a state in progress: what the DEPLOY_QUEUE handler and the reconciler run for a run there.
 ROUTES: dict[State, tuple[Step, ...]] = {
     State.QUEUED: (SUBMIT,),
@@ -274,7 +347,8 @@ ROUTES: dict[State, tuple[Step, ...]] = {
 # Every step by the name a message carries (`SubmitRun.step`, `ContinueRun.step`), for the dead-letter handler;
 # "settle", "check" and "deploy" are the names earlier messages used.
 STEPS: dict[str, tuple[Step, ...]] = {
-    **{step.name: (step,) for step in (SUBMIT, JOB_STATUS, REGISTER, BEGIN_DEPLOYMENT, CREATE_ENDPOINT, CHECK)},
+    **{step.name: (step,) for step in (SUBMIT, JOB_STATUS, EVALUATE, GATE, REGISTER, HOLD, BEGIN_DEPLOYMENT,
+                                                CREATE_ENDPOINT, CHECK)},
     "settle": AFTER_JOB, "check": (CHECK,), "deploy": (CHECK,),
 }
 

@@ -12,10 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .quality_gate import GATES, METRICS
 from .values import to_value
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-APP_KEYS = ("base_model", "keep", "test_fraction", "force")  # used by the app itself, not passed to the pipeline
+# Used by the app itself, not passed to the pipeline (the eval_* keys are the quality gate's, shared/quality_gate.py).
+APP_KEYS = ("base_model", "keep", "test_fraction", "eval_gate", "eval_metric", "eval_min_improvement", "force")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -102,6 +104,9 @@ OVERRIDES: dict[str, _Override] = {
     # Train even when an earlier run had the same data and settings (shared/duplicates.py).
     "force": _flag("force", pipeline_form=False),
     "test_fraction": _number("test_fraction", 0.0, 1.0, low_open=False, high_open=True),
+    "eval_gate": _choice("eval_gate", GATES),
+    "eval_metric": _choice("eval_metric", tuple(METRICS)),
+    "eval_min_improvement": _number("eval_min_improvement", -1e6, 1e6, low_open=False, high_open=False),
 }
 
 

@@ -328,6 +328,27 @@ class FailureView(Contract):
     reason: str
 
 
+class EvaluationView(Contract):
+    """The quality gate's decision: the fine-tune against its base model on the test split (shared/quality_gate.py)."""
+
+    gate: str = Field(description="EVAL_GATE (or the upload's eval_gate): enforce, report or off.")
+    metric: str = Field(description="The metric decided on (EVAL_METRIC).")
+    higher_is_better: bool
+    records: int = Field(description="Paired test records the decision rests on.")
+    base: float | None = Field(description="The metric's mean for the base model.")
+    tuned: float | None = Field(description="The metric's mean for the fine-tuned model.")
+    improvement: float | None = Field(description="Mean per-record improvement (positive: the fine-tune is better).")
+    low: float | None = Field(description="Lower bound of the improvement's 95% paired-bootstrap interval.")
+    high: float | None = Field(description="Upper bound of that interval.")
+    min_improvement: float
+    verdict: Literal["better", "worse", "inconclusive", "undecided"]
+    deploy: bool = Field(description="Whether the gate let the model be deployed (false: the run is Held).")
+    reason: str
+    metrics: dict[str, Any] | None = Field(None, description="Base and tuned means of every metric computed.")
+    report_path: str | None = Field(None, description="The evaluation report in RUNS_CONTAINER (with samples).")
+    deployed_by_choice: str | None = Field(None, description="When a person deployed the Held run anyway.")
+
+
 class RunView(Contract):
     """A run's status, as `GET /api/runs` shows it. Endpoint keys are never kept on a run, and fields are listed
     one by one so nothing new appears unreviewed."""
@@ -343,6 +364,7 @@ class RunView(Contract):
                                                         "the upload is validated.")
     job: JobView | None
     metrics: dict[str, Any]
+    evaluation: EvaluationView | None = None
     model: ModelView | None
     endpoint: EndpointView | None
     failure: FailureView | None
@@ -354,6 +376,61 @@ class RunView(Contract):
 class RunList(Contract):
     runs: list[RunView]
     count: int
+
+
+# ------------------------------------------------------------------------------ evaluation report
+
+
+class MetricSummary(Contract):
+    """One metric of both models: means over the records it was computed on."""
+
+    base: float | None
+    tuned: float | None
+    records: int = Field(ge=0)
+    higher_is_better: bool
+    base_token_weighted: float | None = Field(None, description="eval_loss only: weighted by assistant tokens, "
+                                                                "as the trainer reports it.")
+    tuned_token_weighted: float | None = None
+
+
+class PairedScores(Contract):
+    """Per-record values of one metric, paired by position (null: not a number, e.g. a diverged loss)."""
+
+    base: list[float | None]
+    tuned: list[float | None]
+
+
+class EvaluationSample(Contract):
+    prompt: str = Field(description="The last turn before the reference answer.")
+    reference: str
+    base: str
+    tuned: str
+
+
+class EvaluationLimitsView(Contract):
+    max_records: int
+    samples: int
+    max_new_tokens: int
+    max_length: int
+
+
+class EvaluationReport(Contract):
+    """`RUNS_CONTAINER/<run_id>/evaluation.json`, written by the evaluation (`evaluation/`, locally in the
+    workspace's job process, in Azure by the evaluation command job) and read by the quality gate."""
+
+    version: Literal[1]
+    run_id: str
+    base_model: str
+    tuned_model: str
+    records: int = Field(ge=0, description="Test records scored by loss, paired (both models).")
+    sampled: int = Field(ge=0, description="Test prompts both models answered.")
+    tokens: int = Field(ge=0, description="Tokens scored or generated, both models together.")
+    device: str
+    seconds: float
+    limits: EvaluationLimitsView
+    metrics: dict[str, MetricSummary]
+    per_record: dict[str, PairedScores]
+    samples: list[EvaluationSample]
 
 
 # ------------------------------------------------------------------------------------- problems

@@ -2,10 +2,11 @@
 
 Only Event Grid events and queue messages move a run past Submitted; a missing subscription, an event Event Grid
 gave up on, or a lost message would leave a run stuck for ever. Every RECONCILE_SCHEDULE tick, a run in any
-state in progress (Received to Deploying) whose history has not moved for RECONCILE_AFTER_MINUTES is
-looked at: the steps that own its state (`shared.orchestration.ROUTES`, the same ones events and checks run) read
-the upload's blob, the job's or the endpoint's real status and take the steps still to take. A job gone from the workspace, or the
-endpoint of a deploying run gone after its creation was accepted, fails the run with that reason.
+state in progress (Received to Deploying, Evaluating included) whose history has not moved for
+RECONCILE_AFTER_MINUTES is looked at: the steps that own its state (`shared.orchestration.ROUTES`, the same ones
+events and checks run) read the upload's blob, the job's or the endpoint's real status and take the steps still to
+take. A job gone from the workspace, or the endpoint of a deploying run gone after its creation was accepted, fails
+the run with that reason.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .steps import Move, Resend, Step, Trigger, run_steps
 log = logging.getLogger(__name__)
 
 IN_PROGRESS = (State.RECEIVED, State.VALIDATING, State.QUEUED, State.SUBMITTED, State.TRAINING, State.TRAINED,
-               State.REGISTERED, State.DEPLOYING)
+               State.EVALUATING, State.REGISTERED, State.DEPLOYING)
 
 
 def _revalidate(svc: Services, run: Run, trigger: Trigger) -> Move | None:

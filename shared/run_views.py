@@ -64,6 +64,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "report": run.report or None,
         "job": {"name": run.job_name, "status": run.job_status} if run.job_name else None,
         "metrics": run.metrics,
+        "evaluation": evaluation_view(run),
         "model": ({"name": run.model_name, "version": run.model_version, "id": run.model_id}
                   if run.model_name else None),
         "endpoint": ({"name": run.endpoint_name, "deployment": run.deployment_name, "scoring_uri": run.scoring_uri,
@@ -79,6 +80,18 @@ def run_view(run: Run) -> dict[str, Any]:
     if run.redeployable():
         view["links"]["deploy"] = f"/api/runs/{run.run_id}/deploy"
     return view
+
+
+def evaluation_view(run: Run) -> dict[str, Any] | None:
+    """The quality gate's comparison of the run's fine-tune with its base model (`EvaluationView`), or None before
+    an evaluation (or with EVAL_GATE=off). The samples and per-record scores are in `report_path`."""
+    if not run.evaluation:
+        return None
+    e = run.evaluation
+    return {key: e.get(key) for key in ("gate", "metric", "higher_is_better", "records", "base", "tuned",
+                                        "improvement", "low", "high", "min_improvement", "verdict", "deploy",
+                                        "reason", "metrics", "report_path")} | {
+        "deployed_by_choice": run.deployed_by_choice or None}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ class State(str, enum.Enum):
     SUBMITTED = "Submitted"
     TRAINING = "Training"
     TRAINED = "Trained"
+    EVALUATING = "Evaluating"
     REGISTERED = "Registered"
+    HELD = "Held"
     DEPLOYING = "Deploying"
     DEPLOYED = "Deployed"
     RETIRED = "Retired"
@@ -45,8 +47,13 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     # A Completed event may overtake Running: Submitted goes straight to Trained.
     S.SUBMITTED: frozenset({S.TRAINING, S.TRAINED, S.FAILED}),
     S.TRAINING: frozenset({S.TRAINED, S.FAILED}),
-    S.TRAINED: frozenset({S.REGISTERED, S.FAILED}),
-    S.REGISTERED: frozenset({S.DEPLOYING, S.FAILED}),
+    # Trained -> Evaluating (the quality gate) -> Registered; with EVAL_GATE=off, Trained -> Registered.
+    S.TRAINED: frozenset({S.EVALUATING, S.REGISTERED, S.FAILED}),
+    S.EVALUATING: frozenset({S.REGISTERED, S.FAILED}),
+    # Registered -> Held when the gate says the fine-tune is not better: registered, no endpoint, nothing billed.
+    S.REGISTERED: frozenset({S.DEPLOYING, S.HELD, S.FAILED}),
+    # A person may deploy a Held run anyway (POST /api/runs/{id}/deploy); that choice is recorded on the run.
+    S.HELD: frozenset({S.DEPLOYING}),
     S.DEPLOYING: frozenset({S.DEPLOYED, S.FAILED, S.RETIRED}),
     S.DEPLOYED: frozenset({S.RETIRED, S.FAILED}),
     # A retired model, or one whose deployment failed after registration, can be deployed again.
@@ -124,6 +131,9 @@ class Run:
     job_name: str = ""
     job_status: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation_job: str = ""  # the evaluation job's name (evaluation_job_name_for)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the gate's decision (GateDecision.to_dict) + path
+    deployed_by_choice: str = ""  # when a person deployed a Held run anyway (ISO time), else ""
     model_name: str = ""
     model_version: str = ""
     model_id: str = ""
@@ -152,11 +162,11 @@ class Run:
         return None
 
     def redeploy_refusal(self) -> str | None:
-        """Why the run cannot be deployed again, or None when it can: only a Retired or Failed run with a
+        """Why the run cannot be deployed (again), or None when it can: only a Retired, Failed or Held run with a
         registered model can (the redeploy route and the proxy's 410 answer both follow this rule)."""
         if self.state in (State.DEPLOYING, State.DEPLOYED):
             return f"run {self.run_id} is {self.state} already"
-        if self.state not in (State.RETIRED, State.FAILED) or not self.model_name:
+        if self.state not in (State.RETIRED, State.FAILED, State.HELD) or not self.model_name:
             return f"run {self.run_id} is {self.state} and has no registered model to deploy"
         return None
 
@@ -270,8 +280,19 @@ def experiment_name_for(base_model: str) -> str:
     return f"chat_completion_{slug(base_model, 60) or 'model'}"
 
 
+EVALUATION_SUFFIX = "-eval"
+
+
+def evaluation_job_name_for(run_id: str) -> str:
+    """The evaluation job's name: the fine-tuning job's and `-eval` (a run id ends with its hash, never `-eval`)."""
+    return job_name_for(run_id) + EVALUATION_SUFFIX
+
+
 def run_id_from_job_name(job_name: str) -> str | None:
-    return job_name[len("chatft-"):] if job_name.startswith("chatft-") else None
+    """The run a fine-tuning or evaluation job belongs to; None for a job the app did not name."""
+    if not job_name.startswith("chatft-"):
+        return None
+    return job_name[len("chatft-"):].removesuffix(EVALUATION_SUFFIX) or None
 
 
 def endpoint_name_for(run_id: str, attempt: int = 0) -> str:

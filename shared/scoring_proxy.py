@@ -38,7 +38,7 @@ T = TypeVar("T")
 RUN_CACHE_SECONDS = 5.0  # how long a model -> run lookup is reused; a failing endpoint is re-checked at once
 LAST_USE_WRITE_SECONDS = 60.0  # last use is written at most this often per endpoint and worker
 # States in which a run has (or had) a registered model: where a model name may be found when not Deployed.
-_MODEL_STATES = (State.DEPLOYED, State.DEPLOYING, State.REGISTERED, State.RETIRED, State.FAILED)
+_MODEL_STATES = (State.DEPLOYED, State.DEPLOYING, State.REGISTERED, State.HELD, State.RETIRED, State.FAILED)
 
 
 @dataclass
@@ -183,6 +183,10 @@ class ScoringProxy:
             return _unknown(model)
         if run.redeployable():
             how = f"deploy it again with POST /api/runs/{run.run_id}/deploy"
+            if run.state == State.HELD:
+                reason = run.evaluation.get("reason") or "the quality gate held it"
+                return ApiError(409, "model_held", f"model {shown!r} (run {run.run_id}) was not deployed: {reason}; "
+                                                   f"to deploy it anyway, POST /api/runs/{run.run_id}/deploy")
             if run.state == State.RETIRED:
                 return ApiError(410, "model_retired", f"model {shown!r} (run {run.run_id}) was retired at "
                                                       f"{run.updated_at} and its endpoint deleted; {how}")

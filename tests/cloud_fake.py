@@ -57,6 +57,7 @@ class FakeCloud:
     roles: list[RoleAssignment] = field(default_factory=list)
     today: date = date(2026, 11, 29)
     app_exists: bool = True
+    component_versions: list[str] = field(default_factory=lambda: ["0.0.81", "0.0.82"])  # the registry's, in order
 
     # --- what a deployment does (Azure's rules enforced) --------------------------------------------------------
 
@@ -97,6 +98,9 @@ class FakeCloud:
 
     def app_principal_id(self) -> str | None:
         return self.principal_id
+
+    def pipeline_component_versions(self, name: str) -> tuple[list[str], str]:
+        return list(self.component_versions), (self.component_versions[-1] if self.component_versions else "")
 
     def base_model(self, name: str) -> BaseModel:
         registry = self.settings.get("AML_REGISTRY", "azureml")

@@ -46,7 +46,9 @@ def unique():
 
 
 def settings_for(unique: str, tmp_path: Path, connection: str):
-    """Settings pointing every container, queue and table at names of this test only."""
+    """Settings pointing every container, queue and table at names of this test only. The quality gate is off:
+    service tests of the steps after a job complete only the jobs they name (the fake writes no evaluation
+    report); the gate's own tests turn it on (`eval_gate="enforce"`), and the hosts of end-to-end tests run it."""
     from shared.config import Settings
 
     return Settings.from_env(
@@ -58,6 +60,7 @@ def settings_for(unique: str, tmp_path: Path, connection: str):
         runs_queue=f"{unique}-runs",
         deploy_queue=f"{unique}-deploy",
         chatft_state_dir=str(tmp_path / "state"),
+        eval_gate="off",
     )
 
 

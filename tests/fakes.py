@@ -25,7 +25,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shared.ml import naming
-from shared.ml.port import (JOB_DONE, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus,
+from shared.ml.port import (JOB_DONE, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, EvaluationRequest,
+                            JobRequest, JobStatus,
                             MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                             TransientError)
 from shared.ml.training_params import (archive_reason, archived_model_error, check_finetune_compute,
@@ -56,7 +57,7 @@ VM_SIZES = [("Standard_DS3_v2", 0), ("Standard_NC6", 1), ("Standard_NC6s_v3", 1)
 
 @dataclass
 class FakeJob:
-    request: JobRequest
+    request: JobRequest | EvaluationRequest
     params: dict[str, Any]
     status: str = "NotStarted"
     error: str = ""
@@ -202,6 +203,24 @@ class FakeMLBackend:
             job = self._job(job_name)
             if job.status not in JOB_DONE:
                 job.status, job.error = "Canceled", "canceled on request"
+
+    def submit_evaluation(self, request: EvaluationRequest) -> str:
+        """As Azure: the evaluation job takes the training job's output, so that job must exist and be Completed.
+        The fake writes no report: a test writes `report_path` itself before `complete_job`."""
+        self._enter("submit_evaluation")
+        naming.check_job_name(request.job_name)
+        naming.check_experiment_name(request.experiment_name)
+        with self._lock:
+            if request.job_name in self.jobs:
+                return request.job_name
+            training = self._job(request.training_job)
+            if training.status != "Completed":
+                raise PermanentError(f"job {request.training_job} is {training.status}; only a completed job's "
+                                     f"model can be evaluated")
+            self.jobs[request.job_name] = FakeJob(request=request, params={})
+            self.created["evaluation"] += 1
+            self.job_creations[request.job_name] += 1
+            return request.job_name
 
     def register_model(self, job_name: str, name: str, version: str | None = None, description: str = "",
                        tags: dict[str, str] | None = None) -> RegisteredModel:

@@ -115,6 +115,12 @@ class LocalHarness:
             container.upload_blob(path, "".join(json.dumps(r) + "\n" for r in rows).encode(), overwrite=True)
         return paths
 
+    def read_report(self, path: str) -> dict:
+        from azure.storage.blob import BlobClient
+
+        blob = BlobClient.from_connection_string(self.settings.storage_connection, self.settings.runs_container, path)
+        return json.loads(blob.download_blob().readall())
+
     def wait_for_job(self, job_name: str, timeout: float) -> JobStatus:
         return poll(lambda: (lambda s: s if s.status in JOB_DONE else None)(self.backend.get_job(job_name)),
                     timeout, 0.5) or self.backend.get_job(job_name)

@@ -6,6 +6,7 @@ raises azure-core's errors."""
 import subprocess
 import sys
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -411,6 +412,10 @@ class JobOps(Ops):
             raise exc
         job._status = "NotStarted"
         self.cloud.jobs[job.name] = job
+        code = getattr(job, "code", None)
+        if isinstance(code, str) and Path(code).is_dir():  # what create_or_update would upload as the snapshot
+            self.cloud.snapshots[job.name] = sorted(str(p.relative_to(code)) for p in Path(code).rglob("*")
+                                                    if p.is_file())
         if self.cloud.race_next:  # another attempt created it first
             self.cloud.race_next = False
             from azure.core.exceptions import ResourceExistsError
@@ -470,12 +475,15 @@ class DeploymentOps(Ops):
 
 class ComponentOps(Ops):
     def get(self, name, version=None, label=None):
-        self.cloud.calls.append(("components.get", name, label))
+        self.cloud.calls.append(("components.get", name, version or label))
         if not SPEC.exists():
             pytest.skip(f"component spec not found at {SPEC}")
         from azure.ai.ml import load_component
 
-        return load_component(source=str(SPEC))
+        component = load_component(source=str(SPEC))
+        if version is not None and version != component.version:
+            raise not_found(f"component {name} version {version}")
+        return component
 
 
 class Cloud:
@@ -484,7 +492,7 @@ class Cloud:
     def __init__(self):
         from azure.ai.ml.entities import AmlCompute
 
-        self.calls, self.jobs, self.endpoints, self.deployments = [], {}, {}, {}
+        self.calls, self.jobs, self.endpoints, self.deployments, self.snapshots = [], {}, {}, {}, {}
         self.race_next, self.fail_next = False, None
         self.computes = {"gpu-cluster": AmlCompute(name="gpu-cluster", size="Standard_NC24ads_A100_v4",
                                                    provisioning_state="Succeeded")}
@@ -538,6 +546,8 @@ def test_submit_creates_once_and_a_resubmission_finds_the_job(backend, cloud):
     assert backend.submit_job(request) == "chatft-chats-0123456789ab"
     assert backend.submit_job(request) == "chatft-chats-0123456789ab"
     assert cloud.count("jobs.create_or_update") == 1 and cloud.count("components.get") == 1
+    # The pinned version (the spec's), never the label `latest`.
+    assert ("components.get", "chat_completion_pipeline", "0.0.82") in cloud.calls
     assert ("jobs.create_or_update", "chatft-chats-0123456789ab", "chat_completion_Phi-3") in cloud.calls
     job = cloud.jobs["chatft-chats-0123456789ab"]
     inputs = node_inputs(job)
@@ -921,3 +931,73 @@ def test_data_hints_ask_the_registry_once_for_the_base_models_defaults(backend, 
     first = backend.data_hints()
     assert first[1]["num_train_epochs"] == 1 and backend.data_hints() is first
     assert sum(c[:2] == ("models.get", "Phi-3-mini-4k-instruct") for c in cloud.calls) == 1
+
+
+# ------------------------------------------------------------------ the evaluation job
+
+
+def evaluation_request(backend, run_id="chats-0123456789ab", **limits):
+    from shared.ml.port import EvaluationRequest
+    from shared.runs import evaluation_job_name_for, job_name_for
+
+    return EvaluationRequest(job_name=evaluation_job_name_for(run_id), run_id=run_id,
+                             experiment_name="chat_completion_Phi-3",
+                             base_model=backend.resolve_base_model("Phi-3-mini-4k-instruct"),
+                             training_job=job_name_for(run_id), compute="gpu-cluster",
+                             test_path=f"{run_id}/test.jsonl", report_path=f"{run_id}/evaluation.json", **limits)
+
+
+def test_the_evaluation_job_is_a_command_job_on_the_runs_inputs_and_datastore(backend, tmp_path):
+    from azure.ai.ml import load_job
+
+    from shared.config import EVALUATION_ENVIRONMENT
+    from shared.ml.azureml import build_evaluation_job, evaluation_code_dir
+
+    request = evaluation_request(backend, max_records=200, samples=10, max_new_tokens=64)
+    job = build_evaluation_job(request, code=evaluation_code_dir(tmp_path / "code"),
+                               environment=EVALUATION_ENVIRONMENT, datastore="runsstore", tags={TAG_RUN: "x"})
+    # Serialized by azure-ai-ml and loaded back: what the service would receive.
+    job._to_job().dump(tmp_path / "job.yaml")  # the Command builder as the CommandJob it submits
+    loaded = load_job(tmp_path / "job.yaml")
+    assert loaded.type == "command" and loaded.name == "chatft-chats-0123456789ab-eval"
+    assert loaded.compute == "gpu-cluster" and loaded.experiment_name == "chat_completion_Phi-3"
+    assert loaded.environment == "azureml://registries/azureml/environments/acft-hf-nlp-gpu/labels/latest"
+    inputs = {name: (i.type, i.path) for name, i in loaded.inputs.items()}
+    assert inputs == {
+        "base_model": ("mlflow_model", MODEL_ID),
+        "tuned_model": ("mlflow_model", "azureml://jobs/chatft-chats-0123456789ab/outputs/trained_model"),
+        "test_file": ("uri_file", "azureml://datastores/runsstore/paths/chats-0123456789ab/test.jsonl")}
+    output = loaded.outputs["evaluation"]
+    assert (output.type, output.mode, output.path) == (
+        "uri_folder", "upload", "azureml://datastores/runsstore/paths/chats-0123456789ab/")
+    command = loaded.command
+    # The code is the app's evaluation package and nothing else; its entry point parses the job's arguments.
+    code = Path(job.code)
+    assert sorted(p.name for p in (code / "evaluation").iterdir()) == ["__init__.py", "__main__.py", "chat.py",
+                                                                       "scoring.py"]
+    assert [p.name for p in code.iterdir()] == ["evaluation"]
+    done = subprocess.run([sys.executable, "-m", "evaluation", "--help"], cwd=code, capture_output=True, text=True)
+    assert done.returncode == 0 and "--tuned-model" in done.stdout
+
+
+def test_submit_evaluation_needs_the_completed_training_job_and_creates_once(backend, cloud):
+    training = request_for(backend)
+    backend.submit_job(training)
+    request = evaluation_request(backend)
+    with pytest.raises(PermanentError, match="NotStarted; only a completed job's model can be evaluated"):
+        backend.submit_evaluation(request)
+    cloud.jobs[training.job_name]._status = "Completed"
+    assert backend.submit_evaluation(request) == request.job_name
+    assert backend.submit_evaluation(request) == request.job_name
+    assert cloud.count("jobs.create_or_update") == 2  # the training job and one evaluation job
+    job = cloud.jobs[request.job_name]
+    assert job.tags == {TAG_APP: "chatft", TAG_RUN: "chats-0123456789ab", "chatft-base-model": MODEL_ID}
+    assert cloud.snapshots[request.job_name] == ["evaluation/__init__.py", "evaluation/__main__.py",
+                                                "evaluation/chat.py", "evaluation/scoring.py"]
+    with pytest.raises(InvalidInput):
+        backend.submit_evaluation(evaluation_request(backend, run_id="Bad Name!"))
+
+
+def test_doctor_can_tell_the_latest_component_version(backend, cloud):
+    assert backend.latest_pipeline_component_version() == "0.0.82"
+    assert ("components.get", "chat_completion_pipeline", "latest") in cloud.calls

@@ -111,3 +111,44 @@ def test_runs_shows_retries_with_their_delays_and_when_a_run_was_last_reconciled
     assert stored["history"][-1] == {"state": "Queued", "at": "2026-01-01T00:00:00.000Z", "kind": "retry",
                                      "delay_seconds": 1.5, "detail": "retry 1 of submit in 1.5 s: TransientError: 429"}
     assert stored["reconciled_at"] == "2026-01-01T00:20:00.000Z"
+
+
+def test_runs_shows_the_quality_gates_comparison_its_column_and_the_samples(settings):
+    import dataclasses
+
+    from shared.storage import Blobs
+    from tests.test_quality_gate import BASE, report_document
+
+    store = RunStore(settings.storage_connection, settings.runs_table)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    run = new_run("gated-000000000004", t0)
+    for state in (State.VALIDATING, State.QUEUED, State.SUBMITTED, State.TRAINED, State.EVALUATING,
+                  State.REGISTERED):
+        run = run.advance(state, t0)
+    run = run.advance(State.HELD, t0, "worse than the base model")
+    evaluation = {"gate": "enforce", "metric": "eval_loss", "records": 40, "verdict": "worse", "deploy": False,
+                  "reason": "worse than the base model (eval_loss, lower is better): improvement -1",
+                  "report_path": "gated-000000000004/evaluation.json",
+                  "metrics": {"eval_loss": {"base": 3.0, "tuned": 4.0, "improvement": -1.0, "low": -1.2,
+                                            "high": -0.8, "higher_is_better": False, "verdict": "worse"},
+                              "chrf": {"base": 20.0, "tuned": 15.5, "improvement": -4.5, "low": -6.0,
+                                       "high": -3.0, "higher_is_better": True, "verdict": "worse"}}}
+    store.create(dataclasses.replace(run, evaluation=evaluation))
+    document = report_document(run.run_id, BASE, BASE)
+    document["samples"] = [{"prompt": "What is LoRA?", "reference": "A low-rank adapter.", "base": "noise",
+                            "tuned": "A small adapter."}]
+    Blobs(settings).write_json(settings.runs_container, evaluation["report_path"], document)
+
+    table = chatft(settings, "runs").stdout.splitlines()
+    assert "GATE" in table[0] and "worse" in table[1]
+    detail = chatft(settings, "runs", run.run_id).stdout
+    assert "evaluation worse -> hold (EVAL_GATE=enforce, metric eval_loss, 40 test records)" in detail
+    assert any(line.split()[:4] == ["eval_loss", "3", "4", "-1"] and "[-1.2, -0.8]" in line
+               for line in detail.splitlines()), detail
+    assert any(line.split()[0] == "chrf" and "(higher is better)" in line for line in detail.splitlines())
+    env_runs = {"RUNS_CONTAINER": settings.runs_container}
+    samples = subprocess.run([sys.executable, "-m", "chatft_local", "runs", run.run_id, "--samples"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                             env={"PATH": "/usr/bin:/bin", "AzureWebJobsStorage": settings.storage_connection,
+                                  "RUNS_TABLE": settings.runs_table, **env_runs}).stdout
+    assert "sample 1" in samples and "prompt    What is LoRA?" in samples and "tuned     A small adapter." in samples

@@ -110,6 +110,19 @@ def test_settings_missing_or_local_only_are_named(name, value, fragment):
     assert fragment in failed["app settings complete, none local-only"]
 
 
+def test_the_doctor_says_when_the_registry_offers_a_newer_pipeline_component():
+    name = "pipeline component chat_completion_pipeline at its pinned version"
+    current = next(c for c in _azure(healthy_cloud()).checks if c.name == name)
+    assert current.ok and "pinned at 0.0.82, the registry's latest" in current.detail
+    cloud = healthy_cloud()
+    cloud.component_versions.append("0.0.83")
+    newer = next(c for c in _azure(cloud).checks if c.name == name)
+    assert newer.ok and "offers a newer one, 0.0.83" in newer.detail
+    assert "AML_PIPELINE_COMPONENT_VERSION=0.0.83" in newer.detail
+    cloud.component_versions[:] = ["0.0.90"]
+    assert "version 0.0.82 not in registry" in _failed(_azure(cloud))[name]
+
+
 def test_an_archived_base_model_fails_with_the_fix():
     cloud = healthy_cloud()
     cloud.models["Phi-4"] = ("Archived", cloud.models["Phi-4"][1])

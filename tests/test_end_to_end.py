@@ -1,8 +1,11 @@
 """The product end to end, on this machine: the local host serving function_app.py against Azurite, and the local
 ML workspace really fine-tuning, registering, serving — the flow a user meets with `make demo`.
 
-One module-scoped host trains and deploys two models once; the tests then score them through both routes, check
-that duplicate triggers change nothing, and run the idle cleanup against them. The host-restart test runs its own
+One module-scoped host trains and deploys two models once, each evaluated against its base model by the quality
+gate (really: the evaluation module on the stand-in); beside them it trains a sabotaged upload (a learning rate that
+makes the loss diverge), which the gate holds, and one whose test split is too small to decide on. The tests then
+score through both routes, check that duplicate triggers change nothing, deploy the held run by a person's choice,
+and run the idle cleanup. The host-restart test runs its own
 host as a child process.
 """
 
@@ -40,6 +43,8 @@ def names_env(state_dir: Path) -> dict[str, str]:
         "RUNS_QUEUE": f"{u}-runs", "DEPLOY_QUEUE": f"{u}-deploy", "CHATFT_STATE_DIR": str(state_dir),
         "ML_BACKEND": "local", "MESSAGING": "storage-queue", "DEPLOY_CHECK_SECONDS": "1",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true", "CLEANUP_SCHEDULE": "*/2 * * * * *",
+        # The evaluation on a CPU: few greedy answers, short ones; a test split of 60 * 0.3 records decides.
+        "EVAL_SAMPLES": "3", "EVAL_MAX_NEW_TOKENS": "16", "EVAL_MIN_RECORDS": "10",
     }
 
 
@@ -68,8 +73,14 @@ def notebook_request(content: str) -> dict:
 class Deployed:
     """The module's host, settings and the two deployed runs."""
 
-    def __init__(self, host: LocalHost, settings: Settings, store: RunStore, runs: list[Run]):
-        self.host, self.settings, self.store, self.runs = host, settings, store, runs
+    def __init__(self, host: LocalHost, settings: Settings, store: RunStore, runs: list[Run],
+                 gated: dict[str, Run]):
+        self.host, self.settings, self.store, self.runs, self.gated = host, settings, store, runs, gated
+
+    def store_blobs(self):
+        from shared.storage import Blobs
+
+        return Blobs(self.settings)
 
     def post(self, path: str, body, key: bool = True, **kwargs):
         headers = {"x-functions-key": self.host.function_key} if key else {}
@@ -87,11 +98,25 @@ def deployed(azurite, tmp_path_factory):
         run_ids = []
         for i, name in enumerate(("alpha", "beta")):
             data = write_sample(tmp / f"{name}.jsonl", seed=i)
-            run_ids.append(upload_training_file(settings, data, {"epochs": "2"}, blob_name=f"{name}.jsonl")[1])
-        runs = [wait_for_run(store, r, (State.DEPLOYED, State.FAILED, State.REJECTED)) for r in run_ids]
+            run_ids.append(upload_training_file(settings, data, {"epochs": "2", "test_fraction": "0.3"},
+                                                blob_name=f"{name}.jsonl")[1])
+        gated_ids = {
+            # A learning rate this high makes the stand-in's loss diverge (not a number) over three epochs (one is not
+            # enough on 48 records: the loss still falls below the random base's).
+            "sabotaged": upload_training_file(settings, write_sample(tmp / "sabotaged.jsonl", seed=5),
+                                              {"epochs": "3", "learning_rate": "0.9", "test_fraction": "0.3"},
+                                              blob_name="sabotaged.jsonl")[1],
+            # 4 test records (the split is a stable hash): fewer than EVAL_MIN_RECORDS.
+            "tiny": upload_training_file(settings, write_sample(tmp / "tiny.jsonl", seed=6),
+                                         {"epochs": "1", "test_fraction": "0.1"}, blob_name="tiny.jsonl")[1],
+        }
+        done = (State.DEPLOYED, State.HELD, State.FAILED, State.REJECTED)
+        # Four runs train, are evaluated and deploy side by side on the CPU: more than one run's time.
+        runs = [wait_for_run(store, r, done, timeout=2 * RUN_TIMEOUT) for r in run_ids]
         for run in runs:
             assert run.state == State.DEPLOYED, (run.state, run.failure, run.history)
-        yield Deployed(host, settings, store, runs)
+        gated = {name: wait_for_run(store, r, done, timeout=2 * RUN_TIMEOUT) for name, r in gated_ids.items()}
+        yield Deployed(host, settings, store, runs, gated)
     finally:
         host.stop()
 
@@ -100,9 +125,55 @@ def test_upload_reaches_deployed_with_history_metrics_and_model(deployed):
     run = deployed.store.get(deployed.runs[0].run_id)
     states = [t.state for t in run.history]
     assert states[:4] == [State.RECEIVED, State.VALIDATING, State.QUEUED, State.SUBMITTED]
-    assert states[-4:] == [State.TRAINED, State.REGISTERED, State.DEPLOYING, State.DEPLOYED]
+    assert states[-5:] == [State.TRAINED, State.EVALUATING, State.REGISTERED, State.DEPLOYING, State.DEPLOYED]
     assert run.metrics.get("eval_loss") is not None and run.model_name and run.scoring_uri.startswith("http://127.0.0.1")
     assert run.report["valid_records"] == 60
+    assert run.report["tokens"]["eval_tokens_total"] > 0  # the evaluation's cost, stated at ingestion
+
+
+def test_the_quality_gate_deploys_a_better_fine_tune_with_real_numbers(deployed):
+    from shared.protocol import EvaluationReport
+
+    s = deployed.settings
+    for run in deployed.runs:
+        run = deployed.store.get(run.run_id)
+        e = run.evaluation
+        assert e["verdict"] == "better" and e["deploy"] and e["gate"] == "enforce" and e["metric"] == "eval_loss"
+        assert e["records"] >= 10 and e["tuned"] < e["base"] and e["low"] > 0
+        report = EvaluationReport.model_validate(
+            deployed.store_blobs().read_json(s.runs_container, e["report_path"]), strict=False)
+        loss = report.metrics["eval_loss"]
+        assert loss.tuned < loss.base and report.records == e["records"] and report.run_id == run.run_id
+        assert report.sampled == 3 and len(report.samples) == 3 and report.samples[0].reference
+        assert {"rougeL", "chrf", "perplexity"} <= set(e["metrics"])
+    # What users look at: the API's run view and `chatft runs`.
+    view = requests.get(f"{deployed.host.base_url}/api/runs/{deployed.runs[0].run_id}",
+                        headers={"x-functions-key": deployed.host.function_key}, timeout=30).json()
+    assert view["evaluation"]["verdict"] == "better" and view["evaluation"]["metrics"]["eval_loss"]["low"] > 0
+
+
+def test_a_sabotaged_fine_tune_is_held_then_deployed_by_a_persons_choice(deployed):
+    run = deployed.store.get(deployed.gated["sabotaged"].run_id)
+    assert run.state == State.HELD, (run.state, run.failure, run.history)
+    e = run.evaluation
+    assert e["verdict"] == "worse" and not e["deploy"] and "diverged" in e["reason"] and e["base"] > 0
+    assert run.model_name and not run.endpoint_name  # registered, nothing billed
+    owned = [x for x in _workspace(deployed.settings).list_endpoints() if x.tags.get("chatft-run") == run.run_id]
+    assert owned == []
+    held = deployed.post(f"/api/score/{run.run_id}", notebook_request("hello"))
+    assert held.status_code == 409 and "diverged" in held.text and "/deploy" in held.text
+    chosen = deployed.post(f"/api/runs/{run.run_id}/deploy", {})
+    assert chosen.status_code == 202, chosen.text
+    after = wait_for_run(deployed.store, run.run_id, (State.DEPLOYED, State.FAILED), timeout=120)
+    assert after.state == State.DEPLOYED and after.deployed_by_choice and after.evaluation["verdict"] == "worse"
+
+
+def test_a_tiny_test_split_cannot_decide_and_says_so(deployed):
+    run = deployed.store.get(deployed.gated["tiny"].run_id)
+    e = run.evaluation
+    assert e["verdict"] == "undecided" and "cannot decide" in e["reason"] and e["records"] < 10
+    # The point estimate is not worse (the stand-in learns), so under enforce it deploys.
+    assert run.state == State.DEPLOYED and e["deploy"] and e["improvement"] > 0
 
 
 def test_score_through_the_proxy_with_the_notebooks_request(deployed):
@@ -163,9 +234,11 @@ def test_duplicate_triggers_make_no_second_job_model_or_endpoint(deployed):
     assert after.endpoint_name == run.endpoint_name and after.model_version == run.model_version
     assert len([r for r in deployed.store.list() if r.upload.get("blob") == "alpha.jsonl"]) == 1
     jobs_dir = Path(s.chatft_state_dir) / "workspace" / "jobs"
-    assert sorted(p.name for p in jobs_dir.iterdir()) == sorted(r.job_name for r in deployed.runs)
+    every = [deployed.store.get(r.run_id) for r in [*deployed.runs, *deployed.gated.values()]]
+    assert sorted(p.name for p in jobs_dir.iterdir()) == sorted(n for r in every for n in (r.job_name,
+                                                                                           r.evaluation_job))
     owned = [e for e in _workspace(s).list_endpoints() if e.tags.get(TAG_APP) == s.app_id]
-    assert sorted(e.name for e in owned) == sorted(r.endpoint_name for r in deployed.runs)
+    assert sorted(e.name for e in owned) == sorted(r.endpoint_name for r in every if r.endpoint_name)
 
 
 def test_invalid_upload_is_rejected_and_starts_no_job(deployed, tmp_path):

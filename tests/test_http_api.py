@@ -206,6 +206,8 @@ class Api:
                 run = run.advance(State.DEPLOYED, now, scoring_uri=f"{self.backend.base_url}/x/score")
         if state == State.FAILED:
             run = run.fail("deploy", "endpoint failed: quota exceeded", now)
+        elif state == State.HELD:
+            run = run.advance(State.HELD, now, detail="worse than the base model")
         elif state == State.RETIRED:
             run = run.advance(State.RETIRED, now, detail="idle for 24 h")
         run = dataclasses.replace(run, **fields)
@@ -480,6 +482,19 @@ def test_unknown_model_is_404(api):
     with pytest.raises(openai.NotFoundError):
         api.openai().chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     assert api.post("/score/bad%20name!", chat("x")).status_code == 404
+
+
+def test_a_held_model_is_409_with_the_gates_reason_and_how_to_deploy_it_anyway(api):
+    held = api.run(State.HELD, name="held", evaluation={"verdict": "worse", "deploy": False,
+                                                        "reason": "worse than the base model (eval_loss)"})
+    response = api.post(f"/score/{held.model_name}", chat("x"))
+    assert response.status_code == 409, response.text
+    assert error_of(response)["code"] == "model_held"
+    assert "worse than the base model (eval_loss)" in error_of(response)["message"]
+    assert f"POST /api/runs/{held.run_id}/deploy" in error_of(response)["message"]
+    view = api.get(f"/runs/{held.run_id}").json()
+    assert view["state"] == "Held" and view["evaluation"]["verdict"] == "worse"
+    assert view["links"]["deploy"] == f"/api/runs/{held.run_id}/deploy"
 
 
 def test_retired_model_is_410_with_how_to_redeploy(api):

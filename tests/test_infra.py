@@ -282,7 +282,8 @@ def test_the_hook_makes_both_subscriptions_with_their_filters(fake_az):
     assert ml["endpoint"] == ("https://func-abc.azurewebsites.net/runtime/webhooks/EventGrid"
                               "?functionName=job_events&code=EGKEY")
     assert ml["includedEventTypes"] == list(JOB_EVENT_TYPES)
-    assert ml["advancedFilters"] == [{"key": "data.runType", "operatorType": "StringIn", "values": ["azureml.PipelineRun"]},
+    assert ml["advancedFilters"] == [{"key": "data.runType", "operatorType": "StringIn", "values": ["azureml.PipelineRun",
+                                                                                              "azureml.scriptrun"]},
                                      {"key": "data.runTags.chatft-app", "operatorType": "StringIn", "values": ["chatft"]}]
     assert ml["eventDeliverySchema"] == "eventgridschema"
     assert "BLOBKEY" not in done.stdout and "EGKEY" not in done.stdout  # keys never printed
@@ -343,7 +344,7 @@ def test_the_powershell_hook_makes_the_same_subscriptions():
     sh, ps1 = HOOK.read_text(), (ROOT / "scripts" / "postdeploy.ps1").read_text()
     for fragment in ("ingest-blob-created", "job-events", "Host.Functions.ingest", "functionName=job_events",
                      "/runtime/webhooks/blobs", "/runtime/webhooks/EventGrid", "Microsoft.Storage.BlobCreated",
-                     *JOB_EVENT_TYPES, "data.runType", "azureml.PipelineRun", "data.runTags.chatft-app",
+                     *JOB_EVENT_TYPES, "data.runType", "azureml.PipelineRun", "azureml.scriptrun", "data.runTags.chatft-app",
                      "/blobServices/default/containers/", "blobs_extension", "eventgrid_extension",
                      "eventgridschema", "system-topic event-subscription show", "update", "create"):
         assert fragment in sh and fragment in ps1, fragment
@@ -360,7 +361,7 @@ def test_funcignore_keeps_only_the_app():
     spec = pathspec.PathSpec.from_lines("gitwildmatch", (ROOT / ".funcignore").read_text().splitlines())
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     kept = [p for p in tracked if not spec.match_file(p)]
-    allowed = re.compile(r"(function_app\.py|host\.json|requirements\.txt|(functions|shared)/.+\.py)$")
+    allowed = re.compile(r"(function_app\.py|host\.json|requirements\.txt|(functions|shared|evaluation)/.+\.py)$")
     assert [p for p in kept if not allowed.match(p)] == []
     assert {"function_app.py", "host.json", "requirements.txt", "functions/ingest.py", "shared/config.py"} <= set(kept)
     for heavy in (".venv/lib/x.py", "node_modules/azurite/x.js", ".chatft/workspace/mlflow.db", "tests/test_x.py",

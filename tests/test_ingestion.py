@@ -217,6 +217,22 @@ def test_the_uploads_max_seq_length_sets_the_token_budget(settings):
     assert ValidationReport.model_validate(report) and ValidationReport.model_validate(run.report)
 
 
+def test_the_token_totals_include_what_the_evaluation_will_process(settings):
+    svc = bootstrap(settings.replace(eval_gate="enforce", eval_max_records=2, eval_samples=1, eval_max_new_tokens=10),
+                    ml=FakeMLBackend())
+    run = ingest(svc, upload(svc, "evaltokens.jsonl", valid_lines(60)))
+    tokens = svc.blobs.read_json(svc.settings.runs_container, f"{run.run_id}/validation.json")["tokens"]
+    test = read_lines(svc, run.test_path)
+    assert len(test) > 2
+    scored = sum((len(m["messages"][0]["content"]) + len(m["messages"][1]["content"]) + 3) // 4 + 8 for m in test[:2])
+    # Both models read the first EVAL_MAX_RECORDS test records and answer EVAL_SAMPLES prompts.
+    assert tokens["eval_tokens_scored"] == 2 * scored and tokens["eval_tokens_generated_max"] == 2 * 1 * 10
+    assert tokens["eval_tokens_total"] == 2 * scored + 20
+    off = ingest(svc, upload(svc, "evaloff.jsonl", valid_lines(60), metadata={"eval_gate": "off"}))
+    tokens = svc.blobs.read_json(svc.settings.runs_container, f"{off.run_id}/validation.json")["tokens"]
+    assert tokens["eval_tokens_total"] == 0
+
+
 def test_without_an_override_or_model_hint_truncation_is_not_checked(svc):
     run = ingest(svc, upload(svc, "nobudget.jsonl", valid_lines(40) + [_long_record(1, 40000, 40)]))
     assert run.state == State.QUEUED

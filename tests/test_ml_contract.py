@@ -23,11 +23,14 @@ as `settings` or `tmp_path` through `request.getfixturevalue`). A harness has:
   -> Endpoint` and `wait_for_deployment(endpoint_name, deployment_name, timeout) -> Deployment` (the fake marks
   them Succeeded): each returns once the thing is done (or the timeout passed) with its latest state.
 - optional `count_jobs(job_name) -> int`: how many jobs the backend created under that name.
+- optional `read_report(path) -> dict`: the evaluation report at `path` in RUNS_CONTAINER (backends that really
+  evaluate; the fake writes none).
 - optional `close()`: called after the test.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import time
@@ -36,9 +39,10 @@ from typing import Any, Callable
 
 import pytest
 
-from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, Endpoint, InvalidInput, JobRequest,
+from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, Endpoint, EvaluationRequest,
+                            InvalidInput, JobRequest,
                             MLBackend, NameTaken, NotFound, PermanentError, RegisteredModel, TransientError)
-from shared.runs import endpoint_name_for, iso, job_name_for, utcnow
+from shared.runs import endpoint_name_for, evaluation_job_name_for, iso, job_name_for, utcnow
 from tests.fakes import FakeHarness, FakeMLBackend
 
 AZURE_SETTINGS = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AML_WORKSPACE")
@@ -327,6 +331,42 @@ def test_lifecycle_from_job_to_deleted_endpoint(harness):
             backend.get_scoring_target(endpoint_name)
     finally:
         backend.begin_delete_endpoint(endpoint_name)
+
+
+def test_evaluation_runs_after_the_completed_job_and_writes_its_report(harness):
+    lifecycle(harness)
+    h, backend, run_id = harness, harness.backend, new_run_id()
+    request = submit(h, run_id)
+    evaluation = EvaluationRequest(job_name=evaluation_job_name_for(run_id), run_id=run_id,
+                                   experiment_name=request.experiment_name, base_model=request.base_model,
+                                   training_job=request.job_name, compute=request.compute.name,
+                                   test_path=request.test_path, report_path=f"{run_id}/evaluation.json",
+                                   max_records=20, samples=2, max_new_tokens=8)
+    # The tuned model is the job's output: there is none to evaluate before the job completes.
+    if backend.get_job(request.job_name).status != "Completed":
+        with pytest.raises(PermanentError, match="only a completed job's model can be evaluated"):
+            backend.submit_evaluation(evaluation)
+    assert h.wait_for_job(request.job_name, h.timeout).status == "Completed"
+    with pytest.raises(InvalidInput):
+        backend.submit_evaluation(dataclasses.replace(evaluation, job_name="bad name!"))
+    with pytest.raises(NotFound):
+        backend.submit_evaluation(dataclasses.replace(evaluation, job_name=evaluation.job_name + "x",
+                                                      training_job=unknown("job")))
+    assert backend.submit_evaluation(evaluation) == evaluation.job_name
+    assert backend.submit_evaluation(evaluation) == evaluation.job_name
+    if hasattr(h, "count_jobs"):
+        assert h.count_jobs(evaluation.job_name) == 1
+    status = h.wait_for_job(evaluation.job_name, h.timeout)
+    assert status.status == "Completed", status.error
+    if hasattr(h, "read_report"):
+        from shared.protocol import EvaluationReport
+
+        report = EvaluationReport.model_validate(h.read_report(evaluation.report_path), strict=False)
+        assert report.run_id == run_id and 0 < report.records <= 20 and report.sampled <= 2
+        loss = report.metrics["eval_loss"]
+        assert loss.base is not None and loss.tuned is not None and not loss.higher_is_better
+        assert len(report.per_record["eval_loss"].base) == report.records == len(report.per_record["eval_loss"].tuned)
+        assert {"rougeL", "chrf", "perplexity"} <= set(report.metrics)
 
 
 def test_cancel_stops_a_job_and_is_a_no_op_once_done(harness):

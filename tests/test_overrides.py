@@ -36,6 +36,9 @@ VALID = [
     ("test_fraction", "0.2", "test_fraction", 0.2),
     ("force", "true", "force", True),
     ("force", "false", "force", False),
+    ("eval_gate", "off", "eval_gate", "off"),
+    ("eval_metric", "chrf", "eval_metric", "chrf"),
+    ("eval_min_improvement", "-0.5", "eval_min_improvement", -0.5),
 ]
 
 # metadata key -> malformed raw value, and a phrase the message must contain (the expected type/range)
@@ -70,6 +73,9 @@ MALFORMED = [
     ("seed", "4294967296", "an integer from 0 to 4294967295"),
     ("keep", "", "true or false"),
     ("test_fraction", "1", "a number at least 0 and below 1"),
+    ("eval_gate", "Enforce", "one of enforce, report, off"),
+    ("eval_metric", "bleu", "one of eval_loss, perplexity, rougeL, chrf"),
+    ("eval_min_improvement", "inf", "a number at least -1e+06 and at most 1e+06"),
     ("test_fraction", "-0.1", "a number at least 0 and below 1"),
     ("force", "always", "true or false"),
 ]
@@ -120,11 +126,22 @@ def test_keys_are_case_insensitive_like_blob_metadata():
 
 def test_a_full_set_maps_to_pipeline_and_app_level_names():
     parsed = parse_overrides({"epochs": "2", "learning_rate": "2e-5", "lora_r": "16", "apply_lora": "yes",
-                              "base_model": "Phi-4", "keep": "true", "test_fraction": "0.05", "force": "1"})
+                              "base_model": "Phi-4", "keep": "true", "test_fraction": "0.05", "force": "1",
+                              "eval_gate": "report", "eval_metric": "rougeL", "eval_min_improvement": "0.01"})
     assert parsed == {"num_train_epochs": 2, "learning_rate": 2e-5, "lora_r": 16, "apply_lora": "true",
-                      "base_model": "Phi-4", "keep": True, "test_fraction": 0.05, "force": True}
+                      "base_model": "Phi-4", "keep": True, "test_fraction": 0.05, "force": True, "eval_gate": "report",
+                      "eval_metric": "rougeL", "eval_min_improvement": 0.01}
     assert set(APP_KEYS) <= set(parsed)
 
 
 def test_no_metadata_means_no_overrides():
     assert parse_overrides({}) == {}
+
+
+def test_the_quality_gates_overrides_are_checked():
+    with pytest.raises(OverrideError) as caught:
+        parse_overrides({"eval_gate": "lenient", "eval_metric": "bleu", "eval_min_improvement": "a lot"})
+    text = str(caught.value)
+    assert "eval_gate='lenient' must be one of enforce, report, off" in text
+    assert "eval_metric='bleu' must be one of eval_loss, perplexity, rougeL, chrf" in text
+    assert "eval_min_improvement='a lot' must be a number" in text

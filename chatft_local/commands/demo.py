@@ -23,7 +23,7 @@ from pathlib import Path
 
 # The notebook's scoring parameters (seed-workflow step 9).
 SCORING_PARAMETERS = {"temperature": 0.6, "top_p": 0.9, "do_sample": True, "max_new_tokens": 200}
-DONE = ("Deployed", "Rejected", "Failed")
+DONE = ("Deployed", "Held", "Rejected", "Failed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -198,8 +198,15 @@ def _main(args: argparse.Namespace) -> int:
         run = follow(svc, run_id, args.timeout, Progress(), started)
         summary.update(run_id=run_id, state=run.state.value if run else None,
                        stage_seconds=stage_seconds(run) if run else {})
+        if run is not None and run.evaluation:
+            from chatft_local.commands.runs import describe_evaluation
+
+            summary["evaluation"] = run.evaluation
+            print("chatft demo: the fine-tune against its base model on the test split (the quality gate):")
+            print("\n".join(describe_evaluation(run)))
         if run is None or run.state.value != "Deployed":
-            reason = (run.failure.reason if run and run.failure else
+            reason = (run.evaluation.get("reason") if run and run.state.value == "Held" else
+                      run.failure.reason if run and run.failure else
                       run.history[-1].detail if run else "the upload was never ingested")
             print(f"chatft demo: run ended {summary['state'] or 'nowhere'}: {reason}")
             summary["reason"] = reason

@@ -11,6 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", action="append", default=[], help="only runs in this state (repeatable)")
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--samples", action="store_true",
+                        help="with RUN_ID: the evaluation's sample answers, base and fine-tuned side by side")
 
 
 def describe(run) -> list[str]:
@@ -36,6 +38,7 @@ def describe(run) -> list[str]:
     if run.metrics:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in run.metrics.items()}
         lines.append(f"  metrics    {shown}")
+    lines += describe_evaluation(run)
     if run.model_name:
         lines.append(f"  model      {run.model_name} version {run.model_version}")
     if run.endpoint_name:
@@ -49,6 +52,42 @@ def describe(run) -> list[str]:
     return lines
 
 
+def _num(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def describe_evaluation(run) -> list[str]:
+    """The quality gate's lines: the decision, then base against tuned per metric with its 95% interval."""
+    e = run.evaluation
+    if not e:
+        return []
+    action = "deploy" if e.get("deploy") else "hold"
+    lines = [f"  evaluation {e.get('verdict')} -> {action} (EVAL_GATE={e.get('gate')}, metric {e.get('metric')}, "
+             f"{e.get('records')} test records): {e.get('reason')}"]
+    if run.deployed_by_choice:
+        lines.append(f"             deployed anyway by a person's choice at {run.deployed_by_choice}")
+    lines.append(f"    {'metric':<11} {'base':>10} {'tuned':>10} {'improvement':>12}  95% interval       verdict")
+    for name, m in (e.get("metrics") or {}).items():
+        interval = f"[{_num(m.get('low'))}, {_num(m.get('high'))}]" if m.get("low") is not None else "-"
+        better = "higher" if m.get("higher_is_better") else "lower"
+        lines.append(f"    {name:<11} {_num(m.get('base')):>10} {_num(m.get('tuned')):>10} "
+                     f"{_num(m.get('improvement')):>12}  {interval:<18} {m.get('verdict')} ({better} is better)")
+    if e.get("report_path"):
+        lines.append(f"    report {e['report_path']} (samples: chatft runs {run.run_id} --samples)")
+    return lines
+
+
+def describe_samples(report: dict) -> list[str]:
+    """The evaluation's first samples: prompt, reference, base and fine-tuned answers, one block each."""
+    lines = []
+    for i, sample in enumerate(report.get("samples") or [], 1):
+        lines.append(f"sample {i}")
+        for key in ("prompt", "reference", "base", "tuned"):
+            text = " ".join(str(sample.get(key, "")).split())
+            lines.append(f"  {key:<9} {text[:300]}")
+    return lines or ["the evaluation kept no samples (EVAL_SAMPLES=0?)"]
+
+
 def main(args: argparse.Namespace) -> int:
     from shared.config import Settings
     from shared.run_store import RunNotFound, RunStore
@@ -59,6 +98,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.run_id:
             run = store.get(args.run_id)
+            if args.samples:
+                return _print_samples(settings, run, args.json)
             print(json.dumps(run.to_dict(), indent=2) if args.json else "\n".join(describe(run)))
             return 0
         states = [State(s.capitalize()) for s in args.state]
@@ -75,9 +116,33 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in runs], indent=2))
         return 0
-    print(f"{'RUN':<34} {'STATE':<10} {'UPDATED':<25} {'RECONCILED':<25} {'RECORDS':>7}  MODEL / ENDPOINT")
+    print(f"{'RUN':<34} {'STATE':<10} {'UPDATED':<25} {'RECONCILED':<25} {'RECORDS':>7}  {'GATE':<12}  "
+          f"MODEL / ENDPOINT")
     for r in runs:
         target = r.endpoint_name or r.model_name or (r.failure.reason[:40] if r.failure else "")
         print(f"{r.run_id:<34} {r.state.value:<10} {r.updated_at:<25} {r.reconciled_at or '-':<25} "
-              f"{r.report.get('valid_records', ''):>7}  {target}")
+              f"{r.report.get('valid_records', ''):>7}  {gate_column(r):<12}  {target}")
+    return 0
+
+
+def gate_column(run) -> str:
+    """The quality gate in one word or two: its verdict, and `chosen` when a person deployed a Held run."""
+    if not run.evaluation:
+        return "-"
+    return run.evaluation.get("verdict", "?") + (" chosen" if run.deployed_by_choice else "")
+
+
+def _print_samples(settings, run, as_json: bool = False) -> int:
+    from shared.storage import Blobs
+
+    path = (run.evaluation or {}).get("report_path")
+    if not path:
+        print(f"chatft runs: run {run.run_id} has no evaluation report ({run.state})")
+        return 1
+    try:
+        report = Blobs(settings).read_json(settings.runs_container, path)
+    except Exception as exc:
+        print(f"chatft runs: evaluation report {path} unreadable ({type(exc).__name__})")
+        return 1
+    print(json.dumps(report.get("samples", []), indent=2) if as_json else "\n".join(describe_samples(report)))
     return 0

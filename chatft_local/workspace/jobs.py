@@ -42,8 +42,11 @@ log = logging.getLogger("chatft.jobs")
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "Queued", "Running", "Completed", "Failed", "Canceled"
 FINAL = frozenset({COMPLETED, FAILED, CANCELED})
 MODEL_FOLDER = "mlflow_model_folder"
-REQUIRED_SPEC = ("job_name", "base_model", "train_file")
-PATH_KEYS = ("base_model", "train_file", "test_file", "events_url_file")
+# A job is a fine-tuning job, or (`kind` "evaluation") an evaluation of one (`evaluation/`).
+REQUIRED_SPEC = {"training": ("job_name", "base_model", "train_file"),
+                 "evaluation": ("job_name", "base_model", "tuned_model", "test_file", "report")}
+PATH_KEYS = ("base_model", "tuned_model", "train_file", "test_file", "events_url_file")
+EVALUATION = "evaluation"
 # A queued job whose process was never recorded this long after submission was lost (the host died mid-submit).
 UNSTARTED_GRACE_SECONDS = 60.0
 PROGRESS_WRITE_SECONDS = 1.0
@@ -131,7 +134,7 @@ def submit(state_dir: str | os.PathLike, spec: dict[str, Any]) -> str:
     """Start the job in a detached process and return its name; a job that already exists is left alone (no
     second process). `spec`: job_name, run_id, experiment_name, base_model (a model directory), train_file,
     test_file (local paths, "" for none), params, events_url and events_url_file ("" for none)."""
-    missing = [key for key in REQUIRED_SPEC if not spec.get(key)]
+    missing = [key for key in REQUIRED_SPEC[spec.get("kind") or "training"] if not spec.get(key)]
     if missing:
         raise ValueError(f"job spec lacks {', '.join(missing)}")
     name = spec["job_name"]
@@ -237,7 +240,8 @@ def run(directory: Path) -> int:
         if started["status"] == RUNNING:  # else it was canceled before it began
             if outbox:
                 outbox.publish(run_events(name, experiment, RUNNING))
-            metrics = _train(directory, spec, experiment)
+            metrics = (_evaluate(directory, spec) if spec.get("kind") == EVALUATION
+                       else _train(directory, spec, experiment))
             result = {"status": COMPLETED, "metrics": metrics,
                       "progress": {"step": metrics.get("steps"), "total_steps": metrics.get("steps"),
                                    "loss": metrics.get("last_step_loss")}}
@@ -316,6 +320,28 @@ def _train(directory: Path, spec: dict[str, Any], experiment: str) -> dict[str, 
         tags={"chatft.run_id": str(spec.get("run_id") or ""), "chatft.base_model": str(spec.get("base_model_name")
                                                                                        or spec["base_model"])})
     return trainer.fine_tune(run, spec.get("params") or {}, on_progress=progress)
+
+
+def _evaluate(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation job: the same module the Azure ML command job runs, its report written to the job's
+    outputs and then where the app reads it (RUNS_CONTAINER, as the Azure job's datastore output does).
+    Returns the headline numbers (the job's metrics)."""
+    from azure.storage.blob import BlobClient
+
+    from evaluation.__main__ import write_report
+    from evaluation.scoring import EvaluationLimits, evaluate
+
+    limits = EvaluationLimits(**(spec.get("limits") or {}))
+    report = evaluate(spec["base_model"], spec["tuned_model"], spec["test_file"], limits,
+                      run_id=str(spec.get("run_id") or ""))
+    path = write_report(report, directory / "outputs" / "evaluation.json")
+    target = spec["report"]
+    blob = BlobClient.from_connection_string(target["connection"], target["container"], target["blob"])
+    blob.upload_blob(path.read_bytes(), overwrite=True)
+    written = json.loads(path.read_text())
+    return {f"{which}_{name}": summary[which] for name, summary in written["metrics"].items()
+            for which in ("base", "tuned")} | {"records": written["records"], "tokens": written["tokens"],
+                                                 "seconds": written["seconds"]}
 
 
 def _one_line(error: BaseException) -> str:

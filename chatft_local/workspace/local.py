@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.ml import naming
-from shared.ml.port import (JOB_DONE, BaseModel, Compute, Deployment, Endpoint, JobRequest, JobStatus, NotFound,
+from shared.ml.port import (JOB_DONE, BaseModel, Compute, Deployment, Endpoint, EvaluationRequest, JobRequest,
+                            JobStatus, NotFound,
                             PermanentError, RegisteredModel, ScoringTarget, TransientError)
 from shared.ml.training_params import (archive_reason, archived_model_error, finetune_parameters,
                                        resolve_inference_instance_type)
@@ -172,6 +173,34 @@ class LocalWorkspace:
                 "train_file": str(train), "test_file": str(test) if test else "", "params": params,
                 "events_url": self.events_url(),
                 # A job outlives its host: before each delivery it reads where the host now listens.
+                "events_url_file": "" if self.settings.local_events_url else str(self.events_url_file)}
+        return jobs.submit(self.state_dir, spec)
+
+    def submit_evaluation(self, request: EvaluationRequest) -> str:
+        """An evaluation job (`jobs.py`, kind evaluation) on the training job's model; its report goes to
+        `report_path` in RUNS_CONTAINER."""
+        from . import jobs
+
+        name = naming.check_job_name(request.job_name)
+        naming.check_experiment_name(request.experiment_name)
+        if jobs.job_exists(self.state_dir, name):
+            return name
+        training = self.get_job(request.training_job)
+        if training.status != "Completed":
+            raise PermanentError(f"job {request.training_job} is {training.status}; only a completed job's model "
+                                 f"can be evaluated")
+        inputs = jobs.job_dir(self.state_dir, name) / "inputs"
+        inputs.mkdir(parents=True, exist_ok=True)
+        test = self._download(request.test_path, inputs / "test.jsonl")
+        spec = {"kind": jobs.EVALUATION, "job_name": name, "run_id": request.run_id,
+                "experiment_name": request.experiment_name, "base_model": request.base_model.id,
+                "tuned_model": str(jobs.model_dir(self.state_dir, request.training_job)), "test_file": str(test),
+                "limits": {"max_records": request.max_records, "samples": request.samples,
+                           "max_new_tokens": request.max_new_tokens},
+                # job.json is owner-only: the connection (Azurite's well-known key locally) stays private.
+                "report": {"connection": self.settings.storage_connection,
+                           "container": self.settings.runs_container, "blob": request.report_path},
+                "events_url": self.events_url(),
                 "events_url_file": "" if self.settings.local_events_url else str(self.events_url_file)}
         return jobs.submit(self.state_dir, spec)
 

@@ -18,7 +18,6 @@ The output is an MLflow transformers model (task llm/v1/chat) with the LoRA weig
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from transformers import TrainerCallback  # noqa: E402
 
+from evaluation.chat import ROLES, assistant_token_masks, load_conversations  # noqa: E402,F401
 from shared.values import to_value  # noqa: E402
 
 from .files import file_lock  # noqa: E402
@@ -47,7 +47,6 @@ CHECKPOINTING_PARAMETERS = 1_000_000_000
 MIN_TRAIN_ROWS = 10
 # MLflow metrics are written in batches at most this often (each write is a SQLite transaction).
 METRICS_FLUSH_SECONDS = 2.0
-ROLES = ("system", "user", "assistant")
 
 
 class TrainingError(RuntimeError):
@@ -114,57 +113,6 @@ def unused_parameters(params: Mapping[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ data
-
-
-def load_conversations(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The `messages` of each JSONL record (other columns dropped, as the pipeline does), each message reduced to
-    role and content. Records the upstream validator would refuse are skipped rather than trusted."""
-    rows = []
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)  # bytes: json detects UTF-8 (a line that is not raises ValueError)
-            except (ValueError, RecursionError):  # the validator refuses such lines; never trusted here
-                continue
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or len(messages) < 2:
-                continue
-            kept = [{"role": m["role"], "content": m["content"]} for m in messages
-                    if isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)]
-            if len(kept) == len(messages) and any(m["role"] == "assistant" for m in kept):
-                rows.append({"messages": kept})
-    return rows
-
-
-def assistant_token_masks(tokenizer, messages: list[dict[str, str]]) -> dict[str, list[int]]:
-    """`input_ids` of the rendered conversation and `assistant_masks` (1 on assistant tokens), for chat templates
-    without `{% generation %}` markers: an assistant turn spans from the rendering of the turns before it (with
-    the generation prompt) to the rendering that includes it."""
-
-    def ids(turns: list[dict[str, str]], prompt: bool) -> list[int]:
-        return list(tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=prompt,
-                                                  return_dict=True)["input_ids"])
-
-    input_ids = ids(messages, False)
-    masks = [0] * len(input_ids)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = _common_prefix(ids(messages[:i], True), input_ids) if i else 0
-        end = _common_prefix(ids(messages[: i + 1], False), input_ids)
-        masks[start:end] = [1] * (end - start)
-    return {"input_ids": input_ids, "assistant_masks": masks}
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # ------------------------------------------------------------------------------------------ training

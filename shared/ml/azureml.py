@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..config import Settings
 from . import naming
-from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, JobRequest,
+from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, EvaluationRequest,
+                   JobRequest,
                    JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                    TransientError)
 from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
@@ -105,6 +110,63 @@ def build_pipeline_job(component: Any, *, model_id: str, model_tags: Mapping[str
     job.experiment_name = experiment_name
     job.tags = dict(tags or {})
     return job
+
+
+EVALUATION_OUTPUT = "evaluation"
+
+
+def evaluation_code_dir(target: Path) -> Path:
+    """A folder holding only the app's `evaluation` package (its .py files): the evaluation job's code snapshot,
+    so the job runs exactly the code the local workspace runs, and nothing else of the app is uploaded."""
+    source = Path(__file__).resolve().parents[2] / "evaluation"
+    package = target / "evaluation"
+    package.mkdir(parents=True, exist_ok=True)
+    for module in sorted(source.glob("*.py")):
+        shutil.copyfile(module, package / module.name)
+    return target
+
+
+def build_evaluation_job(request: EvaluationRequest, *, code: str | os.PathLike, environment: str, datastore: str,
+                         tags: Mapping[str, str] | None = None) -> Any:
+    """The evaluation as an Azure ML command job (azure-ai-ml `command()`), offline: `python -m evaluation` from
+    `code` in the curated `environment`, on the run's compute; inputs the base model (its registry id, an
+    `mlflow_model`), the tuned model (the fine-tuning job's `trained_model` output, the pipeline's
+    `mlflow_model_folder`, as `register_model` takes it) and the run's test file on the runs datastore; output a
+    `uri_folder` on that datastore at the run's folder, in `upload` mode (only what the job writes,
+    `evaluation.json`, is uploaded there when it ends; the run's other files are left alone).
+
+    Sources: Learn "Access data in a job" (azureml://datastores/<d>/paths/<p> outputs; modes rw_mount, upload),
+    Learn "Train models with the Azure Machine Learning Python SDK v2" (`command(code=, command=, inputs=, outputs=,
+    environment=, compute=)`), and the job output path form `azureml://jobs/<job>/outputs/<name>` used to register
+    a pipeline's model (azureml-examples sdk/python/foundation-models, `Model(path=...)`)."""
+    from azure.ai.ml import Input, Output, command
+
+    folder = request.report_path.rsplit("/", 1)[0] if "/" in request.report_path else ""
+    report_name = request.report_path.rsplit("/", 1)[-1]
+    return command(
+        name=request.job_name,
+        display_name=f"evaluate {request.run_id}"[:256],
+        experiment_name=request.experiment_name,
+        description=f"chatft: fine-tune of {request.base_model.name} (job {request.training_job}) against its base "
+                    f"model on {request.test_path}",
+        tags=dict(tags or {}),
+        code=str(code),
+        command=("python -m evaluation --base-model ${{inputs.base_model}} --tuned-model ${{inputs.tuned_model}} "
+                 "--test-file ${{inputs.test_file}} --output ${{outputs.%s}}/%s --run-id %s "
+                 "--max-records %d --samples %d --max-new-tokens %d")
+                % (EVALUATION_OUTPUT, report_name, request.run_id, request.max_records, request.samples,
+                   request.max_new_tokens),
+        inputs={
+            "base_model": Input(type="mlflow_model", path=request.base_model.id),
+            "tuned_model": Input(type="mlflow_model",
+                                 path=f"azureml://jobs/{request.training_job}/outputs/trained_model"),
+            "test_file": Input(type="uri_file", path=datastore_uri(datastore, request.test_path)),
+        },
+        outputs={EVALUATION_OUTPUT: Output(type="uri_folder", path=datastore_uri(datastore, folder + "/"),
+                                           mode="upload")},
+        environment=environment,
+        compute=request.compute,
+    )
 
 
 def build_endpoint(name: str, *, tags: Mapping[str, str], description: str = "") -> Any:
@@ -293,14 +355,22 @@ class AzureMLBackend:
         return self._registry
 
     def pipeline_component(self) -> Any:
-        """The registry's fine-tuning pipeline component, label latest (fetched once per worker)."""
+        """The registry's fine-tuning pipeline component at AML_PIPELINE_COMPONENT_VERSION (fetched once per
+        worker): pinned, so a new registry version cannot change what a run does under it."""
         if self._component is None:
-            name, registry = self.settings.aml_pipeline_component, self.settings.aml_registry
-            with azure_call(f"getting pipeline component {name}",
-                            not_found=f"pipeline component {name} not found in registry {registry}; check "
-                                      f"AML_PIPELINE_COMPONENT"):
-                self._component = self.registry.components.get(name=name, label="latest")
+            s = self.settings
+            name, version, registry = s.aml_pipeline_component, s.aml_pipeline_component_version, s.aml_registry
+            with azure_call(f"getting pipeline component {name} version {version}",
+                            not_found=f"pipeline component {name} version {version} not found in registry "
+                                      f"{registry}; check AML_PIPELINE_COMPONENT and AML_PIPELINE_COMPONENT_VERSION"):
+                self._component = self.registry.components.get(name=name, version=version)
         return self._component
+
+    def latest_pipeline_component_version(self) -> str:
+        """The version the registry labels latest (for `chatft doctor --azure`: is a newer one offered?)."""
+        name = self.settings.aml_pipeline_component
+        with azure_call(f"getting pipeline component {name} (label latest)"):
+            return str(self.registry.components.get(name=name, label="latest").version)
 
     # --- base model and compute
 
@@ -369,6 +439,29 @@ class AzureMLBackend:
                 created = self.workspace.jobs.create_or_update(job, experiment_name=request.experiment_name)
         except Conflict:
             return self.get_job(request.job_name).name  # another submission won the race
+        return created.name
+
+    def submit_evaluation(self, request: EvaluationRequest) -> str:
+        naming.check_job_name(request.job_name)
+        naming.check_experiment_name(request.experiment_name)
+        existing = self._find_job(request.job_name)
+        if existing is not None:
+            return existing.name
+        training = self.get_job(request.training_job)
+        if training.status != "Completed":
+            raise PermanentError(f"job {request.training_job} is {training.status}; only a completed job's model "
+                                 f"can be evaluated")
+        tags = {TAG_APP: self.settings.app_id, TAG_RUN: request.run_id, TAG_BASE_MODEL: request.base_model.id}
+        with tempfile.TemporaryDirectory(prefix="chatft-evaluation-") as scratch:
+            job = build_evaluation_job(request, code=evaluation_code_dir(Path(scratch)),
+                                       environment=self.settings.aml_evaluation_environment,
+                                       datastore=self.settings.aml_datastore, tags=tags)
+            try:
+                # The code snapshot is uploaded by this call, so the folder lives until it returns.
+                with azure_call(f"submitting evaluation job {request.job_name}"):
+                    created = self.workspace.jobs.create_or_update(job, experiment_name=request.experiment_name)
+            except Conflict:
+                return self.get_job(request.job_name).name
         return created.name
 
     def _find_job(self, job_name: str) -> Any | None:

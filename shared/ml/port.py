@@ -96,6 +96,25 @@ class JobRequest:
 
 
 @dataclass(frozen=True)
+class EvaluationRequest:
+    """One evaluation of a fine-tune against its base model (`evaluation/`), after its fine-tuning job Completed:
+    the job scores both models on `test_path` and writes the report (`shared.protocol.EvaluationReport`) to
+    `report_path`; both paths are inside RUNS_CONTAINER."""
+
+    job_name: str
+    run_id: str
+    experiment_name: str
+    base_model: BaseModel
+    training_job: str  # the fine-tuning job whose `mlflow_model_folder` is the tuned model
+    compute: str
+    test_path: str  # e.g. "<run_id>/test.jsonl"
+    report_path: str  # e.g. "<run_id>/evaluation.json"
+    max_records: int = 500
+    samples: int = 50
+    max_new_tokens: int = 128
+
+
+@dataclass(frozen=True)
 class JobStatus:
     name: str
     status: str  # NotStarted, Queued, Running, Completed, Failed, Canceled, ...
@@ -173,6 +192,11 @@ class MLBackend(Protocol):
 
     def cancel_job(self, job_name: str) -> None:
         """Ask the job to stop; no-op if it is done."""
+
+    def submit_evaluation(self, request: EvaluationRequest) -> str:
+        """Submit (or find, when a job of that name exists) the evaluation job; returns its name. Its status is
+        `get_job`'s; once Completed, `request.report_path` in RUNS_CONTAINER holds the report. Raises InvalidInput
+        (job name), NotFound (the training job), PermanentError (the training job is not Completed)."""
 
     def register_model(self, job_name: str, name: str, version: str | None = None, description: str = "",
                        tags: dict[str, str] | None = None) -> RegisteredModel:
