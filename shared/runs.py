@@ -133,6 +133,9 @@ class Run:
     keep: bool = False
     reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
     failure: Failure | None = None
+    # Events not yet handed to their deliveries (`shared.events`, `shared.notifications`): written in the same
+    # compare-and-swap as the move that made them, removed once their delivery messages are sent.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = field(default=None, compare=False)  # the store's version; never serialized
 
     @property
