@@ -56,6 +56,7 @@ GONE_PREFIX = "notifications/gone/"
 SECRET_PREFIX = "whsec_"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 USER_AGENT = "chatft-webhooks/1"
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -110,7 +111,9 @@ def check_webhook_settings(settings: "Settings") -> None:
                            f"127.0.0.1 or localhost")
     if urls and not settings.notify_webhook_secret:
         raise SettingError("setting NOTIFY_WEBHOOK_SECRET is required when NOTIFY_WEBHOOK_URLS is set")
-    if settings.notify_webhook_secret:
+    # An unresolved Key Vault reference reaches the app as its own text (the vault unreachable, the role not yet
+    # propagated): deliveries then fail and are retried, but the runs go on, so it is not refused here.
+    if settings.notify_webhook_secret and not settings.notify_webhook_secret.startswith(KEY_VAULT_REFERENCE):
         secret_key(settings.notify_webhook_secret)
     endpoint = settings.eventgrid_topic_endpoint
     if endpoint and urlsplit(endpoint).scheme.lower() != "https":
