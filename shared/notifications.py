@@ -194,13 +194,19 @@ def cloud_event(event: dict[str, Any]) -> Any:
 class EventGridPublisher:
     """An Event Grid custom topic with the CloudEvents 1.0 input schema, with the app's identity (the topic has local
     auth off; the identity holds "EventGrid Data Sender" on it). azure-eventgrid's `EventGridPublisherClient` sends
-    `CloudEvent`s to such a topic (https://learn.microsoft.com/python/api/overview/azure/eventgrid-readme)."""
+    `CloudEvent`s to such a topic (https://learn.microsoft.com/python/api/overview/azure/eventgrid-readme).
 
-    def __init__(self, endpoint: str, credential: Any = None, **client_options: Any):
+    Timeouts go with each `send`: azure-eventgrid 4.22's `EventGridPublisherClient` drops its constructor's keyword
+    options (transport, timeouts) for a basic topic (azure/eventgrid/_patch.py builds the legacy client from the
+    endpoint and credential only), while `send` hands its keywords to the pipeline. `send_options` are more of them
+    (tests: `connection_verify` for a local HTTPS stand-in)."""
+
+    def __init__(self, endpoint: str, credential: Any = None, **send_options: Any):
         self._endpoint = endpoint
         self._credential = credential
-        self._options = {"connection_timeout": WEBHOOK_TIMEOUT_SECONDS, "read_timeout": WEBHOOK_TIMEOUT_SECONDS,
-                         **client_options}
+        self._send_options = {"connection_timeout": WEBHOOK_TIMEOUT_SECONDS, "read_timeout": WEBHOOK_TIMEOUT_SECONDS,
+                              "retry_total": 0,  # NOTIFY_QUEUE's retries take over: the message must not linger
+                              **send_options}
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -211,12 +217,11 @@ class EventGridPublisher:
 
                 from .identity import default_credential
 
-                self._client = EventGridPublisherClient(self._endpoint, self._credential or default_credential(),
-                                                        **self._options)
+                self._client = EventGridPublisherClient(self._endpoint, self._credential or default_credential())
             return self._client
 
     def publish(self, event: dict[str, Any]) -> None:
-        self._get().send([cloud_event(event)])
+        self._get().send([cloud_event(event)], **self._send_options)
 
 
 def make_publisher(settings: "Settings") -> EventPublisher:
