@@ -1,7 +1,7 @@
 """The app's queue messages, declared once: what a sender builds and a trigger reads.
 
-RUNS_QUEUE carries `SubmitRun` (functions/submit.py), DEPLOY_QUEUE carries `ContinueRun` (functions/deployments.py);
-both come back through the dead-letter triggers (functions/deadletters.py) when a handler kept failing. The body is
+RUNS_QUEUE carries `SubmitRun` (functions/submit.py), DEPLOY_QUEUE carries `ContinueRun` (functions/deployments.py),
+NOTIFY_QUEUE carries `DeliverEvent` (functions/notify.py); the first two come back through the dead-letter triggers (functions/deadletters.py) when a handler kept failing. The body is
 compact JSON, the same on Service Bus and on the local Storage Queues (`shared.messaging` wraps it in an envelope
 there). Each class also says its `message_id`: Service Bus duplicate detection drops a second message with the
 same id (https://learn.microsoft.com/azure/service-bus-messaging/duplicate-detection), so the id says which sends

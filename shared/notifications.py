@@ -399,6 +399,45 @@ def _retry_later(svc: "Services", message: DeliverEvent, target: str, error: str
     return Outcome("retry", status, delay)
 
 
+@dataclass(frozen=True)
+class TestAnswer:
+    """One receiver's answer to `send_test_event`: its redacted URL, the status (None: no answer) and why not."""
+
+    target: str
+    status: int | None
+    error: str
+    milliseconds: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def send_test_event(settings: "Settings", now: datetime, post: Callable[[str, bytes, dict[str, str]], int]
+                    = post_webhook) -> list[TestAnswer]:
+    """Send one signed `chatft.run.test` event to every NOTIFY_WEBHOOK_URLS URL now, directly (no queue, no retry,
+    no 410 mark): what `chatft notify test` prints. Raises SettingError when no URL or secret is set."""
+    import uuid
+
+    from .events import test_event
+
+    urls = webhook_urls(settings)
+    if not urls:
+        raise SettingError("setting NOTIFY_WEBHOOK_URLS is empty: no webhook to test")
+    secret_key(settings.notify_webhook_secret)
+    answers = []
+    for url in urls:
+        event = test_event(settings.app_id, f"test-{uuid.uuid4().hex[:16]}", iso(now))
+        body = event_body(event)
+        started = time.monotonic()
+        try:
+            status, error = post(url, body, signed_headers(settings.notify_webhook_secret, event["id"], body, now)), ""
+        except Exception as exc:  # report it and go on with the next URL
+            status, error = None, type(exc).__name__
+        answers.append(TestAnswer(redact(url), status, error, round((time.monotonic() - started) * 1000)))
+    return answers
+
+
 def dead_lettered_delivery(body: bytes, reason: str, delivery_count: int | None) -> None:
     """A delivery message that reached NOTIFY_QUEUE's dead-letter subqueue: logged (it names the event and the
     destination key, never the URL); the run is not touched, a notification never fails a run."""

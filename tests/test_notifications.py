@@ -336,3 +336,27 @@ def test_the_event_grid_publisher_sends_the_cloudevent_with_the_apps_identity(of
     for key in ("specversion", "type", "source", "id", "subject", "data"):
         assert sent[key] == event[key], key
     assert sent["type"] == "chatft.run.rejected" and sent["data"]["reason"] == "line 3: invalid_json"
+
+
+def test_chatft_notify_test_sends_a_signed_event_to_each_url_and_prints_each_answer(tmp_path, monkeypatch, capsys):
+    from chatft_local.cli import main
+
+    ok, gone = WebhookReceiver(SECRET), WebhookReceiver(SECRET, answers=(410,), path="/x?token=TOPSECRETTOKEN")
+    try:
+        monkeypatch.chdir(tmp_path)  # no local.settings.json here
+        monkeypatch.setenv("NOTIFY_WEBHOOK_URLS", f"{ok.url},{gone.url}")
+        monkeypatch.setenv("NOTIFY_WEBHOOK_SECRET", SECRET)
+        assert main(["notify", "test"]) == 1  # one receiver did not accept it
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"✔ http://127.0.0.1:{ok.url.split(':')[2].split('/')[0]}/… answered 200")
+        assert lines[1].startswith("✘ ") and "answered 410" in lines[1]
+        assert "TOPSECRETTOKEN" not in "\n".join(lines)
+        assert ok.deliveries[0].verified["type"] == "chatft.run.test"  # it verified with the library
+        monkeypatch.setenv("NOTIFY_WEBHOOK_URLS", "")
+        assert main(["notify", "test"]) == 2 and "NOTIFY_WEBHOOK_URLS is empty" in capsys.readouterr().out
+        assert main(["notify", "secret"]) == 0
+        fresh = capsys.readouterr().out.strip()
+        assert fresh.startswith("whsec_") and Webhook(fresh)  # a secret the library takes
+    finally:
+        ok.close()
+        gone.close()
