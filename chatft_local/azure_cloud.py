@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from chatft_local.doctor import Datastore, Queue, RoleAssignment, Subscription
+from chatft_local.doctor import Datastore, EventTopic, Queue, RoleAssignment, Subscription
 from shared.config import Settings
 
 
@@ -148,6 +148,14 @@ class AzureCloud:
                 return None
             raise
         return subscription_from_arm(name, source.get("topicType", ""), found)
+
+    def event_topic(self, endpoint: str) -> EventTopic | None:
+        rows = az("eventgrid", "topic", "list", "-g", self.deployment.resource_group) or []
+        for row in rows:
+            if (row.get("endpoint") or "").rstrip("/").lower() == endpoint.rstrip("/").lower():
+                return EventTopic(row.get("name", ""), row.get("endpoint", ""), row.get("inputSchema", ""),
+                                  bool(row.get("disableLocalAuth")))
+        return None
 
     def role_assignments(self, principal_id: str) -> list[RoleAssignment]:
         rows = az("role", "assignment", "list", "--assignee", principal_id, "--all") or []

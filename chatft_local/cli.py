@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("chatft_local.commands.runs", "list runs, or show one run in detail"),
     "cleanup": ("chatft_local.commands.cleanup", "apply the idle-endpoint cleanup policy now"),
     "demo": ("chatft_local.commands.demo", "the whole flow on this machine: upload, train, deploy, score"),
+    "notify": ("chatft_local.commands.notify", "send a signed test event to each webhook, or print a new secret"),
     "doctor": ("chatft_local.commands.doctor", "check the local stack or an Azure deployment (read-only)"),
 }
 

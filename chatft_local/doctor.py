@@ -103,8 +103,20 @@ def expected_subscriptions(settings: Settings) -> dict[str, Subscription]:
 
 # Roles the app's identity needs, from the one table of its operations (shared/permissions.py), which
 # tests/test_permissions.py proves against infra/.
-from shared.permissions import APP_ROLES, APP_ROLES_WITH_METRICS  # noqa: E402
+from shared.permissions import APP_ROLES, APP_ROLES_WITH_METRICS, APP_ROLES_WITH_WEBHOOK_SECRET  # noqa: E402
 
+# The run-events topic infra/app/notifications.bicep makes (Learn: Microsoft.EventGrid/topics).
+CLOUD_EVENTS_SCHEMA = "CloudEventSchemaV1_0"
+
+
+@dataclass(frozen=True)
+class EventTopic:
+    """An Event Grid custom topic as deployed."""
+
+    name: str
+    endpoint: str
+    input_schema: str  # "CloudEventSchemaV1_0" | "EventGridSchema" | "CustomEventSchema"
+    local_auth_disabled: bool
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,7 @@ class Cloud(Protocol):
     def queue(self, name: str) -> Queue | None: ...
     def subscription(self, name: str) -> Subscription | None: ...
     def role_assignments(self, principal_id: str) -> list[RoleAssignment]: ...
+    def event_topic(self, endpoint: str) -> EventTopic | None: ...
 
 
 # --- Results --------------------------------------------------------------------------------------------------
@@ -320,7 +333,7 @@ def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_
 
     _guard(report, f"datastore {settings.aml_datastore} points at RUNS_CONTAINER", "", datastore)
 
-    for queue_name in (settings.runs_queue, settings.deploy_queue):
+    for queue_name in (settings.runs_queue, settings.deploy_queue, settings.notify_queue):
         def queue(queue_name: str = queue_name) -> tuple[bool, str, str]:
             found = cloud.queue(queue_name)
             if found is None:
@@ -352,16 +365,37 @@ def azure_checks(cloud: Cloud, report: Report, *, functions_dir: Path = PROJECT_
 
         _guard(report, f"Event Grid subscription {want.name}", "", subscription)
 
+    def topic() -> tuple[bool, str, str]:
+        if not settings.eventgrid_topic_endpoint:
+            return False, "EVENTGRID_TOPIC_ENDPOINT is empty", "set it to the run-events topic's endpoint (azd up does)"
+        found = cloud.event_topic(settings.eventgrid_topic_endpoint)
+        if found is None:
+            return False, f"no topic at {settings.eventgrid_topic_endpoint}", \
+                "create it as infra/app/notifications.bicep declares it (`azd provision`)"
+        wrong = []
+        if found.input_schema != CLOUD_EVENTS_SCHEMA:
+            wrong.append(f"input schema {found.input_schema}, not {CLOUD_EVENTS_SCHEMA} (fixed at creation)")
+        if not found.local_auth_disabled:
+            wrong.append("local (key) auth is on")
+        if wrong:
+            return False, "; ".join(wrong), "recreate the topic as infra/app/notifications.bicep declares it"
+        return True, f"{found.name}: CloudEvents 1.0, identity only", ""
+
+    _guard(report, "Event Grid topic for run events", "", topic)
+
     def roles() -> tuple[bool, str, str]:
         principal = cloud.app_principal_id()
         if not principal:
             return False, "the app has no managed identity", "give it the user-assigned identity (azd up does)"
         held = cloud.role_assignments(principal)
-        needed = dict(APP_ROLES, **(APP_ROLES_WITH_METRICS if settings.cleanup_check_metrics else {}))
+        needed = dict(APP_ROLES, **(APP_ROLES_WITH_METRICS if settings.cleanup_check_metrics else {}),
+                      **(APP_ROLES_WITH_WEBHOOK_SECRET if app.get("NOTIFY_WEBHOOK_SECRET", "").startswith(
+                          "@Microsoft.KeyVault(") else {}))
         lacking = [f"{role} on a {kind.split('/')[-1][:-1]}" for role, kind in needed.items()
                    if not any(a.role == role and _scope_kind(a.scope) == kind.lower() for a in held)]
         if lacking:
-            return False, "lacks " + ", ".join(lacking), "assign them (infra/app/rbac.bicep, ml.bicep; `azd provision`)"
+            return False, "lacks " + ", ".join(lacking), \
+                "assign them (infra/app/rbac.bicep, ml.bicep, notifications.bicep; `azd provision`)"
         return True, f"{len(needed)} roles held", ""
 
     _guard(report, "app identity holds its roles", "", roles)

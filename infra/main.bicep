@@ -61,6 +61,18 @@ param runsContainerName string = 'runs'
 param runsTableName string = 'runs'
 param runsQueueName string = 'runs'
 param deployQueueName string = 'deployments'
+param notifyQueueName string = 'notifications'
+
+// --- Run events (shared/notifications.py) -------------------------------------------------------------------------
+@description('Comma-separated https URLs that receive each run event as a signed webhook (NOTIFY_WEBHOOK_URLS).')
+param notifyWebhookUrls string = ''
+
+@secure()
+@description('Signing secret of the webhooks, whsec_<base64> (NOTIFY_WEBHOOK_SECRET); kept in a key vault.')
+param notifyWebhookSecret string = ''
+
+@description('How long an unaccepted webhook delivery is retried (NOTIFY_RETRY_HOURS).')
+param notifyRetryHours string = '24'
 
 @description('Deliveries of a queue message before it is dead-lettered (MAX_DELIVERY_COUNT and the queues\' maxDeliveryCount).')
 param maxDeliveryCount int = 10
@@ -128,6 +140,7 @@ module servicebus 'app/servicebus.bicep' = {
     tags: tags
     runsQueueName: runsQueueName
     deployQueueName: deployQueueName
+    notifyQueueName: notifyQueueName
     maxDeliveryCount: maxDeliveryCount
   }
 }
@@ -181,6 +194,19 @@ module eventgrid 'app/eventgrid.bicep' = {
   }
 }
 
+module notifications 'app/notifications.bicep' = {
+  name: 'notifications'
+  scope: rg
+  params: {
+    topicName: 'evgt-runs-${resourceToken}'
+    keyVaultName: 'kvn-${resourceToken}'
+    location: location
+    tags: tags
+    appPrincipalId: identity.outputs.principalId
+    webhookSecret: notifyWebhookSecret
+  }
+}
+
 // Every setting the app reads in Azure (shared/config.py SETTINGS) and every %NAME% of functions/: the Functions
 // host resolves binding expressions from app settings only, never from Python defaults (azure-webjobs-sdk issues
 // 2063, 3070). tests/test_infra.py checks this list against both.
@@ -204,6 +230,7 @@ var appSettings = {
   RUNS_TABLE: runsTableName
   RUNS_QUEUE: runsQueueName
   DEPLOY_QUEUE: deployQueueName
+  NOTIFY_QUEUE: notifyQueueName
   MESSAGING: 'servicebus'
   ML_BACKEND: 'azureml'
   AZURE_SUBSCRIPTION_ID: subscription().subscriptionId
@@ -248,6 +275,11 @@ var appSettings = {
   EVAL_MAX_RECORDS: '500'
   EVAL_SAMPLES: '50'
   EVAL_MAX_NEW_TOKENS: '128'
+  // Run events: the topic always, webhooks when URLs are given (the secret as a Key Vault reference, never a value).
+  EVENTGRID_TOPIC_ENDPOINT: notifications.outputs.topicEndpoint
+  NOTIFY_WEBHOOK_URLS: notifyWebhookUrls
+  NOTIFY_WEBHOOK_SECRET: notifications.outputs.webhookSecretSetting
+  NOTIFY_RETRY_HOURS: notifyRetryHours
 }
 
 module function 'app/function.bicep' = {
@@ -265,8 +297,8 @@ module function 'app/function.bicep' = {
     identityClientId: identity.outputs.clientId
     appSettings: appSettings
   }
-  // The app's first start needs its roles on storage and Service Bus.
-  dependsOn: [rbac]
+  // The app's first start needs its roles on storage and Service Bus (and on the key vault its secret is in).
+  dependsOn: [rbac, notifications]
 }
 
 // azd keeps these in the environment; the postdeploy hook and `chatft doctor` read them.
@@ -280,6 +312,9 @@ output TRAINING_CONTAINER string = trainingContainerName
 output RUNS_CONTAINER string = runsContainerName
 output RUNS_QUEUE string = runsQueueName
 output DEPLOY_QUEUE string = deployQueueName
+output NOTIFY_QUEUE string = notifyQueueName
+output EVENTGRID_TOPIC_NAME string = notifications.outputs.topicName
+output EVENTGRID_TOPIC_ENDPOINT string = notifications.outputs.topicEndpoint
 output STORAGE_SYSTEM_TOPIC_NAME string = eventgrid.outputs.storageTopicName
 output ML_SYSTEM_TOPIC_NAME string = ml.outputs.systemTopicName
 output ML_RESOURCE_GROUP string = mlResourceGroupName

@@ -10,6 +10,7 @@ from typing import Callable
 from .config import SettingError, Settings, check_runtime, get_settings
 from .messaging import MessageSender, make_sender
 from .ml.port import MLBackend
+from .notifications import EventPublisher, Notifier, destinations, make_publisher
 from .run_store import Runs, RunStore
 from .runs import utcnow
 from .storage import Blobs
@@ -26,6 +27,7 @@ class Services:
     messages: MessageSender
     ml: MLBackend
     clock: Callable[[], datetime] = utcnow
+    publisher: EventPublisher | None = None  # the Event Grid topic (shared.notifications); None: not published
 
 
 _lock = threading.RLock()
@@ -62,16 +64,21 @@ def make_ml_backend(settings: Settings) -> MLBackend:
 
 def bootstrap(settings: Settings | None = None, *, ml: MLBackend | None = None,
               messages: MessageSender | None = None, clock: Callable[[], datetime] | None = None,
-              runs: Runs | None = None) -> Services:
+              runs: Runs | None = None, publisher: EventPublisher | None = None) -> Services:
     settings = settings or get_settings()
-    return Services(
+    svc = Services(
         settings=settings,
         runs=runs if runs is not None else RunStore(settings, settings.runs_table),
         blobs=Blobs(settings),
         messages=messages or make_sender(settings),
         ml=ml or make_ml_backend(settings),
         clock=clock or utcnow,
+        publisher=publisher or make_publisher(settings),
     )
+    # Runs make events only where someone listens: with webhook URLs or an Event Grid topic configured.
+    if destinations(settings):
+        svc.runs.outbox = Notifier(settings, svc.messages, svc.runs)
+    return svc
 
 
 _services: Services | None = None

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         "Queue of validated runs waiting for submission (`submit`).")
     deploy_queue: str = _setting("DEPLOY_QUEUE", "deployments",
         "Queue of scheduled deployment checks (`deployments`).")
+    notify_queue: str = _setting("NOTIFY_QUEUE", "notifications",
+        "Queue of webhook and Event Grid deliveries of run events, one message per event and destination "
+        "(`notify`).")
     messaging: Annotated[Literal["servicebus", "storage-queue"], _LOWER] = _setting("MESSAGING", "storage-queue",
         "How the app sends messages: `servicebus` in Azure, `storage-queue` locally (Azurite queues "
         "stand in for Service Bus).")
@@ -187,6 +190,19 @@ class Settings(BaseSettings):
     reconcile_after_minutes: float = _setting("RECONCILE_AFTER_MINUTES", 15.0,
         "A run in progress (Submitted to Deploying) with no progress for this long is reconciled with the "
         "backend's word on its job or endpoint.")
+    # Telling people when a run ends (shared/notifications.py)
+    notify_webhook_urls: str = _setting("NOTIFY_WEBHOOK_URLS", "",
+        "Comma-separated URLs that receive each run event as a signed webhook (Standard Webhooks). https only; "
+        "http only to 127.0.0.1/localhost (local). Empty: no webhooks.")
+    notify_webhook_secret: str = _setting("NOTIFY_WEBHOOK_SECRET", "",
+        "Signing secret of the webhooks, `whsec_<base64>` (Standard Webhooks); required with "
+        "NOTIFY_WEBHOOK_URLS. In Azure a Key Vault reference.", secret=True)
+    notify_retry_hours: float = _setting("NOTIFY_RETRY_HOURS", 24.0,
+        "How long a delivery a receiver does not accept (not 2xx, not 410) is retried, with the backoff of "
+        "RETRY_BASE_SECONDS, before it is dead-lettered.")
+    eventgrid_topic_endpoint: str = _setting("EVENTGRID_TOPIC_ENDPOINT", "",
+        "Event Grid custom topic (CloudEvents 1.0 schema) that receives each run event, identity-based "
+        "(`https://<topic>.<region>-1.eventgrid.azure.net/api/events`). Empty: not published.")
     chatft_state_dir: str = _setting("CHATFT_STATE_DIR", ".chatft",
         "Local state: Azurite data, function keys, blob receipts, the local ML workspace.")
     chatft_host_port: int = _setting("CHATFT_HOST_PORT", 7071,
@@ -242,6 +258,11 @@ class Settings(BaseSettings):
             from .ml.faults import parse_faults
 
             parse_faults(self.local_faults)  # raises SettingError naming LOCAL_FAULTS
+        if self.notify_retry_hours <= 0:
+            raise SettingError("setting NOTIFY_RETRY_HOURS must be positive")
+        from .notifications import check_webhook_settings
+
+        check_webhook_settings(self)  # raises SettingError naming NOTIFY_WEBHOOK_URLS or NOTIFY_WEBHOOK_SECRET
         if self.messaging == "servicebus" and not self.servicebusconnection:
             raise SettingError("setting ServiceBusConnection__fullyQualifiedNamespace is required when "
                                "MESSAGING=servicebus")
@@ -383,6 +404,10 @@ def local_only_problems(settings: Settings, env: Mapping[str, str] | None = None
         problems.append(("AML_DATASTORE", f"is {settings.aml_datastore or 'empty'!s}, which does not hold "
                                           f"RUNS_CONTAINER's files; set it to the datastore registered over "
                                           f"RUNS_CONTAINER ({DEFAULT_DATASTORE} with azd up)"))
+    from .notifications import local_webhook_urls
+
+    if local_webhook_urls(settings):
+        problems.append(("NOTIFY_WEBHOOK_URLS", "holds http URLs (allowed only to 127.0.0.1 locally); use https"))
     # Every LOCAL_* setting is a local testing aid (including ones other modules add later).
     for name in sorted(n for n in env if n.startswith("LOCAL_") and str(env[n]).strip()):
         problems.append((name, "is a local-only aid; remove it from the app settings"))

@@ -1,7 +1,7 @@
 """The app's queue messages, declared once: what a sender builds and a trigger reads.
 
-RUNS_QUEUE carries `SubmitRun` (functions/submit.py), DEPLOY_QUEUE carries `ContinueRun` (functions/deployments.py);
-both come back through the dead-letter triggers (functions/deadletters.py) when a handler kept failing. The body is
+RUNS_QUEUE carries `SubmitRun` (functions/submit.py), DEPLOY_QUEUE carries `ContinueRun` (functions/deployments.py),
+NOTIFY_QUEUE carries `DeliverEvent` (functions/notify.py); the first two come back through the dead-letter triggers (functions/deadletters.py) when a handler kept failing. The body is
 compact JSON, the same on Service Bus and on the local Storage Queues (`shared.messaging` wraps it in an envelope
 there). Each class also says its `message_id`: Service Bus duplicate detection drops a second message with the
 same id (https://learn.microsoft.com/azure/service-bus-messaging/duplicate-detection), so the id says which sends
@@ -146,7 +146,47 @@ class ContinueRun:
                    Attempt.read(data))
 
 
-def retry_of(message: SubmitRun | ContinueRun, attempt: Attempt) -> SubmitRun | ContinueRun:
+@dataclass(frozen=True)
+class DeliverEvent:
+    """NOTIFY_QUEUE: deliver one run event (`shared.events`, its JSON object) to one destination: a webhook URL,
+    named by its key (`shared.notifications.destination_key`: a hash, so no URL, which may carry a token, travels in
+    a message), or "eventgrid". Id: a hash of the event id and the destination (a second flush of the same event
+    is dropped by duplicate detection), `<that>-<n>` for retry n; the webhook's `webhook-id` is the event id."""
+
+    run_id: str
+    event: dict[str, Any]
+    destination: str
+    attempt: Attempt = FIRST_TRY
+
+    queue_setting: ClassVar[str] = "notify_queue"
+    step: ClassVar[str] = "notify"
+
+    @property
+    def base_id(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"{self.event.get('id')}\n{self.destination}".encode()).hexdigest()[:40]
+
+    @property
+    def message_id(self) -> str:
+        return self.attempt.message_id if self.attempt.number else self.base_id
+
+    def to_json(self) -> str:
+        return _dump({"run_id": self.run_id, "event": self.event, "destination": self.destination,
+                      **self.attempt.fields()})
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> "DeliverEvent":
+        """The message in `body`; raises MalformedMessage (also without an `event` object or a `destination`)."""
+        data = _load(body, cls)
+        if not isinstance(data.get("event"), dict) or not isinstance(data["event"].get("id"), str):
+            raise MalformedMessage("DeliverEvent message: `event` must be an object with an `id`")
+        if not _text(data, "destination"):
+            raise MalformedMessage("DeliverEvent message: `destination` must be a non-empty string")
+        return cls(data["run_id"], data["event"], data["destination"], Attempt.read(data))
+
+
+def retry_of(message: "SubmitRun | ContinueRun | DeliverEvent", attempt: Attempt) -> Any:
     """The same message as retry `attempt` (its id then derives from `attempt.origin`)."""
     return dataclasses.replace(message, attempt=attempt)
 

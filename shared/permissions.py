@@ -27,6 +27,7 @@ SCOPE_PARENTS = {
     "subscription": None,
     "resource-group": "subscription", "storage": "resource-group", "runs-container": "storage",
     "servicebus": "resource-group", "appinsights": "resource-group",
+    "event-topic": "resource-group", "key-vault": "resource-group",
     "ml-resource-group": "subscription", "workspace": "ml-resource-group", "ml-storage": "ml-resource-group",
     "ml-registry": "ml-resource-group",  # the workspace's container registry (ACR)
     "registry": None,  # the public `azureml` system registry, in Microsoft's subscription
@@ -151,6 +152,8 @@ OPERATIONS: tuple[Operation, ...] = (
               data_actions=(f"{TABLE}/entities/read",)),
     Operation("shared/run_store.py:_client().update_entity", "app", (), "storage", "Learn: Update Entity",
               data_actions=(f"{TABLE}/entities/update/action",)),
+    Operation("shared/run_store.py:_client().query_entities", "app", (), "storage", "Learn: Query Entities",
+              data_actions=(f"{TABLE}/entities/read",)),
     # --- queue (MESSAGING=storage-queue; the blob trigger's own queues)
     Operation("shared/messaging.py:client.create_queue", "app", (f"{QUEUE}/write",), "storage", "Learn: Create Queue"),
     Operation("shared/messaging.py:_client().send_message", "app", (), "storage", "Learn: Put Message",
@@ -164,6 +167,11 @@ OPERATIONS: tuple[Operation, ...] = (
               data_actions=("Microsoft.ServiceBus/namespaces/messages/send/action",)),
     Operation("", "app", (), "servicebus", "Functions host: Service Bus trigger and scale controller",
               data_actions=("Microsoft.ServiceBus/namespaces/messages/receive/action",)),
+    # --- run events (shared/notifications.py): the Event Grid topic, and the webhook secret's Key Vault reference
+    Operation("", "app", (), "event-topic", "Learn: publish to an Event Grid topic with Microsoft Entra ID "
+              "(EventGridPublisherClient.send)", data_actions=("Microsoft.EventGrid/events/send/action",)),
+    Operation("", "app", (), "key-vault", "Learn: Key Vault references (the platform reads the secret with the app's "
+              "identity)", data_actions=("Microsoft.KeyVault/vaults/secrets/getSecret/action",), when="storeSecret"),
     # --- telemetry
     Operation("", "app", (), "appinsights", "Functions host: Entra-authenticated Application Insights",
               data_actions=("Microsoft.Insights/Telemetry/Write",)),
@@ -197,8 +205,11 @@ APP_ROLES: dict[str, str] = {
     "Monitoring Metrics Publisher": "Microsoft.Insights/components",
     "AzureML Data Scientist": "Microsoft.MachineLearningServices/workspaces",
     "Reader": "Microsoft.MachineLearningServices/workspaces",
+    "EventGrid Data Sender": "Microsoft.EventGrid/topics",
 }
 APP_ROLES_WITH_METRICS = {"Monitoring Reader": "Microsoft.MachineLearningServices/workspaces"}
+# Only with NOTIFY_WEBHOOK_SECRET (infra/app/notifications.bicep `storeSecret`): the secret's Key Vault reference.
+APP_ROLES_WITH_WEBHOOK_SECRET = {"Key Vault Secrets User": "Microsoft.KeyVault/vaults"}
 
 
 def operations_of(identity: str) -> tuple[Operation, ...]:

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from .bootstrap import Services
 from .messages import SubmitRun
+from .notifications import flush_pending
 from .orchestration import ROUTES
 from .runs import Run, State, iso, parse_iso
 from .steps import Move, Resend, Step, Trigger, run_steps
@@ -63,6 +64,7 @@ class ReconcileReport:
     stale: int = 0
     moved: list[tuple[str, str, str]] = field(default_factory=list)  # (run_id, before, after)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (run_id, error)
+    events_flushed: int = 0  # runs whose left-behind outbox was flushed (shared/notifications.py)
 
 
 def is_stale(run: Run, now, after_minutes: float) -> bool:
@@ -91,6 +93,11 @@ def reconcile_runs(svc: Services) -> ReconcileReport:
     if report.stale:
         log.info("reconcile: %d run(s) in progress, %d stale, moved %s, errors %d", report.examined, report.stale,
                  report.moved, len(report.errors))
+    try:
+        # Run events a write left in its run's outbox (the process died, or queueing failed) go out now.
+        report.events_flushed = flush_pending(svc)
+    except Exception as exc:  # storage down: the next tick tries again; runs are never held up by their events
+        log.warning("reconcile: pending run events not flushed now: %s: %s", type(exc).__name__, str(exc)[:200])
     return report
 
 

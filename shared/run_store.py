@@ -13,6 +13,7 @@ import time
 from typing import Callable, Iterable, Protocol
 
 from .config import Settings
+from .events import pending_events
 from .runs import Run, State
 from .storage import StorageAccount
 
@@ -34,8 +35,19 @@ class RunNotFound(KeyError):
 Change = Callable[[Run], "Run | None"]
 
 
+class Outbox(Protocol):
+    """Where a store hands the events its writes make (`shared.notifications.Notifier`)."""
+
+    app_id: str
+
+    def flush(self, run: Run) -> None:
+        """Send the delivery messages of `run.outbox`'s events and remove them from the run; never raises."""
+
+
 class Runs(Protocol):
     """Where runs are kept. Every write is a compare-and-swap on the run's etag; nothing is overwritten blindly."""
+
+    outbox: Outbox | None
 
     def create(self, run: Run) -> tuple[Run, bool]:
         """Insert `run` unless a run with its id exists; returns (the stored run, whether it was created)."""
@@ -51,7 +63,12 @@ class Runs(Protocol):
 
     def update(self, run_id: str, change: Change) -> Run:
         """Apply `change` to a fresh copy of the run and write it if the run did not change meanwhile, re-reading
-        and re-applying on a lost race (RunConflict after too many); `change` returning None writes nothing."""
+        and re-applying on a lost race (RunConflict after too many); `change` returning None writes nothing.
+        With an `outbox` attached, the events of the moves `change` makes are written with them (`run.outbox`)
+        and flushed right after the write."""
+
+    def with_pending_events(self) -> list[Run]:
+        """Runs whose outbox still holds events (a flush that did not happen or failed), oldest change first."""
 
     def claim(self, key: str, run_id: str) -> str:
         """Record `run_id` as the holder of `key` (a string of letters and digits, e.g. a hex hash) unless the key
@@ -72,6 +89,7 @@ class _CompareAndSwapStore:
     `changed.etag` and returning True, else False."""
 
     _max_attempts: int
+    outbox: Outbox | None = None  # set by the composition root (shared.bootstrap); None: no events are made
 
     def get(self, run_id: str) -> Run:
         raise NotImplementedError
@@ -96,7 +114,14 @@ class _CompareAndSwapStore:
             changed = change(current)
             if changed is None:
                 return current
+            outbox = self.outbox
+            # The one place runs change, so the one place their events are made: in the same write as the move.
+            events = pending_events(current, changed, outbox.app_id) if outbox is not None else []
+            if events:
+                changed.outbox = [*changed.outbox, *events]
             if self._swap(current, changed):
+                if events:
+                    outbox.flush(changed)
                 return changed
             log.info("run %s changed while updating; re-reading", run_id)
             _backoff(attempt)
@@ -121,6 +146,7 @@ def _to_entity(run: Run) -> dict:
         "model_name": run.model_name,
         "endpoint_name": run.endpoint_name,
         "chunks": len(chunks),
+        "outbox": len(run.outbox),  # `with_pending_events` filters on it
     }
     for i, chunk in enumerate(chunks):
         entity[f"doc{i}"] = chunk
@@ -221,6 +247,10 @@ class RunStore(_CompareAndSwapStore):
             return False
         return True
 
+    def with_pending_events(self) -> list[Run]:
+        entities = self._client().query_entities(f"PartitionKey eq '{PARTITION}' and outbox gt 0")
+        return sorted((_from_entity(e) for e in entities), key=lambda r: r.updated_at)
+
     def _swap(self, current: Run, changed: Run) -> bool:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
@@ -283,6 +313,12 @@ class InMemoryRunStore(_CompareAndSwapStore):
         runs = [r for r in runs if not wanted or r.state in wanted]
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return runs[:limit] if limit else runs
+
+    def with_pending_events(self) -> list[Run]:
+        with self._lock:
+            rows = [(etag, doc) for etag, doc in self._rows.values() if doc.get("outbox")]
+        runs = [Run.from_dict(json.loads(json.dumps(doc)), etag=etag) for etag, doc in rows]
+        return sorted(runs, key=lambda r: r.updated_at)
 
     def _swap(self, current: Run, changed: Run) -> bool:
         doc = json.loads(json.dumps(changed.to_dict()))  # as the table would: only what serializes survives

@@ -148,6 +148,9 @@ class Run:
     reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
     duplicate_of: str = ""  # the earlier run with the same data and settings, when this one ended as its duplicate
     failure: Failure | None = None
+    # Events not yet handed to their deliveries (`shared.events`, `shared.notifications`): written in the same
+    # compare-and-swap as the move that made them, removed once their delivery messages are sent.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = field(default=None, compare=False)  # the store's version; never serialized
 
     @property

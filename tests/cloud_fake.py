@@ -8,6 +8,8 @@ build a deployment Azure would refuse:
   datastore has credentials "None".
 - Event Grid: a system topic offers only its source's event types (storage: Microsoft.Storage.*, Azure ML:
   Microsoft.MachineLearningServices.*); at most 25 advanced filters; webhook endpoints are HTTPS.
+- Event Grid custom topics: the input schema is one of EventGridSchema, CustomEventSchema, CloudEventSchemaV1_0
+  and cannot be changed once the topic exists; the endpoint is `https://<name>.<region>-1.eventgrid.azure.net/api/events`.
 - Role assignments name built-in roles that exist.
 - Base models: an archived one (stage Archived or past FinetuneRetirementDate) is refused with the app's message;
   compute: the notebook's checks via shared.ml.training_params (GPUs from the VM size table).
@@ -19,8 +21,9 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import date
 
-from chatft_local.doctor import (APP_ROLES, APP_ROLES_WITH_METRICS, Datastore, Queue, RoleAssignment, Subscription,
-                                 azure_required_settings, binding_settings, expected_subscriptions)
+from chatft_local.doctor import (APP_ROLES, APP_ROLES_WITH_METRICS, APP_ROLES_WITH_WEBHOOK_SECRET, Datastore,
+                                 EventTopic, Queue, RoleAssignment, Subscription, azure_required_settings,
+                                 binding_settings, expected_subscriptions)
 from shared.config import SETTINGS, Settings
 from shared.ml.port import BaseModel, Compute, PermanentError
 from shared.ml.training_params import archive_reason, archived_model_error, check_finetune_compute, gpus_per_node
@@ -32,8 +35,12 @@ SCOPES = {
     "Microsoft.ServiceBus/namespaces": f"{RG}/Microsoft.ServiceBus/namespaces/sb-chatft",
     "Microsoft.Insights/components": f"{RG}/Microsoft.Insights/components/appi-chatft",
     "Microsoft.MachineLearningServices/workspaces": f"{RG}/Microsoft.MachineLearningServices/workspaces/mlw-chatft",
+    "Microsoft.EventGrid/topics": f"{RG}/Microsoft.EventGrid/topics/evgt-runs-chatft",
+    "Microsoft.KeyVault/vaults": f"{RG}/Microsoft.KeyVault/vaults/kvn-chatft",
 }
-BUILT_IN_ROLES = {*APP_ROLES, *APP_ROLES_WITH_METRICS, "Storage Blob Data Reader", "Storage Blob Data Contributor",
+TOPIC_ENDPOINT = "https://evgt-runs-chatft.eastus2-1.eventgrid.azure.net/api/events"
+TOPIC_SCHEMAS = ("EventGridSchema", "CustomEventSchema", "CloudEventSchemaV1_0")
+BUILT_IN_ROLES = {*APP_ROLES, *APP_ROLES_WITH_METRICS, *APP_ROLES_WITH_WEBHOOK_SECRET, "Storage Blob Data Reader", "Storage Blob Data Contributor",
                   "Contributor", "Reader"}
 # VM sizes the fake workspace offers: (name, GPUs).
 VM_SIZES = {"Standard_NC24ads_A100_v4": 1, "Standard_NC48ads_A100_v4": 2, "Standard_DS3_v2": 0}
@@ -55,6 +62,7 @@ class FakeCloud:
     queues: dict[str, Queue] = field(default_factory=dict)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     roles: list[RoleAssignment] = field(default_factory=list)
+    topics: dict[str, EventTopic] = field(default_factory=dict)  # endpoint -> topic
     today: date = date(2026, 11, 29)
     app_exists: bool = True
     component_versions: list[str] = field(default_factory=lambda: ["0.0.81", "0.0.82"])  # the registry's, in order
@@ -85,6 +93,16 @@ class FakeCloud:
         if len(sub.advanced_filters) > 25:
             raise AzureRefused("at most 25 advanced filters")
         self.subscriptions[sub.name] = sub
+
+    def create_topic(self, name: str, region: str, *, input_schema: str, disable_local_auth: bool) -> str:
+        if input_schema not in TOPIC_SCHEMAS:
+            raise AzureRefused(f"inputSchema {input_schema!r} is not one of {TOPIC_SCHEMAS}")
+        endpoint = f"https://{name}.{region}-1.eventgrid.azure.net/api/events"
+        existing = self.topics.get(endpoint)
+        if existing and existing.input_schema != input_schema:
+            raise AzureRefused("the input schema of an existing topic cannot be changed")
+        self.topics[endpoint] = EventTopic(name, endpoint, input_schema, disable_local_auth)
+        return endpoint
 
     def assign(self, role: str, kind: str) -> None:
         if role not in BUILT_IN_ROLES:
@@ -133,6 +151,9 @@ class FakeCloud:
     def role_assignments(self, principal_id: str) -> list[RoleAssignment]:
         return list(self.roles) if principal_id == self.principal_id else []
 
+    def event_topic(self, endpoint: str) -> EventTopic | None:
+        return self.topics.get(endpoint)
+
 
 def azure_app_settings() -> dict[str, str]:
     """The app settings infra/main.bicep gives the Function App, as values (outputs filled in)."""
@@ -146,6 +167,7 @@ def azure_app_settings() -> dict[str, str]:
         "ServiceBusConnection__fullyQualifiedNamespace": "sb-chatft.servicebus.windows.net",
         "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION_ID, "AZURE_RESOURCE_GROUP": "rg-chatft", "AML_WORKSPACE": "mlw-chatft",
         "AZURE_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
+        "EVENTGRID_TOPIC_ENDPOINT": TOPIC_ENDPOINT,
     })
     for prefix in connections:
         values[f"{prefix}__credential"] = "managedidentity"
@@ -161,11 +183,12 @@ def healthy_cloud() -> FakeCloud:
                                     "inference_compute_allow_list": "['Standard_NC24ads_A100_v4']"})
     cloud.computes[s.aml_compute] = ("Standard_NC24ads_A100_v4", "Succeeded")
     cloud.register_datastore(s.aml_datastore, s.storage_account_name, s.runs_container)
-    for q in (s.runs_queue, s.deploy_queue):
+    for q in (s.runs_queue, s.deploy_queue, s.notify_queue):
         cloud.create_queue(q, requires_duplicate_detection=True, max_delivery_count=s.max_delivery_count,
                            lock_duration_seconds=120)
     for sub in expected_subscriptions(s).values():
         cloud.subscribe(sub)
+    cloud.create_topic("evgt-runs-chatft", "eastus2", input_schema="CloudEventSchemaV1_0", disable_local_auth=True)
     for role, kind in APP_ROLES.items():
         cloud.assign(role, kind)
     return cloud

@@ -202,3 +202,31 @@ def test_a_cluster_of_another_size_than_gpu_vm_size_is_reported():
     report = Report()
     azure_checks(cloud, report, gpu_vm_size=size.upper())
     assert report.ok
+
+
+def test_the_run_events_topic_must_take_cloudevents_with_local_auth_off():
+    cloud = healthy_cloud()
+    topic = "Event Grid topic for run events"
+    with pytest.raises(AzureRefused, match="cannot be changed"):
+        cloud.create_topic("evgt-runs-chatft", "eastus2", input_schema="EventGridSchema", disable_local_auth=True)
+    cloud.topics.clear()
+    cloud.create_topic("evgt-runs-chatft", "eastus2", input_schema="EventGridSchema", disable_local_auth=False)
+    failed = _failed(_azure(cloud))[topic]
+    assert "input schema EventGridSchema, not CloudEventSchemaV1_0" in failed and "local (key) auth is on" in failed
+    cloud.topics.clear()
+    assert "no topic at https://evgt-runs-chatft" in _failed(_azure(cloud))[topic]
+    assert "EVENTGRID_TOPIC_ENDPOINT is empty" in _failed(_azure(with_setting(healthy_cloud(),
+                                                                            "EVENTGRID_TOPIC_ENDPOINT", "")))[topic]
+    assert "queue notifications" in [c.name for c in _azure(healthy_cloud()).checks]
+
+
+def test_the_identity_must_be_able_to_publish_run_events_and_read_the_webhook_secret():
+    cloud = healthy_cloud()
+    cloud.roles = [r for r in cloud.roles if r.role != "EventGrid Data Sender"]
+    assert "lacks EventGrid Data Sender on a topic" in _failed(_azure(cloud))["app identity holds its roles"]
+    cloud = healthy_cloud()
+    cloud.settings.update(NOTIFY_WEBHOOK_URLS="https://hooks.example.com/a",
+                          NOTIFY_WEBHOOK_SECRET="@Microsoft.KeyVault(VaultName=kvn-chatft;SecretName=s)")
+    assert "lacks Key Vault Secrets User on a vault" in _failed(_azure(cloud))["app identity holds its roles"]
+    cloud.assign("Key Vault Secrets User", "Microsoft.KeyVault/vaults")
+    assert _azure(cloud).ok

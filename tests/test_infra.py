@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chatft_local.doctor import (APP_ROLES, APP_ROLES_WITH_METRICS, JOB_EVENT_TYPES, azure_required_settings,
+from chatft_local.doctor import (APP_ROLES, APP_ROLES_WITH_METRICS, APP_ROLES_WITH_WEBHOOK_SECRET, JOB_EVENT_TYPES, azure_required_settings,
                                  binding_settings, expected_subscriptions)
 from shared.config import DEFAULT_DATASTORE, SETTINGS, Settings
 from tests.bicep import files, load
@@ -103,7 +103,7 @@ def test_every_binding_expression_and_connection_of_functions_is_set():
 def test_names_and_defaults_agree_with_shared_config():
     params = load("main.bicep").params()
     settings = _app_settings()
-    for name in ("TRAINING_CONTAINER", "RUNS_CONTAINER", "RUNS_TABLE", "RUNS_QUEUE", "DEPLOY_QUEUE"):
+    for name in ("TRAINING_CONTAINER", "RUNS_CONTAINER", "RUNS_TABLE", "RUNS_QUEUE", "DEPLOY_QUEUE", "NOTIFY_QUEUE"):
         assert params[_ident(settings[name])] == SETTINGS[name].default, name
     assert params["maxDeliveryCount"] == SETTINGS["MAX_DELIVERY_COUNT"].default
     assert settings["MAX_DELIVERY_COUNT"] == "string(maxDeliveryCount)"
@@ -132,7 +132,7 @@ def test_every_container_table_and_queue_the_settings_name_is_created():
     assert "deploymentContainerName" in containers  # Flex Consumption's package container
     sb = load("app/servicebus.bicep")
     variables = sb.variables()
-    for name in ("RUNS_QUEUE", "DEPLOY_QUEUE"):
+    for name in ("RUNS_QUEUE", "DEPLOY_QUEUE", "NOTIFY_QUEUE"):
         param = _ident(settings[name])
         assert bus_params[param] == param and param in queues, name
         props = queues[param]["properties"]
@@ -177,6 +177,32 @@ def test_the_function_app_is_flex_consumption_python_311_with_the_user_assigned_
     assert config["deployment"]["storage"]["authentication"]["type"] == "UserAssignedIdentity"
 
 
+def test_run_events_go_to_a_cloudevents_topic_with_local_auth_off_and_the_secret_to_a_key_vault():
+    module = load("app/notifications.bicep")
+    by_type = {r.type.split("@")[0]: r for r in module.resources() if not r.existing}
+    topic = by_type["Microsoft.EventGrid/topics"].body
+    assert topic["properties"]["inputSchema"] == "CloudEventSchemaV1_0"  # what EventGridPublisherClient sends
+    assert topic["properties"]["disableLocalAuth"] is True  # identity only
+    outputs = module.path.read_text()
+    assert "output topicEndpoint string = topic.properties.endpoint" in outputs
+    params = load("main.bicep").modules()["notifications"][1]["params"]
+    assert params["appPrincipalId"] == "identity.outputs.principalId"
+    assert params["webhookSecret"] == "notifyWebhookSecret"
+    main = load("main.bicep").path.read_text()
+    assert re.search(r"@secure\(\)\s*(@description\('[^']*'\)\s*)?param notifyWebhookSecret string", main)
+    settings = _app_settings()
+    assert settings["EVENTGRID_TOPIC_ENDPOINT"] == "notifications.outputs.topicEndpoint"
+    # The secret is a Key Vault reference, never its value, and the site resolves it with the app's identity.
+    assert settings["NOTIFY_WEBHOOK_SECRET"] == "notifications.outputs.webhookSecretSetting"
+    assert "@Microsoft.KeyVault(VaultName=" in outputs and "secrets" in outputs
+    vault = by_type["Microsoft.KeyVault/vaults"].body
+    assert vault["properties"]["enableRbacAuthorization"] is True
+    site = {r.type.split("@")[0]: r.body for r in load("app/function.bicep").resources()}["Microsoft.Web/sites"]
+    assert site["properties"]["keyVaultReferenceIdentity"] == "identityId"
+    roles = {role for role, who, _ in _assignments() if who == "app"}
+    assert {"EventGrid Data Sender", "Key Vault Secrets User"} <= roles
+
+
 # --- roles --------------------------------------------------------------------------------------------------------
 
 PRINCIPALS = {"appPrincipalId": "app", "computePrincipalId": "compute", "compute.identity.principalId": "compute",
@@ -217,7 +243,8 @@ def test_each_readme_role_is_assigned_to_the_right_principal_and_nothing_else():
     assigned = [(role, who) for role, who, _ in _assignments()]
     assert sorted(readme) == sorted(assigned)
     # The doctor checks the app's roles: the same list.
-    assert {r for r, who in readme if who == "app"} == set(APP_ROLES) | set(APP_ROLES_WITH_METRICS)
+    assert {r for r, who in readme if who == "app"} == (set(APP_ROLES) | set(APP_ROLES_WITH_METRICS)
+                                                        | set(APP_ROLES_WITH_WEBHOOK_SECRET))
 
 
 def test_role_definition_ids_are_the_built_in_ones():

@@ -117,10 +117,10 @@ PRINCIPALS = {"appPrincipalId": "app", "computePrincipalId": "compute", "compute
               "compute", "workspacePrincipalId": "workspace"}
 SCOPES = {"workspace": "workspace", "mlStorage": "ml-storage", "storage": "storage", "namespace": "servicebus",
           "storage::blobService::runsContainer": "runs-container", "applicationInsights": "appinsights",
-          "subscription()": "subscription", "registry": "ml-registry"}
+          "subscription()": "subscription", "registry": "ml-registry", "topic": "event-topic", "vault": "key-vault"}
 
 
-def assignments(files=("app/ml.bicep", "app/rbac.bicep")) -> list[tuple[str, str, str, str]]:
+def assignments(files=("app/ml.bicep", "app/rbac.bicep", "app/notifications.bicep")) -> list[tuple[str, str, str, str]]:
     """(identity, scope, role definition id, condition) of each role assignment infra/ makes."""
     out = []
     for name in files:
@@ -210,9 +210,10 @@ def test_the_identities_of_jobs_and_endpoints_are_covered():
 
 
 def test_doctor_checks_exactly_the_roles_the_template_assigns_the_app():
-    from chatft_local.doctor import APP_ROLES, APP_ROLES_WITH_METRICS
+    from chatft_local.doctor import APP_ROLES, APP_ROLES_WITH_METRICS, APP_ROLES_WITH_WEBHOOK_SECRET
 
     assert APP_ROLES is permissions.APP_ROLES
     held = assignments()
     assert set(APP_ROLES) == {ROLES[r]["roleName"] for i, _s, r, c in held if i == "app" and not c}
-    assert set(APP_ROLES_WITH_METRICS) == {ROLES[r]["roleName"] for i, _s, r, c in held if i == "app" and c}
+    assert set(APP_ROLES_WITH_METRICS) | set(APP_ROLES_WITH_WEBHOOK_SECRET) == {
+        ROLES[r]["roleName"] for i, _s, r, c in held if i == "app" and c}

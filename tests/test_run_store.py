@@ -2,6 +2,7 @@
 in-memory store the service tests use. Create-if-absent, listing, and compare-and-swap updates; chunking of large
 runs is the table store's own."""
 
+import dataclasses
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -171,3 +172,29 @@ def test_concurrent_claims_and_takeovers_have_one_winner(store):
         t.join()
     assert sorted(passed) == [False] * 5 + [True]
     assert store.claim("k1", "late").startswith("n")
+
+
+class _Outbox:
+    """An outbox that keeps what it is asked to flush and never removes anything (a flush that did not happen)."""
+
+    app_id = "chatft"
+
+    def __init__(self):
+        self.flushed = []
+
+    def flush(self, run):
+        self.flushed.append([e["id"] for e in run.outbox])
+
+
+def test_a_terminal_move_writes_its_event_in_the_same_swap_and_stays_pending_until_removed(store):
+    store.outbox = _Outbox()
+    store.create(new_run("r1", T0))
+    store.create(new_run("r2", T0))
+    store.update("r1", lambda r: r.advance(State.VALIDATING, T0))
+    assert store.outbox.flushed == [] and store.with_pending_events() == []
+    store.update("r1", lambda r: r.advance(State.REJECTED, T0 + timedelta(seconds=1), "line 1: invalid_json"))
+    [pending] = store.with_pending_events()
+    assert pending.run_id == "r1" and [e["type"] for e in pending.outbox] == ["chatft.run.rejected"]
+    assert store.outbox.flushed == [["r1.2"]]  # flushed right after the write, with the stored id
+    store.update("r1", lambda r: dataclasses.replace(r, outbox=[]))
+    assert store.with_pending_events() == []

@@ -6,6 +6,7 @@ param location string
 param tags object
 param runsQueueName string
 param deployQueueName string
+param notifyQueueName string
 param maxDeliveryCount int
 
 // Handlers finish in seconds (a preflight and a job submission, or one look at a deployment); the host renews
@@ -45,6 +46,20 @@ resource runsQueue 'Microsoft.ServiceBus/namespaces/queues@2021-11-01' = {
 resource deployQueue 'Microsoft.ServiceBus/namespaces/queues@2021-11-01' = {
   parent: namespace
   name: deployQueueName
+  properties: {
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: duplicateWindow
+    maxDeliveryCount: maxDeliveryCount
+    lockDuration: lockDuration
+    deadLetteringOnMessageExpiration: true
+  }
+}
+
+// NOTIFY_QUEUE: one delivery of a run event to a webhook or the Event Grid topic per message (`notify`); a
+// delivery takes at most the 15 s webhook timeout.
+resource notifyQueue 'Microsoft.ServiceBus/namespaces/queues@2021-11-01' = {
+  parent: namespace
+  name: notifyQueueName
   properties: {
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: duplicateWindow
