@@ -131,6 +131,15 @@ def test_upload_reaches_deployed_with_history_metrics_and_model(deployed):
     assert run.report["tokens"]["eval_tokens_total"] > 0  # the evaluation's cost, stated at ingestion
 
 
+def test_score_through_the_proxy_with_the_notebooks_request(deployed):
+    # Runs before the gate tests: once a person deploys the sabotaged run, it is the newest Deployed model.
+    response = deployed.post(f"/api/score/{deployed.runs[0].run_id}", notebook_request("What is LoRA?"))
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json()["output"], str)
+    newest = deployed.post("/api/score", notebook_request("What is MLflow?"))
+    assert newest.status_code == 200, newest.text
+
+
 def test_the_quality_gate_deploys_a_better_fine_tune_with_real_numbers(deployed):
     from shared.protocol import EvaluationReport
 
@@ -174,14 +183,6 @@ def test_a_tiny_test_split_cannot_decide_and_says_so(deployed):
     assert e["verdict"] == "undecided" and "cannot decide" in e["reason"] and e["records"] < 10
     # The point estimate is not worse (the stand-in learns), so under enforce it deploys.
     assert run.state == State.DEPLOYED and e["deploy"] and e["improvement"] > 0
-
-
-def test_score_through_the_proxy_with_the_notebooks_request(deployed):
-    response = deployed.post(f"/api/score/{deployed.runs[0].run_id}", notebook_request("What is LoRA?"))
-    assert response.status_code == 200, response.text
-    assert isinstance(response.json()["output"], str)
-    newest = deployed.post("/api/score", notebook_request("What is MLflow?"))
-    assert newest.status_code == 200, newest.text
 
 
 def test_the_apps_health_route_answers_without_a_key(deployed):
@@ -320,7 +321,8 @@ def test_identical_data_again_links_the_first_run_and_force_true_trains_again(de
     s, first = deployed.settings, deployed.runs[0]
     jobs_dir = Path(s.chatft_state_dir) / "workspace" / "jobs"
     data = write_sample(tmp_path / "alpha again.jsonl", seed=0)  # the bytes of the module's "alpha" upload
-    _, copy_id = upload_training_file(s, data, {"epochs": "2"}, blob_name="alpha-again.jsonl")
+    # The same overrides as the module's upload: other settings would be another key, hence no duplicate.
+    _, copy_id = upload_training_file(s, data, {"epochs": "2", "test_fraction": "0.3"}, blob_name="alpha-again.jsonl")
     copy = wait_for_run(deployed.store, copy_id, (State.REJECTED, State.QUEUED, State.SUBMITTED), timeout=120)
     assert copy.state == State.REJECTED and copy.duplicate_of == first.run_id, copy.history
     assert f"same data and settings as run {first.run_id} (/api/runs/{first.run_id}" in copy.history[-1].detail
@@ -329,7 +331,8 @@ def test_identical_data_again_links_the_first_run_and_force_true_trains_again(de
     assert view["links"]["duplicate_of"] == f"/api/runs/{first.run_id}"
     assert not copy.job_name and not (jobs_dir / f"chatft-{copy_id}").exists()
 
-    _, forced_id = upload_training_file(s, data, {"epochs": "2", "force": "true"}, blob_name="alpha-forced.jsonl")
+    _, forced_id = upload_training_file(s, data, {"epochs": "2", "test_fraction": "0.3", "force": "true"},
+                                        blob_name="alpha-forced.jsonl")
     forced = wait_for_run(deployed.store, forced_id, (State.DEPLOYED, State.FAILED, State.REJECTED))
     assert forced.state == State.DEPLOYED, (forced.failure, forced.history)
     assert forced.job_name not in (first.job_name, "") and (jobs_dir / forced.job_name).is_dir()

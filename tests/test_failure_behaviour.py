@@ -93,7 +93,8 @@ class Scenario:
         """One job, one model version, one endpoint owned by the app: nothing was made twice."""
         ws = self.workspace()
         jobs = sorted(p.name for p in (ws.root / "jobs").iterdir())
-        assert jobs == [run.job_name], jobs
+        # One fine-tuning job and, with the quality gate on, one evaluation job after it (shared/quality_gate.py).
+        assert jobs == sorted(j for j in (run.job_name, run.evaluation_job) if j), jobs
         versions = ws.registry._mlflow().search_model_versions(f"name = '{run.model_name}'")
         assert len(versions) == 1, [v.version for v in versions]
         owned = [e.name for e in ws.list_endpoints() if e.tags.get(TAG_APP) == self.settings.app_id]

@@ -22,6 +22,7 @@ from shared.notifications import gone_mark, new_secret
 from shared.run_store import RunStore
 from shared.runs import State
 from shared.storage import Blobs
+from tests.harness_local import poll
 from tests.test_end_to_end import names_env, wait_for_run, write_sample
 from tests.webhook_receiver import WebhookReceiver
 
@@ -31,13 +32,10 @@ SECRET = new_secret()
 
 
 def _until(check, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    value = poll(check, timeout)
+    if not value:
+        raise AssertionError(f"timed out waiting for {what}")
+    return value
 
 
 class Scene:
