@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .values import to_value
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-APP_KEYS = ("base_model", "keep", "test_fraction")  # used by the app itself, not passed to the pipeline
+APP_KEYS = ("base_model", "keep", "test_fraction", "model_line")  # used by the app itself, not passed to the pipeline
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -76,6 +76,16 @@ def _choice(name: str, choices: tuple[str, ...]) -> _Override:
     return _Override(name, parse, "one of " + ", ".join(choices))
 
 
+def _line(raw: str) -> str:
+    from .ml.naming import line_name
+    from .ml.port import InvalidInput
+
+    try:
+        return line_name(raw)
+    except InvalidInput:
+        raise ValueError(raw) from None
+
+
 def _model_name(raw: str) -> str:
     if not _MODEL_NAME.fullmatch(raw):
         raise ValueError(raw)
@@ -100,6 +110,9 @@ OVERRIDES: dict[str, _Override] = {
     "seed": _integer("seed", 0, 2**32 - 1),
     "keep": _flag("keep", pipeline_form=False),
     "test_fraction": _number("test_fraction", 0.0, 1.0, low_open=False, high_open=True),
+    "model_line": _Override("model_line", _line,
+                            "a model line name: letters and digits, other characters become '-' (at most 29 once "
+                            "sanitised)"),
 }
 
 

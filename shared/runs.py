@@ -131,6 +131,7 @@ class Run:
     deploy_checks: int = 0
     last_used_at: str = ""
     keep: bool = False
+    line: str = ""  # the model line the run belongs to (`shared.ml.naming.line_of_upload`); "" for a root upload
     reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
     failure: Failure | None = None
     etag: str | None = field(default=None, compare=False)  # the store's version; never serialized

@@ -34,6 +34,8 @@ VALID = [
     ("keep", "0", "keep", False),
     ("test_fraction", "0", "test_fraction", 0.0),
     ("test_fraction", "0.2", "test_fraction", 0.2),
+    ("model_line", "support-bot", "model_line", "support-bot"),
+    ("model_line", "Support Bot", "model_line", "support-bot"),  # sanitised, as a folder name is
 ]
 
 # metadata key -> malformed raw value, and a phrase the message must contain (the expected type/range)
@@ -69,6 +71,8 @@ MALFORMED = [
     ("keep", "", "true or false"),
     ("test_fraction", "1", "a number at least 0 and below 1"),
     ("test_fraction", "-0.1", "a number at least 0 and below 1"),
+    ("model_line", "___", "a model line name"),
+    ("model_line", "x" * 30, "at most 29"),
 ]
 
 
@@ -117,9 +121,10 @@ def test_keys_are_case_insensitive_like_blob_metadata():
 
 def test_a_full_set_maps_to_pipeline_and_app_level_names():
     parsed = parse_overrides({"epochs": "2", "learning_rate": "2e-5", "lora_r": "16", "apply_lora": "yes",
-                              "base_model": "Phi-4", "keep": "true", "test_fraction": "0.05"})
+                              "base_model": "Phi-4", "keep": "true", "test_fraction": "0.05",
+                              "model_line": "support-bot"})
     assert parsed == {"num_train_epochs": 2, "learning_rate": 2e-5, "lora_r": 16, "apply_lora": "true",
-                      "base_model": "Phi-4", "keep": True, "test_fraction": 0.05}
+                      "base_model": "Phi-4", "keep": True, "test_fraction": 0.05, "model_line": "support-bot"}
     assert set(APP_KEYS) <= set(parsed)
 
 
