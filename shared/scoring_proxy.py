@@ -28,6 +28,7 @@ import orjson
 from .api_errors import JSON, ApiError, Reply, error_reply, json_reply, parse_body
 from .bootstrap import Services, services
 from .lifecycle import on_shutdown
+from .lines import line_views
 from .run_views import is_model_ref, is_run_id, model_entry, model_list
 from .runs import Run, State, iso
 from .scoring import chat_completion, chat_request, check_score_request, completion_events, completion_json
@@ -59,6 +60,13 @@ class _Index:
             if run.model_name:
                 by_ref[run.model_name] = run
                 by_ref[f"{run.model_name}:{run.model_version}"] = run
+        # A model line answers to its name (its newest Deployed version: callers never change the model id when a
+        # version ships) and to `line:version` (that version's run, pinned by its deployment header). Lines come
+        # last, so a line's name wins over a model name or run id that happens to be spelled the same.
+        for line in line_views(runs).values():
+            by_ref[line.line] = line.current
+            for version, run in line.by_version.items():
+                by_ref[f"{line.line}:{version}"] = run
         return cls(time.monotonic() + ttl, runs[0] if runs else None, runs, by_ref)
 
 
@@ -171,7 +179,7 @@ class ScoringProxy:
                 return run
         name, _, version = model.partition(":")
         matches = [r for r in self.svc.runs.list(states=_MODEL_STATES)
-                   if r.model_name == name and (not version or r.model_version == version)]
+                   if (r.model_name == name or r.line == name) and (not version or r.model_version == version)]
         deployed = [r for r in matches if r.state == State.DEPLOYED]
         return (deployed or matches or [None])[0]
 
