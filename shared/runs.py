@@ -132,6 +132,9 @@ class Run:
     last_used_at: str = ""
     keep: bool = False
     line: str = ""  # the model line the run belongs to (`shared.ml.naming.line_of_upload`); "" for a root upload
+    # What the scoring proxy saw of this run's deployment, cumulative: {"requests", "errors", "latency_ms_total"}
+    # (errors: 5xx, timeouts, unreachable). A rollout compares two readings to judge a canary's error rate.
+    served: dict[str, Any] = field(default_factory=dict)
     reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
     failure: Failure | None = None
     etag: str | None = field(default=None, compare=False)  # the store's version; never serialized

@@ -567,6 +567,19 @@ def test_failed_scores_do_not_count_as_use(api):
     assert api.svc.runs.get(run.run_id).last_used_at == ""
 
 
+def test_the_proxy_records_each_deployments_outcomes_on_its_run(api):
+    run = api.run(name="outcomes")
+    for text in ("ok", "fail 500", "ok", "fail 503", "fail 400"):
+        api.post(f"/score/{run.run_id}", chat(text))
+    proxy().flush()
+    served = api.svc.runs.get(run.run_id).served
+    # The 400 is the caller's request, not the deployment's failure: 4 counted, 2 of them errors.
+    assert (served["requests"], served["errors"]) == (4, 2) and served["latency_ms_total"] > 0
+    api.post(f"/score/{run.run_id}", chat("ok"))
+    proxy().flush()
+    assert api.svc.runs.get(run.run_id).served["requests"] == 5  # cumulative: a reader compares two readings
+
+
 # ------------------------------------------------------------------------------------------ runs
 
 
