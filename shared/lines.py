@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from .bootstrap import Services
-from .ml.naming import line_deployment_name, line_endpoint_name
+from .ml.naming import line_endpoint_name
 from .ml.port import TAG_APP, TAG_LINE, TAG_RUN, Endpoint, MLBackendError
 from .runs import Run, State
 
@@ -53,11 +53,6 @@ def refusal_of_line(svc: Services, line: str) -> str | None:
     return owner_refusal(line, endpoint, svc.settings.app_id)
 
 
-def line_endpoint_tags(app_id: str, line: str, run_id: str, created: str) -> dict[str, str]:
-    """Tags of a line's endpoint: the app and the line own it; the run and time say who created it first."""
-    return {TAG_APP: app_id, TAG_LINE: line, TAG_RUN: run_id, "chatft-created": created}
-
-
 @dataclass(frozen=True)
 class LineView:
     """A line as the proxy and the API see it from its runs: the runs serving it, newest version first."""
@@ -66,7 +61,6 @@ class LineView:
     endpoint_name: str
     runs: tuple[Run, ...] = ()  # Deployed runs of the line, newest model version first
     by_version: Mapping[str, Run] = field(default_factory=dict)
-    by_deployment: Mapping[str, Run] = field(default_factory=dict)
 
     @property
     def current(self) -> Run | None:
@@ -80,7 +74,8 @@ def _version_key(run: Run) -> tuple[int, str]:
 
 
 def line_views(runs: Iterable[Run]) -> dict[str, LineView]:
-    """The lines among `runs` (Deployed ones), each with its runs by model version and by deployment."""
+    """The lines among `runs` (Deployed ones), each with its runs by model version (the newest run of a version
+    wins)."""
     grouped: dict[str, list[Run]] = {}
     for run in runs:
         if run.line and run.state == State.DEPLOYED:
@@ -89,11 +84,6 @@ def line_views(runs: Iterable[Run]) -> dict[str, LineView]:
     for line, members in grouped.items():
         members.sort(key=_version_key, reverse=True)
         views[line] = LineView(line=line, endpoint_name=line_endpoint_name(line), runs=tuple(members),
-                               by_version={r.model_version: r for r in reversed(members) if r.model_version},
-                               by_deployment={r.deployment_name: r for r in reversed(members) if r.deployment_name})
+                               by_version={r.model_version: r for r in reversed(members) if r.model_version})
     return views
 
-
-def deployment_of(run: Run) -> str:
-    """The deployment a line's run has (or will have) on the line's endpoint."""
-    return run.deployment_name or line_deployment_name(run.model_version)

@@ -44,7 +44,8 @@ def model_list(deployed: Iterable[Run]) -> dict[str, Any]:
     (its newest deployed run serves it), then each run id."""
     runs = sorted(deployed, key=lambda r: (r.created_at, r.run_id), reverse=True)
     by_name: dict[str, Run] = {}
-    for run in sorted((r for r in runs if r.line), key=lambda r: int(r.model_version or 0), reverse=True):
+    line_runs = (r for r in runs if r.line)
+    for run in sorted(line_runs, key=lambda r: int(r.model_version) if r.model_version.isdigit() else 0, reverse=True):
         by_name.setdefault(run.line, run)
     for run in runs:
         if run.model_name:

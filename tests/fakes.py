@@ -29,7 +29,8 @@ from typing import Any
 
 from shared.ml import naming
 from shared.ml.port import (JOB_DONE, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, InvalidInput, JobRequest,
-                            JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
+                            JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel,
+                            ScoringTarget,
                             TransientError)
 from shared.ml.training_params import (archive_reason, archived_model_error, check_finetune_compute,
                                        finetune_parameters, gpus_per_node,

@@ -137,7 +137,8 @@ def test_endpoint_lifecycle_with_two_deployments(workspace, model_dir):
         ws.begin_delete_deployment("ep-life", "blue")
     ws.set_mirror_traffic("ep-life", {})
     ws.begin_delete_deployment("ep-life", "blue")
-    assert [d.name for d in ws.list_deployments("ep-life")] == ["green"] and ws.get_deployment("ep-life", "blue") is None
+    assert [d.name for d in ws.list_deployments("ep-life")] == ["green"]
+    assert ws.get_deployment("ep-life", "blue") is None
     assert poll(lambda: not server_alive(blue), 30), "blue's server still runs after its deployment was deleted"
     assert score(ws, "ep-life").headers["azureml-model-deployment"] == "green"
 

@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 import pytest
 
-from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_LINE, TAG_RUN, BaseModel, Compute, Endpoint, InvalidInput, JobRequest,
+from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_LINE, TAG_RUN, BaseModel, Compute, Endpoint, InvalidInput,
+                            JobRequest,
                             MLBackend, NameTaken, NotFound, PermanentError, RegisteredModel, TransientError)
 from shared.runs import endpoint_name_for, iso, job_name_for, utcnow
 from tests.fakes import FakeHarness, FakeMLBackend

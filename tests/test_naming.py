@@ -207,7 +207,8 @@ def test_same_owner_of_a_line_endpoint_is_the_app_and_the_line_not_the_run():
 
 @pytest.mark.parametrize("traffic, says", [
     ({"blue": 50}, "adds up to 50"), ({"blue": 60, "green": 60}, "adds up to 120"), ({"nosuch": 100}, "no deployment"),
-    ({"blue": 100.0}, "whole percentage"), ({"blue": True}, "whole percentage"), ({"blue": -10, "green": 110}, "0 to 100"),
+    ({"blue": 100.0}, "whole percentage"), ({"blue": True}, "whole percentage"),
+    ({"blue": -10, "green": 110}, "0 to 100"),
     ("blue=100", "must map")])
 def test_live_traffic_breaking_azures_rules_is_refused(traffic, says):
     with pytest.raises(InvalidInput, match=says):

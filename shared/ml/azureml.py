@@ -23,7 +23,8 @@ from typing import Any, Iterable, Iterator, Mapping
 from ..config import Settings
 from . import naming
 from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, InvalidInput,
-                   JobRequest, JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
+                   JobRequest, JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel,
+                   ScoringTarget,
                    TransientError)
 from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
                               display_name, finetune_parameters, gpus_per_node, resolve_inference_instance_type)
