@@ -3,22 +3,21 @@
 Only Event Grid events and queue messages move a run past Submitted; a missing subscription, an event Event Grid
 gave up on, or a lost message would leave a run stuck for ever. Every RECONCILE_SCHEDULE tick, a run in
 Submitted, Training, Trained, Registered or Deploying whose history has not moved for RECONCILE_AFTER_MINUTES is
-looked at: the job's or endpoint's real status is read and the same idempotent handlers the events and checks
-use (`settle_job`, `check_deployment`) take the steps still to take. A job gone from the workspace, or the
-endpoint of a deploying run gone, fails the run with that reason.
+looked at: the steps that own its state (`shared.orchestration.ROUTES`, the same ones events and checks run) read
+the job's or endpoint's real status and take the steps still to take. A job gone from the workspace, or the
+endpoint of a deploying run gone after its creation was accepted, fails the run with that reason.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from .bootstrap import Services
-from .ml.port import NotFound
-from .orchestration import _fail, check_deployment, settle_job
+from .orchestration import ROUTES
 from .runs import Run, State, iso, parse_iso
+from .steps import Trigger, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -65,36 +64,9 @@ def reconcile_runs(svc: Services) -> ReconcileReport:
 
 
 def reconcile_run(svc: Services, run_id: str) -> Run | None:
-    """Ask the backend about one run in progress and drive it; records `reconciled_at` on the run."""
+    """Drive one run in progress by the steps that own its state (`shared.orchestration.ROUTES`), scheduling
+    nothing (a transient fault raises: the next tick tries again); records `reconciled_at` on the run."""
     now = svc.clock()
-
-    def stamp(r: Run) -> Run | None:
-        if r.state not in IN_PROGRESS:
-            return None
-        stamped = dataclasses.replace(r, reconciled_at=iso(now))  # not a history line: it is not progress
-        stamped.etag = r.etag
-        return stamped
-
-    run = svc.runs.update(run_id, stamp)
-    if run.state in (State.SUBMITTED, State.TRAINING):
-        try:
-            job = svc.ml.get_job(run.job_name)
-        except NotFound as exc:
-            return _fail(svc, run_id, "training", f"job {run.job_name} no longer exists in the workspace "
-                                                  f"(deleted?): {exc}")
-        if job.status == "Running" and run.state == State.SUBMITTED:
-            run = svc.runs.update(run_id, lambda r: r.advance(State.TRAINING, svc.clock(), "reconciled: the job "
-                                                              "is Running") if r.state == State.SUBMITTED else None)
-        if not job.done:
-            return run
-        return settle_job(svc, run_id)
-    if run.state in (State.TRAINED, State.REGISTERED):
-        return settle_job(svc, run_id)
-    if run.state == State.DEPLOYING:
-        if svc.ml.get_endpoint(run.endpoint_name) is None:
-            return _fail(svc, run_id, "deploy", f"endpoint {run.endpoint_name} no longer exists (deleted outside "
-                                                f"the app?) while the run was deploying")
-        # Take the steps that can be taken now; schedule nothing: a live check chain goes on, and a lost one is
-        # replaced by the next tick.
-        return check_deployment(svc, run_id, reschedule=False)
-    return run
+    # Not a history line: looking is not progress.
+    run = svc.runs.update(run_id, lambda r: r.edit(reconciled_at=iso(now)) if r.state in IN_PROGRESS else None)
+    return run_steps(svc, ROUTES.get(run.state, ()), run_id, Trigger(reconciling=True)) or run

@@ -25,8 +25,15 @@ MAX_DELAY_SECONDS = 300.0  # never wait more than 5 minutes between two tries: t
 _TRANSIENT_NAMES = frozenset({"ServiceRequestError", "ServiceResponseError", "ServiceRequestTimeoutError",
                               "ServiceResponseTimeoutError", "IncompleteReadError", "ConnectionError",
                               "TimeoutError"})
-# HTTP statuses worth retrying: 408 timeout, 429 throttling, 5xx server faults except 501 (not implemented).
+# HTTP statuses worth retrying: 408 timeout, 429 throttling, 5xx server faults except 501 (not implemented: the
+# server does not support the request, so asking again gets the same answer; RFC 9110 15.6.2). Every classifier of
+# HTTP answers (`is_transient`, `shared.ml.azureml.translate`) reads this one list via `is_transient_status`.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def is_transient_status(status: int | None) -> bool:
+    """Whether an HTTP answer with `status` is worth asking again (see TRANSIENT_STATUS)."""
+    return isinstance(status, int) and status in TRANSIENT_STATUS
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -40,8 +47,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__):
         return True
-    status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and status in TRANSIENT_STATUS
+    return is_transient_status(getattr(exc, "status_code", None))
 
 
 @dataclass(frozen=True)

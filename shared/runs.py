@@ -84,11 +84,14 @@ class Transition:
     detail: str = ""
     kind: str = ""  # "" a move; "retry" a scheduled retry of a step that failed transiently (see shared/retry.py)
     delay_seconds: float | None = None  # of a retry: how long until it runs
+    step: str = ""  # the step (shared/steps.py) that wrote the line, e.g. "submit", "register", "check"
+    message_id: str = ""  # of a retry: the id of the message that carries it (duplicate detection's key)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"state": self.state.value, "at": self.at, "detail": self.detail}
-        if self.kind:
-            data["kind"] = self.kind
+        for name in ("kind", "step", "message_id"):
+            if getattr(self, name):
+                data[name] = getattr(self, name)
         if self.delay_seconds is not None:
             data["delay_seconds"] = self.delay_seconds
         return data
@@ -96,7 +99,7 @@ class Transition:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Transition":
         return cls(State(data["state"]), data["at"], data.get("detail", ""), data.get("kind", ""),
-                   data.get("delay_seconds"))
+                   data.get("delay_seconds"), data.get("step", ""), data.get("message_id", ""))
 
 
 @dataclass
@@ -129,6 +132,7 @@ class Run:
     scoring_uri: str = ""
     deploy_started_at: str = ""
     deploy_checks: int = 0
+    endpoint_accepted_at: str = ""  # when the backend accepted creating `endpoint_name`; "" not (yet) accepted
     last_used_at: str = ""
     keep: bool = False
     line: str = ""  # the model line the run belongs to (`shared.ml.naming.line_of_upload`); "" for a root upload
@@ -165,32 +169,40 @@ class Run:
     def can_move_to(self, target: State) -> bool:
         return target in TRANSITIONS[self.state]
 
-    def advance(self, target: State, at: datetime, detail: str = "", **changes: Any) -> "Run":
-        """Move to `target` (raises `IllegalTransition`), record it, and set `changes` on the run."""
+    def advance(self, target: State, at: datetime, detail: str = "", *,
+                from_states: "tuple[State, ...] | frozenset[State] | None" = None, step: str = "",
+                **changes: Any) -> "Run | None":
+        """Move to `target`, record it (with the `step` that moved it), and set `changes` on the run.
+
+        With `from_states`, a run in any other state is left alone: None ("no change"), what `RunStore.update`
+        takes for "nothing to write". A move `TRANSITIONS` does not allow raises `IllegalTransition`."""
+        if from_states is not None and self.state not in from_states:
+            return None
         if not self.can_move_to(target):
             raise IllegalTransition(self.run_id, self.state, target)
-        for name in changes:
-            if not hasattr(self, name) or name in ("run_id", "state", "history", "etag"):
-                raise AttributeError(f"Run has no settable field {name!r}")
-        moved = dataclasses.replace(self, state=target, history=[*self.history, Transition(target, iso(at), detail)],
-                                    **changes)
-        moved.etag = self.etag
-        return moved
+        _check_settable(changes)
+        return dataclasses.replace(self, state=target, **changes,
+                                   history=[*self.history, Transition(target, iso(at), detail, step=step)])
 
-    def note(self, at: datetime, detail: str, kind: str, delay_seconds: float | None = None) -> "Run":
+    def edit(self, **changes: Any) -> "Run":
+        """The run with `changes` set and no history line (bookkeeping that is not progress, e.g. a check count)."""
+        _check_settable(changes)
+        return dataclasses.replace(self, **changes)
+
+    def note(self, at: datetime, detail: str, kind: str, delay_seconds: float | None = None, *, step: str = "",
+             message_id: str = "") -> "Run":
         """Record in the history something that happened without a move (a retry scheduled): the state stays."""
-        noted = dataclasses.replace(self, history=[*self.history, Transition(self.state, iso(at), detail, kind,
-                                                                             delay_seconds)])
-        noted.etag = self.etag
-        return noted
+        line = Transition(self.state, iso(at), detail, kind, delay_seconds, step, message_id)
+        return dataclasses.replace(self, history=[*self.history, line])
 
     def moves_into(self, state: State) -> int:
         """How many times the run moved into `state` (notes made while in it do not count)."""
         return sum(1 for t in self.history if t.state == state and not t.kind)
 
-    def fail(self, stage: str, reason: str, at: datetime) -> "Run":
-        """Move to Failed with the stage and a reason a user can act on."""
-        return self.advance(State.FAILED, at, detail=reason, failure=Failure(stage=stage, reason=reason))
+    def fail(self, stage: str, reason: str, at: datetime, step: str = "", **changes: Any) -> "Run":
+        """Move to Failed with the stage and a reason a user can act on (`step`: the step that failed it)."""
+        return self.advance(State.FAILED, at, detail=reason, step=step, failure=Failure(stage=stage, reason=reason),
+                            **changes)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -210,6 +222,15 @@ class Run:
         run = cls(**{k: v for k, v in data.items() if k in known})
         run.etag = etag
         return run
+
+
+def _check_settable(changes: dict[str, Any]) -> None:
+    for name in changes:
+        if name not in _SETTABLE:
+            raise AttributeError(f"Run has no settable field {name!r}")
+
+
+_SETTABLE = frozenset(f.name for f in dataclasses.fields(Run)) - {"run_id", "state", "history", "etag"}
 
 
 def new_run(run_id: str, at: datetime, **fields_: Any) -> Run:

@@ -13,7 +13,6 @@ Blocking calls (the run store, the ML backend) run in threads; the event loop on
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
@@ -306,9 +305,7 @@ class ScoringProxy:
         def touch(r: Run) -> Run | None:
             if r.state != State.DEPLOYED or r.endpoint_name != endpoint_name or r.last_used_at >= at:
                 return None
-            touched = dataclasses.replace(r, last_used_at=at)
-            touched.etag = r.etag
-            return touched
+            return r.edit(last_used_at=at)
 
         try:
             self.svc.runs.update(run_id, touch)

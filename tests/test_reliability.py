@@ -72,6 +72,19 @@ def test_what_counts_as_transient():
     assert not is_transient(ValueError("a bug")) and not is_transient(KeyError("run_id"))
 
 
+@pytest.mark.parametrize("status", [400, 404, 408, 409, 429, 500, 501, 502, 503, 504])
+def test_the_azure_adapter_and_the_retry_classifier_agree_on_every_status(status):
+    # One list decides (shared/retry.py): 501 Not Implemented is permanent for both, 5xx others transient.
+    from azure.core.exceptions import HttpResponseError
+
+    from shared.ml.azureml import translate
+
+    error = HttpResponseError(f"answered {status}")
+    error.status_code = status
+    assert is_transient(translate(error, "a call")) == is_transient(error), status
+    assert is_transient(error) == (status in (408, 429, 500, 502, 503, 504))
+
+
 # ------------------------------------------------------------------------------- retries, service level
 
 
@@ -104,7 +117,8 @@ def test_submit_retries_with_growing_delays_until_it_works(svc, ml, clock):
     assert [t.delay_seconds for t in retries] == delays and len(delays) == 3
     assert all(b >= a for a, b in zip(delays, delays[1:])), delays
     assert [m[2] for m in svc.messages.sent] == [f"{run_id}-submit-{n}" for n in (1, 2, 3)], "distinct ids"
-    assert all("retry" in t.detail and "TransientError" in t.detail for t in retries)
+    assert all(t.step == "submit" and "TransientError" in t.detail for t in retries)
+    assert [t.message_id for t in retries] == [m[2] for m in svc.messages.sent], "each line names its message"
 
 
 def test_submit_past_the_retry_window_fails_the_run_with_the_last_error(svc, ml, clock):
@@ -158,7 +172,8 @@ def test_deployment_failing_past_the_window_is_abandoned(svc, ml, clock):
     follow(svc, clock, lambda s, r, a: check_deployment(s, r, a), run_id)
     failed = svc.runs.get(run_id)
     assert failed.state == State.FAILED and failed.failure.stage == "deploy"
-    assert "deploy kept failing" in failed.failure.reason and "429" in failed.failure.reason
+    assert failed.history[-1].step == "deployment check", "the Failed line names the step"
+    assert "deployment check kept failing" in failed.failure.reason and "429" in failed.failure.reason
     assert run.endpoint_name not in ml.endpoints, "the half-made endpoint is deleted"
 
 
@@ -169,7 +184,8 @@ def test_a_completed_event_while_the_job_finalizes_is_looked_at_again(svc, ml, c
     run = handle_job_event(svc, event(job, "Completed"))
     assert run.state == State.SUBMITTED and run.history[-1].kind == "retry"
     queue, body, message_id, delay = svc.messages.sent[-1]
-    assert queue == svc.settings.deploy_queue and body.step == "settle"
+    assert queue == svc.settings.deploy_queue and body.step == "job status"
+    assert run.history[-1].step == "job status" and run.history[-1].message_id == message_id
     ml.complete_job(job)
     clock.now += timedelta(seconds=delay)
     assert continue_run(svc, body).state == State.DEPLOYING

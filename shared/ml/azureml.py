@@ -214,6 +214,8 @@ def translate(exc: BaseException, what: str, not_found: str | None = None) -> Ex
                                        ResourceExistsError, ResourceNotFoundError, ServiceRequestError,
                                        ServiceResponseError)
 
+    from ..retry import is_transient_status
+
     detail = _one_line(getattr(exc, "message", None) or exc)
     status = _status(exc)
     if isinstance(exc, ResourceNotFoundError) or status == 404:
@@ -226,7 +228,7 @@ def translate(exc: BaseException, what: str, not_found: str | None = None) -> Ex
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         return TransientError(f"{what}: network error ({detail})")
     if isinstance(exc, HttpResponseError):
-        if status is None or status in (408, 429) or status >= 500:
+        if status is None or is_transient_status(status):  # the one list: shared/retry.py
             return TransientError(f"{what}: Azure answered {status or 'no status'} ({detail})")
         return PermanentError(f"{what}: Azure answered {status} ({detail})")
     if type(exc).__module__.startswith("azure.ai.ml"):  # SDK validation: bad input that retrying cannot fix
