@@ -244,9 +244,7 @@ class ScoringProxy:
             served["requests"] = int(served.get("requests", 0)) + delta[0]
             served["errors"] = int(served.get("errors", 0)) + delta[1]
             served["latency_ms_total"] = round(float(served.get("latency_ms_total", 0.0)) + delta[2], 1)
-            added = dataclasses.replace(r, served=served)
-            added.etag = r.etag
-            return added
+            return r.edit(served=served)
 
         try:
             self.svc.runs.update(run_id, add)
