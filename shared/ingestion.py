@@ -15,6 +15,9 @@ import orjson
 
 from .bootstrap import Services
 from .duplicates import ContentDigest, end_if_duplicate
+from .lines import refusal_of_line
+from .ml.naming import line_of_upload
+from .ml.port import InvalidInput
 from .messages import SubmitRun
 from .overrides import OverrideError, parse_overrides
 from .retry import is_transient
@@ -75,6 +78,17 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
         svc.blobs.write_json(svc.settings.runs_container, report_path, report.model_dump(mode="json"))
         return _reject(svc, run_id, report, report_path)
 
+    try:
+        line = line_of_upload(blob_name, overrides.get("model_line"))
+        if line:
+            line_refusal = refusal_of_line(svc, line)
+            if line_refusal:
+                raise InvalidInput(line_refusal)
+    except InvalidInput as exc:
+        report = ValidationReport.refused([{"line": 0, "code": "invalid_model_line", "message": str(exc)}], str(exc))
+        svc.blobs.write_json(svc.settings.runs_container, report_path, report.model_dump(mode="json"))
+        return _reject(svc, run_id, report, report_path)
+
     digest = ContentDigest()
     try:
         report = _validate_and_split(svc, blob_client, etag, run_id, overrides, props.size, digest)
@@ -94,7 +108,7 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     run = svc.runs.update(run_id, lambda r: r.advance(
         State.QUEUED, svc.clock(), f"{counts.train} train / {counts.test} test records",
         report=summary, overrides=overrides, train_path=train_path, test_path=test_path,
-        keep=bool(overrides.get("keep", False))) if r.state == State.VALIDATING else None)
+        keep=bool(overrides.get("keep", False)), line=line) if r.state == State.VALIDATING else None)
     if run.state == State.QUEUED:
         _queue(svc, run)
     return run

@@ -17,7 +17,8 @@ from .values import to_value
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 # Used by the app itself, not passed to the pipeline (the eval_* keys are the quality gate's, shared/quality_gate.py).
-APP_KEYS = ("base_model", "keep", "test_fraction", "eval_gate", "eval_metric", "eval_min_improvement", "force")
+APP_KEYS = ("base_model", "keep", "test_fraction", "eval_gate", "eval_metric", "eval_min_improvement", "force",
+            "model_line")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -78,6 +79,16 @@ def _choice(name: str, choices: tuple[str, ...]) -> _Override:
     return _Override(name, parse, "one of " + ", ".join(choices))
 
 
+def _line(raw: str) -> str:
+    from .ml.naming import line_name
+    from .ml.port import InvalidInput
+
+    try:
+        return line_name(raw)
+    except InvalidInput:
+        raise ValueError(raw) from None
+
+
 def _model_name(raw: str) -> str:
     if not _MODEL_NAME.fullmatch(raw):
         raise ValueError(raw)
@@ -107,6 +118,9 @@ OVERRIDES: dict[str, _Override] = {
     "eval_gate": _choice("eval_gate", GATES),
     "eval_metric": _choice("eval_metric", tuple(METRICS)),
     "eval_min_improvement": _number("eval_min_improvement", -1e6, 1e6, low_open=False, high_open=False),
+    "model_line": _Override("model_line", _line,
+                            "a model line name: letters and digits, other characters become '-' (at most 29 once "
+                            "sanitised)"),
 }
 
 

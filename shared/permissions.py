@@ -116,6 +116,12 @@ OPERATIONS: tuple[Operation, ...] = (
         _W + "/onlineEndpoints/{endpointName}/deployments/{deploymentName}"),
     _ml("workspace.online_deployments.get", f"{ML}/onlineEndpoints/deployments/read",
         "build_online_deployments_get_request", _W + "/onlineEndpoints/{endpointName}/deployments/{deploymentName}"),
+    # A model line's endpoint holds several deployments: listed for the rollout, the old one deleted after it.
+    _ml("workspace.online_deployments.list", f"{ML}/onlineEndpoints/deployments/read",
+        "build_online_deployments_list_request", _W + "/onlineEndpoints/{endpointName}/deployments"),
+    _ml("workspace.online_deployments.begin_delete", f"{ML}/onlineEndpoints/deployments/delete",
+        "build_online_deployments_delete_request",
+        _W + "/onlineEndpoints/{endpointName}/deployments/{deploymentName}"),
     # --- metrics (cleanup, only with CLEANUP_CHECK_METRICS): the batch metrics API checks metrics/read on the
     # resource (Learn, azure-monitor/essentials/migrate-to-batch-api.md)
     Operation("shared/ml/azureml.py:client.query_resources", "app", ("Microsoft.Insights/metrics/read",),

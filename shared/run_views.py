@@ -40,9 +40,13 @@ def model_entry(model_id: str, run: Run) -> dict[str, Any]:
 
 
 def model_list(deployed: Iterable[Run]) -> dict[str, Any]:
-    """OpenAI's model list: each registered model name (its newest deployed run serves it), then each run id."""
+    """OpenAI's model list: each model line (its newest deployed version serves it), each registered model name
+    (its newest deployed run serves it), then each run id."""
     runs = sorted(deployed, key=lambda r: (r.created_at, r.run_id), reverse=True)
     by_name: dict[str, Run] = {}
+    line_runs = (r for r in runs if r.line)
+    for run in sorted(line_runs, key=lambda r: int(r.model_version) if r.model_version.isdigit() else 0, reverse=True):
+        by_name.setdefault(run.line, run)
     for run in runs:
         if run.model_name:
             by_name.setdefault(run.model_name, run)

@@ -145,6 +145,10 @@ class Run:
     endpoint_accepted_at: str = ""  # when the backend accepted creating `endpoint_name`; "" not (yet) accepted
     last_used_at: str = ""
     keep: bool = False
+    line: str = ""  # the model line the run belongs to (`shared.ml.naming.line_of_upload`); "" for a root upload
+    # What the scoring proxy saw of this run's deployment, cumulative: {"requests", "errors", "latency_ms_total"}
+    # (errors: 5xx, timeouts, unreachable). A rollout compares two readings to judge a canary's error rate.
+    served: dict[str, Any] = field(default_factory=dict)
     reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
     duplicate_of: str = ""  # the earlier run with the same data and settings, when this one ended as its duplicate
     failure: Failure | None = None

@@ -27,6 +27,7 @@ import orjson
 from .api_errors import JSON, ApiError, Reply, declares_encoding, error_reply, json_reply, parse_body
 from .bootstrap import Services, services
 from .lifecycle import on_shutdown
+from .lines import line_views
 from .run_views import is_model_ref, is_run_id, model_entry, model_list
 from .runs import Run, State, iso
 from .scoring import chat_completion, chat_request, check_score_request, completion_events, completion_json
@@ -37,6 +38,7 @@ T = TypeVar("T")
 
 RUN_CACHE_SECONDS = 5.0  # how long a model -> run lookup is reused; a failing endpoint is re-checked at once
 LAST_USE_WRITE_SECONDS = 60.0  # last use is written at most this often per endpoint and worker
+OUTCOME_WRITE_SECONDS = 10.0  # per-deployment outcomes are added to the run at most this often per run and worker
 # States in which a run has (or had) a registered model: where a model name may be found when not Deployed.
 _MODEL_STATES = (State.DEPLOYED, State.DEPLOYING, State.REGISTERED, State.HELD, State.RETIRED, State.FAILED)
 
@@ -58,6 +60,13 @@ class _Index:
             if run.model_name:
                 by_ref[run.model_name] = run
                 by_ref[f"{run.model_name}:{run.model_version}"] = run
+        # A model line answers to its name (its newest Deployed version: callers never change the model id when a
+        # version ships) and to `line:version` (that version's run, pinned by its deployment header). Lines come
+        # last, so a line's name wins over a model name or run id that happens to be spelled the same.
+        for line in line_views(runs).values():
+            by_ref[line.line] = line.current
+            for version, run in line.by_version.items():
+                by_ref[f"{line.line}:{version}"] = run
         return cls(time.monotonic() + ttl, runs[0] if runs else None, runs, by_ref)
 
 
@@ -72,6 +81,9 @@ class ScoringProxy:
         self._index_task: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None  # single-flight read
         self._last_use: dict[str, datetime] = {}  # endpoint -> when its last use was last written (svc clock)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatft-last-use")
+        self._outcomes: dict[tuple[str, str], list] = {}  # (run, endpoint) -> [requests, errors, latency ms] unwritten
+        self._outcome_written: dict[str, float] = {}  # run -> when its outcomes were last written (monotonic)
+        self._outcome_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------- routes
 
@@ -173,7 +185,7 @@ class ScoringProxy:
                 return run
         name, _, version = model.partition(":")
         matches = [r for r in self.svc.runs.list(states=_MODEL_STATES)
-                   if r.model_name == name and (not version or r.model_version == version)]
+                   if (r.model_name == name or r.line == name) and (not version or r.model_version == version)]
         deployed = [r for r in matches if r.state == State.DEPLOYED]
         return (deployed or matches or [None])[0]
 
@@ -198,9 +210,57 @@ class ScoringProxy:
                         {"Retry-After": "60"})
 
     async def _send(self, run: Run, body: bytes) -> Answer:
-        answer = await self.upstream.send(run, body)
+        started = time.monotonic()
+        try:
+            answer = await self.upstream.send(run, body)
+        except EndpointGone:
+            self._note_outcome(run, ok=False, latency_ms=(time.monotonic() - started) * 1000)
+            raise
+        except ApiError as err:
+            # Only the deployment's own failures count against it: a 4xx it answered is about the caller's request.
+            upstream = err.headers.get("x-chatft-upstream-status", "")
+            if err.status >= 500 and not (upstream.isdigit() and int(upstream) < 500):
+                self._note_outcome(run, ok=False, latency_ms=(time.monotonic() - started) * 1000)
+            raise
+        self._note_outcome(run, ok=True, latency_ms=(time.monotonic() - started) * 1000)
         self._note_use(run)
         return answer
+
+    # ------------------------------------------------------------------ per-deployment outcomes
+
+    def _note_outcome(self, run: Run, ok: bool, latency_ms: float) -> None:
+        """Count one request's outcome against the deployment of `run`; added to the run (where the deployments
+        queue reads it: `Run.served`) at most every OUTCOME_WRITE_SECONDS, as last use is."""
+        with self._outcome_lock:
+            pending = self._outcomes.setdefault((run.run_id, run.endpoint_name), [0, 0, 0.0])
+            pending[0] += 1
+            pending[1] += 0 if ok else 1
+            pending[2] += latency_ms
+            now = time.monotonic()
+            if now - self._outcome_written.get(run.run_id, 0.0) < OUTCOME_WRITE_SECONDS:
+                return
+            self._outcome_written[run.run_id] = now
+            delta = self._outcomes.pop((run.run_id, run.endpoint_name))
+        self._writer.submit(self._write_outcomes, run.run_id, run.endpoint_name, delta)
+
+    def _write_outcomes(self, run_id: str, endpoint_name: str, delta: list) -> None:
+        def add(r: Run) -> Run | None:
+            if r.endpoint_name != endpoint_name:
+                return None
+            served = dict(r.served)
+            served["requests"] = int(served.get("requests", 0)) + delta[0]
+            served["errors"] = int(served.get("errors", 0)) + delta[1]
+            served["latency_ms_total"] = round(float(served.get("latency_ms_total", 0.0)) + delta[2], 1)
+            return r.edit(served=served)
+
+        try:
+            self.svc.runs.update(run_id, add)
+        except Exception as exc:  # put the counts back: the next write carries them
+            log.warning("recording the outcomes of run %s failed: %s", run_id, type(exc).__name__)
+            with self._outcome_lock:
+                pending = self._outcomes.setdefault((run_id, endpoint_name), [0, 0, 0.0])
+                for i in range(3):
+                    pending[i] += delta[i]
 
     # ---------------------------------------------------------------------------------- the caches
 
@@ -259,7 +319,11 @@ class ScoringProxy:
             self._last_use.pop(endpoint_name, None)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the last-use writes begun so far are done (tests, shutdown)."""
+        """Write the outcomes counted so far and wait until every write begun is done (tests, shutdown)."""
+        with self._outcome_lock:
+            pending, self._outcomes = self._outcomes, {}
+        for (run_id, endpoint_name), delta in pending.items():
+            self._writer.submit(self._write_outcomes, run_id, endpoint_name, delta)
         self._writer.submit(lambda: None).result(timeout)
 
     async def close(self) -> None:

@@ -3,7 +3,10 @@ with the same suite as the real backends) and lets a test drive the scenario.
 
 It refuses what Azure ML refuses (`shared.ml.naming`, each rule with its source there): names of jobs, experiments,
 models, endpoints and deployments outside Azure's patterns and lengths, model versions that are not positive integers,
-tags beyond Azure's limits (all `InvalidInput`), an endpoint name already taken (`NameTaken`: by another run's endpoint
+tags beyond Azure's limits, traffic that breaks Azure's traffic rules (live shares adding up to 100 or 0, mirrored
+traffic to one deployment at most 50%, only the endpoint's own deployments: `naming.check_traffic`,
+`naming.check_mirror_traffic`), deleting a deployment that still takes traffic (all `InvalidInput`), an endpoint
+name already taken (`NameTaken`: by another run's endpoint
 here, compared without case as Azure compares resource names, or elsewhere in the region), an instance type outside
 the base model's allow-list.
 
@@ -26,7 +29,7 @@ from typing import Any
 
 from shared.ml import naming
 from shared.ml.port import (JOB_DONE, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, EvaluationRequest,
-                            JobRequest, JobStatus,
+                            InvalidInput, JobRequest, JobStatus,
                             MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                             TransientError)
 from shared.ml.training_params import (archive_reason, archived_model_error, check_finetune_compute,
@@ -289,7 +292,7 @@ class FakeMLBackend:
             base_tags = self.jobs[registered[1]].request.base_model.tags
             instance_type = resolve_inference_instance_type(instance_type, base_tags)
             state = "Succeeded" if self.instant_provisioning else "Creating"
-            ep.deployments[deployment_name] = Deployment(endpoint_name, deployment_name, state)
+            ep.deployments[deployment_name] = Deployment(endpoint_name, deployment_name, state, model_id=model.id)
             ep.instance[deployment_name] = (instance_type, instance_count, model)
             self.created["deployment"] += 1
 
@@ -298,16 +301,39 @@ class FakeMLBackend:
         ep = self.endpoints.get(endpoint_name)
         return ep.deployments.get(deployment_name) if ep else None
 
+    def list_deployments(self, endpoint_name: str) -> list[Deployment]:
+        self._enter("list_deployments")
+        with self._lock:
+            return list(self._endpoint(endpoint_name).deployments.values())
+
     def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> None:
         self._enter("set_traffic")
         with self._lock:
             ep = self._endpoint(endpoint_name)
-            unknown = sorted(set(traffic) - set(ep.deployments))
-            if unknown:
-                raise PermanentError(f"endpoint {endpoint_name} has no deployment {', '.join(unknown)}")
-            if sum(traffic.values()) not in (0, 100):
-                raise PermanentError(f"traffic of endpoint {endpoint_name} must add up to 100 or 0")
-            ep.endpoint = replace(ep.endpoint, traffic=dict(traffic))
+            shares = naming.check_traffic(endpoint_name, traffic, ep.deployments)
+            ep.endpoint = replace(ep.endpoint, traffic=shares)
+
+    def set_mirror_traffic(self, endpoint_name: str, mirror: dict[str, int]) -> None:
+        self._enter("set_mirror_traffic")
+        with self._lock:
+            ep = self._endpoint(endpoint_name)
+            shares = naming.check_mirror_traffic(endpoint_name, mirror, ep.deployments)
+            ep.endpoint = replace(ep.endpoint, mirror_traffic={k: v for k, v in shares.items() if v})
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment_name: str) -> None:
+        self._enter("begin_delete_deployment")
+        with self._lock:
+            ep = self.endpoints.get(endpoint_name)
+            if ep is None or deployment_name not in ep.deployments:
+                return
+            refusal = naming.deletion_refusal(endpoint_name, deployment_name, ep.endpoint.traffic,
+                                              ep.endpoint.mirror_traffic)
+            if refusal:
+                raise InvalidInput(refusal)
+            del ep.deployments[deployment_name]
+            ep.instance.pop(deployment_name, None)
+            ep.endpoint = replace(ep.endpoint, traffic={k: v for k, v in ep.endpoint.traffic.items()
+                                                        if k != deployment_name})
 
     def get_scoring_target(self, endpoint_name: str) -> ScoringTarget:
         self._enter("get_scoring_target")

@@ -439,6 +439,7 @@ class EndpointOps(Ops):
 
     def begin_create_or_update(self, endpoint):
         self.cloud.calls.append(("online_endpoints.begin_create_or_update", endpoint.name, dict(endpoint.traffic)))
+        self.cloud.sent.append(endpoint._to_rest_online_endpoint(location="westeurope").as_dict())
         endpoint._provisioning_state = endpoint.provisioning_state or "Creating"
         self.cloud.endpoints[endpoint.name] = endpoint
         return Poller()
@@ -472,6 +473,17 @@ class DeploymentOps(Ops):
         self.cloud.deployments[(deployment.endpoint_name, deployment.name)] = deployment
         return Poller()
 
+    def list(self, endpoint_name, *, local=False):
+        if endpoint_name not in self.cloud.endpoints:
+            raise not_found(f"endpoint {endpoint_name}")
+        return [d for (e, _), d in self.cloud.deployments.items() if e == endpoint_name]
+
+    def begin_delete(self, name, endpoint_name, *, local=False):
+        self.cloud.calls.append(("online_deployments.begin_delete", name, endpoint_name))
+        if self.cloud.deployments.pop((endpoint_name, name), None) is None:
+            raise not_found(f"deployment {name}")
+        return Poller()
+
 
 class ComponentOps(Ops):
     def get(self, name, version=None, label=None):
@@ -492,7 +504,7 @@ class Cloud:
     def __init__(self):
         from azure.ai.ml.entities import AmlCompute
 
-        self.calls, self.jobs, self.endpoints, self.deployments, self.snapshots = [], {}, {}, {}, {}
+        self.calls, self.jobs, self.endpoints, self.deployments, self.snapshots, self.sent = [], {}, {}, {}, {}, []
         self.race_next, self.fail_next = False, None
         self.computes = {"gpu-cluster": AmlCompute(name="gpu-cluster", size="Standard_NC24ads_A100_v4",
                                                    provisioning_state="Succeeded")}
@@ -1001,3 +1013,47 @@ def test_submit_evaluation_needs_the_completed_training_job_and_creates_once(bac
 def test_doctor_can_tell_the_latest_component_version(backend, cloud):
     assert backend.latest_pipeline_component_version() == "0.0.82"
     assert ("components.get", "chat_completion_pipeline", "latest") in cloud.calls
+
+
+def test_a_line_endpoint_takes_a_second_deployment_a_canary_split_mirroring_and_a_deletion(backend, cloud):
+    """Traffic, mirrored traffic and deletion as the Learn safe rollout walkthrough does them, with the real
+    `ManagedOnlineEndpoint` serialized as the service receives it (`mirrorTraffic` beside `traffic`)."""
+    job_name = completed_job(backend, cloud)
+    model = backend.register_model(job_name, "support-bot", "1")
+    tags = {TAG_RUN: "chats-0123456789ab", "chatft-line": "support-bot"}
+    backend.begin_create_endpoint("ln-support-bot", tags=tags)
+    backend.begin_create_endpoint("ln-support-bot", tags={**tags, TAG_RUN: "later-run-0123"})  # same line: no-op
+    assert cloud.count("online_endpoints.begin_create_or_update") == 1
+    for name in ("v01", "v02"):
+        backend.begin_create_deployment("ln-support-bot", name, model, "Standard_NC6s_v3", 1)
+    assert [d.name for d in backend.list_deployments("ln-support-bot")] == ["v01", "v02"]
+    assert backend.list_deployments("ln-support-bot")[0].model_id == model.id
+
+    with pytest.raises(InvalidInput, match="adds up to 90"):
+        backend.set_traffic("ln-support-bot", {"v01": 90})
+    with pytest.raises(InvalidInput, match="no deployment v03"):
+        backend.set_traffic("ln-support-bot", {"v01": 90, "v03": 10})
+    sent = len(cloud.sent)
+    backend.set_traffic("ln-support-bot", {"v01": 90, "v02": 10})
+    assert len(cloud.sent) == sent + 1 and cloud.sent[-1]["properties"]["traffic"] == {"v01": 90, "v02": 10}
+
+    with pytest.raises(InvalidInput, match="0 to 50"):
+        backend.set_mirror_traffic("ln-support-bot", {"v02": 60})
+    backend.set_mirror_traffic("ln-support-bot", {"v02": 20})
+    assert cloud.sent[-1]["properties"]["mirrorTraffic"] == {"v02": 20}
+    assert cloud.sent[-1]["properties"]["traffic"] == {"v01": 90, "v02": 10}  # live traffic kept as it was
+    assert backend.get_endpoint("ln-support-bot").mirror_traffic == {"v02": 20}
+    backend.set_mirror_traffic("ln-support-bot", {})
+    assert not cloud.sent[-1]["properties"].get("mirrorTraffic")
+
+    with pytest.raises(InvalidInput, match="set them to 0"):
+        backend.begin_delete_deployment("ln-support-bot", "v01")
+    assert cloud.count("online_deployments.begin_delete") == 0
+    backend.set_traffic("ln-support-bot", {"v01": 0, "v02": 100})
+    backend.begin_delete_deployment("ln-support-bot", "v01")
+    backend.begin_delete_deployment("ln-support-bot", "v01")  # gone: a no-op
+    backend.begin_delete_deployment("ln-missing", "v01")  # no endpoint: a no-op
+    assert cloud.calls[-1] == ("online_deployments.begin_delete", "v01", "ln-support-bot")
+    assert [d.name for d in backend.list_deployments("ln-support-bot")] == ["v02"]
+    with pytest.raises(NotFound):
+        backend.list_deployments("ln-missing")

@@ -272,6 +272,23 @@ def test_score_a_model_by_name_version_or_run_id(api):
         assert response.headers["x-chatft-run"] == served.run_id, model
 
 
+def test_a_model_line_is_called_by_its_name_and_a_version_by_line_colon_version(api):
+    v1 = api.run(name="weekly-a", line="support-bot", model_version="1")
+    v2 = api.run(name="weekly-b", line="support-bot", model_version="2")
+    api.run(name="unrelated")  # newer, but of no line: the line's name still means the line's newest version
+    for model, served in [("support-bot", v2), ("support-bot:1", v1), ("support-bot:2", v2), (v1.run_id, v1)]:
+        response = api.post(f"/score/{model}", chat("hi"))
+        assert response.status_code == 200, (model, response.text)
+        assert response.headers["x-chatft-run"] == served.run_id, model
+    completion = api.openai().chat.completions.create(model="support-bot", messages=[{"role": "user",
+                                                                                      "content": "hi"}])
+    assert completion.model == "support-bot" and completion.choices[0].message.content == "echo: hi"
+    listed = [m.id for m in api.openai().models.list().data]
+    assert "support-bot" in listed and listed.count("support-bot") == 1
+    unknown = api.post("/score/support-bot:9", chat("hi"))
+    assert unknown.status_code == 404, unknown.text
+
+
 def test_a_run_deployed_after_the_cache_was_filled_is_found_at_once(api):
     api.run(name="early")
     assert api.post("/score", chat("warm the cache")).status_code == 200
@@ -666,6 +683,19 @@ def test_failed_scores_do_not_count_as_use(api):
     assert api.post(f"/score/{run.run_id}", chat("fail 500")).status_code == 502
     proxy().flush()
     assert api.svc.runs.get(run.run_id).last_used_at == ""
+
+
+def test_the_proxy_records_each_deployments_outcomes_on_its_run(api):
+    run = api.run(name="outcomes")
+    for text in ("ok", "fail 500", "ok", "fail 503", "fail 400"):
+        api.post(f"/score/{run.run_id}", chat(text))
+    proxy().flush()
+    served = api.svc.runs.get(run.run_id).served
+    # The 400 is the caller's request, not the deployment's failure: 4 counted, 2 of them errors.
+    assert (served["requests"], served["errors"]) == (4, 2) and served["latency_ms_total"] > 0
+    api.post(f"/score/{run.run_id}", chat("ok"))
+    proxy().flush()
+    assert api.svc.runs.get(run.run_id).served["requests"] == 5  # cumulative: a reader compares two readings
 
 
 # ------------------------------------------------------------------------------------------ runs

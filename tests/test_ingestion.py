@@ -237,3 +237,30 @@ def test_without_an_override_or_model_hint_truncation_is_not_checked(svc):
     run = ingest(svc, upload(svc, "nobudget.jsonl", valid_lines(40) + [_long_record(1, 40000, 40)]))
     assert run.state == State.QUEUED
     assert run.report["tokens"]["max_seq_length"] is None and run.report["tokens"]["epochs"] == 3
+
+
+def test_the_first_folder_or_model_line_names_the_runs_line_and_a_root_upload_has_none(svc):
+    import uuid
+
+    tag = uuid.uuid4().hex[:6]
+    assert ingest(svc, upload(svc, f"Support Bot {tag}/2026-12-01.jsonl", valid_lines())).line == f"support-bot-{tag}"
+    assert ingest(svc, upload(svc, f"root-{tag}.jsonl", valid_lines())).line == ""
+    run = ingest(svc, upload(svc, f"root2-{tag}.jsonl", valid_lines(), metadata={"model_line": f"Triage {tag}"}))
+    assert run.state == State.QUEUED and run.line == f"triage-{tag}"
+
+
+def test_an_upload_to_a_line_whose_endpoint_belongs_to_another_is_rejected_saying_whose(svc):
+    from shared.ml.port import TAG_APP, TAG_LINE
+
+    svc.ml.add_endpoint("ln-taken-by-other", tags={TAG_APP: "another-app"})
+    svc.ml.add_endpoint("ln-taken-by-line", tags={TAG_APP: svc.settings.app_id, TAG_LINE: "something-else"})
+    for folder, whose in [("taken-by-other", "app 'another-app'"), ("taken-by-line", "line 'something-else'")]:
+        run = ingest(svc, upload(svc, f"{folder}/data.jsonl", valid_lines()))
+        assert run.state == State.REJECTED, folder
+        assert whose in run.history[-1].detail and f"ln-{folder}" in run.history[-1].detail
+        assert run.report["error_counts"] == {"invalid_model_line": 1}
+    run = ingest(svc, upload(svc, "x" * 40 + "/data.jsonl", valid_lines()))
+    assert run.state == State.REJECTED and "at most 29" in run.history[-1].detail
+    # The line's own endpoint (this app, this line) is no obstacle: later uploads roll out beside it.
+    svc.ml.add_endpoint("ln-ours", tags={TAG_APP: svc.settings.app_id, TAG_LINE: "ours"})
+    assert ingest(svc, upload(svc, "ours/data.jsonl", valid_lines())).state == State.QUEUED

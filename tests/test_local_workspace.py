@@ -15,8 +15,8 @@ import requests
 from chatft_local.workspace.endpoints import port_free, probe, server_alive
 from chatft_local.workspace.local import ARCHIVED_LIST, ARCHIVED_MARKER, LocalWorkspace
 from shared.config import Settings
-from shared.ml.port import (PROVISIONING_DONE, TAG_APP, TAG_RUN, JobRequest, MLBackend, NameTaken, NotFound,
-                            PermanentError, RegisteredModel)
+from shared.ml.port import (PROVISIONING_DONE, TAG_APP, TAG_RUN, InvalidInput, JobRequest, MLBackend, NameTaken,
+                            NotFound, PermanentError, RegisteredModel)
 from shared.runs import job_name_for
 from tests.harness_local import LocalHarness, build_chat_model, notebook_request, poll
 
@@ -99,9 +99,9 @@ def test_endpoint_lifecycle_with_two_deployments(workspace, model_dir):
     named = score(ws, "ep-life", **{"azureml-model-deployment": "blue"})
     assert named.status_code == 200 and isinstance(named.json()["output"], str)
 
-    with pytest.raises(PermanentError, match="no deployment nosuch"):
+    with pytest.raises(InvalidInput, match="no deployment nosuch"):
         ws.set_traffic("ep-life", {"nosuch": 100})
-    with pytest.raises(PermanentError, match="100"):
+    with pytest.raises(InvalidInput, match="100"):
         ws.set_traffic("ep-life", {"blue": 50})
     ws.set_traffic("ep-life", {"blue": 0, "green": 100})
     endpoint = ws.get_endpoint("ep-life")
@@ -120,6 +120,27 @@ def test_endpoint_lifecycle_with_two_deployments(workspace, model_dir):
     wrong = requests.post(target.scoring_uri, json=notebook_request(CONVERSATION), timeout=10,
                           headers={"Authorization": "Bearer not-the-key"})
     assert wrong.status_code == 401
+
+    # A canary split, counted exactly: over 20 requests a 10% deployment serves 2, interleaved (TrafficSplit).
+    ws.set_traffic("ep-life", {"blue": 10, "green": 90})
+    served_by = [score(ws, "ep-life").headers["azureml-model-deployment"] for _ in range(20)]
+    assert served_by.count("blue") == 2 and served_by.count("green") == 18
+    # Mirroring copies every fifth request (20%) to blue; callers still get the live split's answers.
+    ws.set_traffic("ep-life", {"green": 100})
+    ws.set_mirror_traffic("ep-life", {"blue": 20})
+    assert ws.get_endpoint("ep-life").mirror_traffic == {"blue": 20}
+    before = (ws.endpoints.root / "ep-life" / "deployments" / "blue" / "server.log").read_text().count("-mirror")
+    assert {score(ws, "ep-life").headers["azureml-model-deployment"] for _ in range(10)} == {"green"}
+    blue_log = ws.endpoints.root / "ep-life" / "deployments" / "blue" / "server.log"
+    assert poll(lambda: blue_log.read_text().count("-mirror") - before == 2, 30), "blue did not get 2 mirrored copies"
+    with pytest.raises(InvalidInput, match="set them to 0"):  # blue still takes mirrored traffic
+        ws.begin_delete_deployment("ep-life", "blue")
+    ws.set_mirror_traffic("ep-life", {})
+    ws.begin_delete_deployment("ep-life", "blue")
+    assert [d.name for d in ws.list_deployments("ep-life")] == ["green"]
+    assert ws.get_deployment("ep-life", "blue") is None
+    assert poll(lambda: not server_alive(blue), 30), "blue's server still runs after its deployment was deleted"
+    assert score(ws, "ep-life").headers["azureml-model-deployment"] == "green"
 
     ws.begin_delete_endpoint("ep-life")
     assert ws.get_endpoint("ep-life") is None and ws.get_deployment("ep-life", "blue") is None

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import pytest
 
-from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, Endpoint, EvaluationRequest,
+from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_LINE, TAG_RUN, BaseModel, Compute, Endpoint, EvaluationRequest,
                             InvalidInput, JobRequest,
                             MLBackend, NameTaken, NotFound, PermanentError, RegisteredModel, TransientError)
 from shared.runs import endpoint_name_for, evaluation_job_name_for, iso, job_name_for, utcnow
@@ -367,6 +367,72 @@ def test_evaluation_runs_after_the_completed_job_and_writes_its_report(harness):
         assert loss.base is not None and loss.tuned is not None and not loss.higher_is_better
         assert len(report.per_record["eval_loss"].base) == report.records == len(report.per_record["eval_loss"].tuned)
         assert {"rougeL", "chrf", "perplexity"} <= set(report.metrics)
+
+
+def test_several_deployments_on_one_endpoint_under_azures_traffic_rules(harness):
+    """A model line's endpoint: a second deployment beside the first, a canary split, mirrored traffic, a switch,
+    and the previous deployment deleted once it takes nothing; every rule Azure enforces is refused before any
+    change (sum 100 or 0, only existing deployments, mirror to one deployment at most 50%, no deletion with
+    traffic)."""
+    lifecycle(harness)
+    h, backend, run_id = harness, harness.backend, new_run_id()
+    endpoint_name = f"ln-contract-{run_id[-8:]}"
+    try:
+        request = submit(h, run_id)
+        assert h.wait_for_job(request.job_name, h.timeout).status == "Completed"
+        model = backend.register_model(request.job_name, f"contract-{run_id[-6:]}", description="contract")
+        backend.begin_create_endpoint(endpoint_name, tags={TAG_APP: "chatft-contract", TAG_LINE: "contract",
+                                                           TAG_RUN: run_id})
+        # A later run of the same line repeats the create: the app and the line own the endpoint, not the run.
+        backend.begin_create_endpoint(endpoint_name, tags={TAG_APP: "chatft-contract", TAG_LINE: "contract",
+                                                           TAG_RUN: new_run_id()})
+        with pytest.raises(NameTaken):
+            backend.begin_create_endpoint(endpoint_name, tags={TAG_APP: "chatft-contract", TAG_LINE: "other",
+                                                               TAG_RUN: run_id})
+        assert h.wait_for_endpoint(endpoint_name, h.timeout).provisioning_state == "Succeeded"
+        assert backend.list_deployments(endpoint_name) == []
+        for name in ("v01", "v02"):
+            backend.begin_create_deployment(endpoint_name, name, model, h.instance_type, 1)
+        for name in ("v01", "v02"):
+            assert h.wait_for_deployment(endpoint_name, name, h.timeout).provisioning_state == "Succeeded"
+        listed = backend.list_deployments(endpoint_name)
+        assert sorted(d.name for d in listed) == ["v01", "v02"]
+        assert all(d.endpoint_name == endpoint_name and d.provisioning_state == "Succeeded" for d in listed)
+
+        backend.set_traffic(endpoint_name, {"v01": 100})
+        for bad in ({"v01": 90}, {"v01": 90, "v02": 20}, {"v01": 90, "v03": 10}, {"v01": 95.0, "v02": 5}):
+            with pytest.raises(InvalidInput):
+                backend.set_traffic(endpoint_name, bad)
+        assert backend.get_endpoint(endpoint_name).traffic.get("v01") == 100  # nothing changed
+        backend.set_traffic(endpoint_name, {"v01": 90, "v02": 10})
+        eventually(lambda: {k: v for k, v in backend.get_endpoint(endpoint_name).traffic.items() if v}
+                   == {"v01": 90, "v02": 10}, h.timeout, "a 90/10 split")
+
+        for bad in ({"v02": 51}, {"v01": 10, "v02": 10}, {"v03": 10}):
+            with pytest.raises(InvalidInput):
+                backend.set_mirror_traffic(endpoint_name, bad)
+        backend.set_mirror_traffic(endpoint_name, {"v02": 50})
+        eventually(lambda: backend.get_endpoint(endpoint_name).mirror_traffic == {"v02": 50}, h.timeout,
+                   "mirrored traffic to v02")
+        backend.set_mirror_traffic(endpoint_name, {})
+        eventually(lambda: not backend.get_endpoint(endpoint_name).mirror_traffic, h.timeout, "mirroring stopped")
+
+        with pytest.raises(InvalidInput, match="set them to 0"):
+            backend.begin_delete_deployment(endpoint_name, "v01")
+        backend.set_traffic(endpoint_name, {"v01": 0, "v02": 100})
+        eventually(lambda: backend.get_endpoint(endpoint_name).traffic.get("v02") == 100, h.timeout, "the switch")
+        backend.begin_delete_deployment(endpoint_name, "v01")
+        eventually(lambda: backend.get_deployment(endpoint_name, "v01") is None, h.timeout, "v01 deleted")
+        backend.begin_delete_deployment(endpoint_name, "v01")  # gone: a no-op
+        backend.begin_delete_deployment(unknown("ep"), "v01")  # no endpoint: a no-op
+        assert [d.name for d in backend.list_deployments(endpoint_name)] == ["v02"]
+        assert backend.get_deployment(endpoint_name, "v02").provisioning_state == "Succeeded"
+        with pytest.raises(NotFound):
+            backend.list_deployments(unknown("ep"))
+        with pytest.raises(NotFound):
+            backend.set_mirror_traffic(unknown("ep"), {})
+    finally:
+        backend.begin_delete_endpoint(endpoint_name)
 
 
 def test_cancel_stops_a_job_and_is_a_no_op_once_done(harness):

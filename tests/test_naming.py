@@ -144,3 +144,91 @@ def test_same_owner_compares_app_and_run_tags():
 def test_slug_is_ascii_whatever_comes_in():
     assert slug("İstanbul ÜBER/ß") == "i-stanbul-ber"
     assert slug("!!!") == "" and slug("a" * 100, 10) == "a" * 10
+
+
+# ------------------------------------------------------------------ model lines and traffic
+
+
+@RELAXED
+@given(blob=blob_names, override=st.one_of(st.none(), st.text(max_size=60)))
+def test_every_line_an_upload_can_name_maps_to_a_valid_stable_endpoint_or_is_refused(blob, override):
+    try:
+        line = naming.line_of_upload(blob, override)
+    except InvalidInput as refused:
+        assert "model line" in str(refused)  # the reason names what was refused
+        return
+    if not line:
+        assert "/" not in blob and not (override or "").strip()  # a root upload: one run, one endpoint
+        return
+    assert naming.is_line_name(line) and len(line) <= naming.LINE_MAX_LEN
+    endpoint = naming.line_endpoint_name(line)
+    assert naming.ENDPOINT.ok(endpoint) and endpoint == naming.line_endpoint_name(line)
+    assert naming.line_name(line) == line  # sanitising is idempotent: a line is its own name
+
+
+@RELAXED
+@given(a=st.from_regex(naming.LINE_PATTERN, fullmatch=True), b=st.from_regex(naming.LINE_PATTERN, fullmatch=True))
+def test_different_lines_never_share_an_endpoint(a, b):
+    if a != b:
+        assert naming.line_endpoint_name(a) != naming.line_endpoint_name(b)
+
+
+def test_the_first_folder_or_the_override_names_the_line():
+    assert naming.line_of_upload("support-bot/2026-12-01.jsonl") == "support-bot"
+    assert naming.line_of_upload("Support Bot/weekly/2026-12-01.jsonl") == "support-bot"  # only the first folder
+    assert naming.line_of_upload("2026-12-01.jsonl") == ""
+    assert naming.line_of_upload("2026-12-01.jsonl", "Triage_Bot") == "triage-bot"
+    assert naming.line_of_upload("support-bot/x.jsonl", "other") == "other"  # the override wins
+    assert naming.line_endpoint_name("support-bot") == "ln-support-bot"
+    with pytest.raises(InvalidInput, match="no letter or digit"):
+        naming.line_of_upload("___/x.jsonl")
+    with pytest.raises(InvalidInput, match="at most 29"):
+        naming.line_of_upload("a-very-long-folder-name-for-a-line/x.jsonl")
+
+
+@pytest.mark.parametrize("version, deployment", [("1", "v01"), ("9", "v09"), ("12", "v12"), ("123", "v123")])
+def test_a_line_deployment_is_named_after_its_model_version_and_passes_azures_minimum_length(version, deployment):
+    from azure.ai.ml.entities._endpoint._endpoint_helpers import validate_endpoint_or_deployment_name
+
+    assert naming.line_deployment_name(version) == deployment
+    validate_endpoint_or_deployment_name(deployment, is_deployment=True)  # azure-ai-ml's own check
+    assert naming.version_of_line_deployment(deployment) == version
+    assert naming.version_of_line_deployment("demo") is None
+    with pytest.raises(InvalidInput):
+        naming.line_deployment_name("0")
+
+
+def test_same_owner_of_a_line_endpoint_is_the_app_and_the_line_not_the_run():
+    first = {TAG_APP: "chatft", naming.TAG_LINE: "support-bot", TAG_RUN: "run-1"}
+    assert naming.same_owner(first, {**first, TAG_RUN: "run-2"})  # a later run of the line: the same owner
+    assert not naming.same_owner(first, {**first, naming.TAG_LINE: "triage-bot"})
+    assert not naming.same_owner(first, {**first, TAG_APP: "other-app"})
+
+
+@pytest.mark.parametrize("traffic, says", [
+    ({"blue": 50}, "adds up to 50"), ({"blue": 60, "green": 60}, "adds up to 120"), ({"nosuch": 100}, "no deployment"),
+    ({"blue": 100.0}, "whole percentage"), ({"blue": True}, "whole percentage"),
+    ({"blue": -10, "green": 110}, "0 to 100"),
+    ("blue=100", "must map")])
+def test_live_traffic_breaking_azures_rules_is_refused(traffic, says):
+    with pytest.raises(InvalidInput, match=says):
+        naming.check_traffic("ep", traffic, ["blue", "green"])
+
+
+def test_live_traffic_azure_takes():
+    for traffic in ({"blue": 100}, {"blue": 90, "green": 10}, {"blue": 0, "green": 0}, {}):
+        assert naming.check_traffic("ep", traffic, ["blue", "green"]) == traffic
+
+
+@pytest.mark.parametrize("mirror, says", [({"green": 51}, "0 to 50"), ({"blue": 10, "green": 10}, "one deployment"),
+                                          ({"nosuch": 10}, "no deployment")])
+def test_mirrored_traffic_breaking_azures_rules_is_refused(mirror, says):
+    with pytest.raises(InvalidInput, match=says):
+        naming.check_mirror_traffic("ep", mirror, ["blue", "green"])
+    assert naming.check_mirror_traffic("ep", {"green": 50, "blue": 0}, ["blue", "green"]) == {"green": 50, "blue": 0}
+
+
+def test_a_deployment_with_traffic_cannot_be_deleted():
+    assert "set them to 0" in naming.deletion_refusal("ep", "blue", {"blue": 10}, {})
+    assert "mirrored" in naming.deletion_refusal("ep", "green", {"blue": 100}, {"green": 10})
+    assert naming.deletion_refusal("ep", "blue", {"blue": 0, "green": 100}, {}) is None

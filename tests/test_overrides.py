@@ -39,6 +39,8 @@ VALID = [
     ("eval_gate", "off", "eval_gate", "off"),
     ("eval_metric", "chrf", "eval_metric", "chrf"),
     ("eval_min_improvement", "-0.5", "eval_min_improvement", -0.5),
+    ("model_line", "support-bot", "model_line", "support-bot"),
+    ("model_line", "Support Bot", "model_line", "support-bot"),  # sanitised, as a folder name is
 ]
 
 # metadata key -> malformed raw value, and a phrase the message must contain (the expected type/range)
@@ -78,6 +80,8 @@ MALFORMED = [
     ("eval_min_improvement", "inf", "a number at least -1e+06 and at most 1e+06"),
     ("test_fraction", "-0.1", "a number at least 0 and below 1"),
     ("force", "always", "true or false"),
+    ("model_line", "___", "a model line name"),
+    ("model_line", "x" * 30, "at most 29"),
 ]
 
 
@@ -127,10 +131,11 @@ def test_keys_are_case_insensitive_like_blob_metadata():
 def test_a_full_set_maps_to_pipeline_and_app_level_names():
     parsed = parse_overrides({"epochs": "2", "learning_rate": "2e-5", "lora_r": "16", "apply_lora": "yes",
                               "base_model": "Phi-4", "keep": "true", "test_fraction": "0.05", "force": "1",
-                              "eval_gate": "report", "eval_metric": "rougeL", "eval_min_improvement": "0.01"})
+                              "eval_gate": "report", "eval_metric": "rougeL", "eval_min_improvement": "0.01",
+                              "model_line": "support-bot"})
     assert parsed == {"num_train_epochs": 2, "learning_rate": 2e-5, "lora_r": 16, "apply_lora": "true",
                       "base_model": "Phi-4", "keep": True, "test_fraction": 0.05, "force": True, "eval_gate": "report",
-                      "eval_metric": "rougeL", "eval_min_improvement": 0.01}
+                      "eval_metric": "rougeL", "eval_min_improvement": 0.01, "model_line": "support-bot"}
     assert set(APP_KEYS) <= set(parsed)
 
 

@@ -1,7 +1,7 @@
 """Local online endpoints: records on disk, and one model server process per deployment.
 
 Layout under `<workspace>/endpoints/`:
-    <endpoint>/endpoint.json             name, description, tags, state, traffic, created
+    <endpoint>/endpoint.json             name, description, tags, state, traffic, mirror_traffic, created
     <endpoint>/key                       the endpoint key (mode 0600)
     <endpoint>/deployments/<name>/deployment.json   model, port, state, the server's pid and instance token
     <endpoint>/deployments/<name>/server.log        the model server's log (its last line explains a failure)
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.ml import naming
-from shared.ml.port import (Deployment, Endpoint, NameTaken, NotFound, PermanentError, RegisteredModel,
-                            ScoringTarget)
+from shared.ml.port import (Deployment, Endpoint, InvalidInput, NameTaken, NotFound, PermanentError,
+                            RegisteredModel, ScoringTarget)
 from .files import file_lock, read_json, write_json
 
 log = logging.getLogger("chatft.workspace")
@@ -239,27 +239,60 @@ class EndpointStore:
         chosen = next((d for d in deployments if d["name"] == serving), deployments[0] if deployments else None)
         return Endpoint(name=record["name"], provisioning_state=record["state"],
                         scoring_uri=f"http://127.0.0.1:{chosen['port']}/score" if chosen else "",
-                        tags=dict(record["tags"]), traffic=traffic)
+                        tags=dict(record["tags"]), traffic=traffic,
+                        mirror_traffic={k: int(v) for k, v in (record.get("mirror_traffic") or {}).items()})
 
     def endpoints(self) -> list[Endpoint]:
         found = [self.endpoint(name) for name in self._endpoint_names()]
         return [e for e in found if e is not None]
 
-    def set_traffic(self, name: str, traffic: dict[str, int]) -> None:
+    def set_traffic(self, name: str, traffic: dict[str, int], *, mirror: bool = False) -> None:
+        """Set the endpoint's live traffic (or, with `mirror`, its mirrored traffic) under Azure's rules
+        (`naming.check_traffic`, `naming.check_mirror_traffic`); the model servers read it on every request."""
         folder = self._dir(name)
         with self._locked():
             record = read_json(folder / "endpoint.json")
             if record is None:
                 raise NotFound(f"endpoint {name} not found")
-            known = {d["name"] for d in self._deployment_records(folder)}
-            unknown = sorted(set(traffic) - known)
-            if unknown:
-                raise PermanentError(f"endpoint {name} has no deployment {', '.join(unknown)}")
-            if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in traffic.values()) \
-                    or sum(traffic.values()) not in (0, 100):
-                raise PermanentError(f"traffic of endpoint {name} must be whole percentages adding up to 100 or 0")
-            record["traffic"] = dict(traffic)
+            known = [d["name"] for d in self._deployment_records(folder)]
+            if mirror:
+                shares = naming.check_mirror_traffic(name, traffic, known)
+                record["mirror_traffic"] = {k: v for k, v in shares.items() if v}
+            else:
+                record["traffic"] = naming.check_traffic(name, traffic, known)
             write_json(folder / "endpoint.json", record)
+
+    def deployments(self, endpoint: str) -> list[Deployment]:
+        """The endpoint's deployments, oldest first; NotFound if the endpoint is gone."""
+        folder = self._dir(endpoint)
+        if not (folder / "endpoint.json").is_file():
+            raise NotFound(f"endpoint {endpoint} not found")
+        found = [self.deployment(endpoint, r["name"]) for r in self._deployment_records(folder)]
+        return [d for d in found if d is not None]
+
+    def delete_deployment(self, endpoint: str, name: str) -> None:
+        """Remove one deployment at once (its server stops in the background); a no-op if it is gone. Refused
+        (InvalidInput) while it takes live or mirrored traffic, as `naming.deletion_refusal` says."""
+        folder = self._deployment_dir(endpoint, name)
+        with self._locked():
+            record = read_json(self._dir(endpoint) / "endpoint.json")
+            if record is None or not (folder / "deployment.json").is_file():
+                return
+            refusal = naming.deletion_refusal(endpoint, name, record.get("traffic") or {},
+                                              record.get("mirror_traffic") or {})
+            if refusal:
+                raise InvalidInput(refusal)
+            trash = self.root / TRASH / f"{endpoint}-{name}-{uuid.uuid4().hex[:8]}"
+            # Shaped as an endpoint folder, so `reconcile` finishes it like a deleted endpoint if this process dies.
+            (trash / "deployments").mkdir(parents=True, exist_ok=True)
+            os.rename(folder, trash / "deployments" / name)
+            record["traffic"] = {k: v for k, v in (record.get("traffic") or {}).items() if k != name}
+            write_json(self._dir(endpoint) / "endpoint.json", record)
+        records = self._deployment_records(trash)
+        for r in records:
+            _signal(r, signal.SIGTERM)
+        threading.Thread(target=self._finish_delete, args=(trash, records), name=f"delete-{endpoint}-{name}",
+                         daemon=True).start()
 
     def scoring_target(self, name: str) -> ScoringTarget:
         endpoint = self.endpoint(name)
@@ -324,7 +357,7 @@ class EndpointStore:
         if record["state"] == "Creating":
             record = self._observe(folder) or record
         return Deployment(endpoint_name=endpoint, name=name, provisioning_state=record["state"],
-                          error=record["error"])
+                          error=record["error"], model_id=str((record.get("model") or {}).get("id") or ""))
 
     def _observe(self, folder: Path, restart: bool = False) -> dict[str, Any] | None:
         """Bring the record up to date with its server: Creating -> Succeeded/Failed; with `restart`, start a

@@ -295,8 +295,20 @@ class LocalWorkspace:
             return None
         return self.endpoints.deployment(endpoint_name, deployment_name)
 
+    def list_deployments(self, endpoint_name: str) -> list[Deployment]:
+        return self.endpoints.deployments(endpoint_name)
+
     def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> None:
         self.endpoints.set_traffic(endpoint_name, traffic)
+
+    def set_mirror_traffic(self, endpoint_name: str, mirror: dict[str, int]) -> None:
+        self.endpoints.set_traffic(endpoint_name, mirror, mirror=True)
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment_name: str) -> None:
+        naming.check_deployment_name(deployment_name)
+        if self.endpoints.endpoint(endpoint_name) is None:
+            return
+        self.endpoints.delete_deployment(endpoint_name, deployment_name)
 
     def get_scoring_target(self, endpoint_name: str) -> ScoringTarget:
         return self.endpoints.scoring_target(endpoint_name)

@@ -13,7 +13,10 @@ Errors are `{"error": "<what is wrong>"}`: 400 bad request, 401 wrong or missing
 413 body too large, 503 still loading. `GET /` and `GET /health` answer 200 once the model is loaded (503 before).
 
 With `--endpoint-dir` the server routes as an endpoint does: the `azureml-model-deployment` header names a
-deployment (a sibling's request is forwarded to its server), otherwise the endpoint's traffic decides.
+deployment (a sibling's request is forwarded to its server, whatever its share of traffic, 0% included), otherwise
+the endpoint's live traffic decides, by weight, and a share of requests is copied to the deployment that
+`mirror_traffic` names (its answer discarded). The split is deterministic (`TrafficSplit`), so tests can count it.
+Every answer names the deployment that produced it in the `azureml-model-deployment` header, errors included.
 The port is bound before the model loads, so it stays reserved while loading; SIGTERM stops the server.
 """
 
@@ -24,7 +27,6 @@ import asyncio
 import hmac
 import json
 import logging
-import random
 import signal
 import sys
 import time
@@ -145,6 +147,34 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
+class TrafficSplit:
+    """Picks deployments by weight, deterministically: smooth weighted round-robin (as nginx balances upstreams),
+    so over any 100 consecutive requests a deployment at p% gets exactly p of them, interleaved, and the mirrored
+    share is every (100/p)th request. Own code rather than random draws: a test can count the split exactly (Azure
+    splits at random; only the proportions are promised). Written here because it is twelve lines; no library."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+        self._mirror_credit = 0
+
+    def pick(self, traffic: dict[str, int]) -> str:
+        """The deployment for the next request; `traffic` holds only positive shares."""
+        self._current = {name: self._current.get(name, 0) for name in traffic}
+        for name, weight in traffic.items():
+            self._current[name] += weight
+        chosen = max(sorted(traffic), key=lambda n: self._current[n])
+        self._current[chosen] -= sum(traffic.values())
+        return chosen
+
+    def mirror(self, percent: int) -> bool:
+        """Whether the next request is copied to the mirrored deployment (`percent` of requests are)."""
+        self._mirror_credit += percent
+        if self._mirror_credit >= 100:
+            self._mirror_credit -= 100
+            return True
+        return False
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -167,6 +197,8 @@ class ModelServer:
         self.model: ChatModel | None = None
         self._generate = asyncio.Lock()  # one generation at a time: the model is not shared across threads
         self._session: ClientSession | None = None
+        self._split = TrafficSplit()
+        self._mirrors: set[asyncio.Task] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_request_bytes)
@@ -192,6 +224,7 @@ class ModelServer:
         request_id = request.headers.get("x-request-id", "")[:64] or str(uuid.uuid4())
         response = await self._score(request, request_id)
         response.headers.setdefault("x-request-id", request_id)
+        response.headers.setdefault(DEPLOYMENT_HEADER, self.deployment)
         log.info("score %s deployment=%s status=%d tokens=%s/%s %.2fs", request_id, self.deployment, response.status,
                  response.headers.get("x-chatft-prompt-tokens", "-"),
                  response.headers.get("x-chatft-completion-tokens", "-"), time.monotonic() - started)
@@ -210,9 +243,12 @@ class ModelServer:
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body is larger than {self.max_request_bytes} bytes")
 
-        target = self._route(request.headers.get(DEPLOYMENT_HEADER))
+        named = request.headers.get(DEPLOYMENT_HEADER)
+        target = self._route(named)
         if isinstance(target, web.Response):
             return target
+        if not named:
+            self._maybe_mirror(request, raw, request_id)
         if target != self.deployment:
             return await self._forward(target, request, raw, request_id)
         if self.model is None:
@@ -227,6 +263,9 @@ class ModelServer:
                 completion = await asyncio.to_thread(self.model.complete, scoring)
             except BadRequest as e:
                 return _error(400, str(e))
+            except Exception as e:  # a broken model: answered as Azure's inference server does, 500, and logged
+                log.exception("deployment %s failed to score request %s", self.deployment, request_id)
+                return _error(500, f"deployment {self.deployment} failed to score the request ({type(e).__name__})")
         return web.json_response(ScoreAnswer(output=completion.text).model_dump(), headers={
             DEPLOYMENT_HEADER: self.deployment,
             "x-chatft-prompt-tokens": str(completion.prompt_tokens),
@@ -250,10 +289,22 @@ class ModelServer:
         if not traffic:
             return _error(404, f"endpoint {endpoint} routes no traffic to any deployment; set its traffic or name a "
                                f"deployment in the {DEPLOYMENT_HEADER} header")
-        if self.deployment in traffic and len(traffic) == 1:
-            return self.deployment
-        names = sorted(traffic)
-        return random.choices(names, weights=[traffic[n] for n in names])[0]
+        return self._split.pick(traffic)
+
+    def _maybe_mirror(self, request: web.Request, body: bytes, request_id: str) -> None:
+        """Copy the request to the endpoint's mirrored deployment, if this one is due; its answer is discarded."""
+        if self.endpoint_dir is None:
+            return
+        mirror = {k: v for k, v in (_read_json(self.endpoint_dir / "endpoint.json").get("mirror_traffic") or {})
+                  .items() if isinstance(v, int) and v > 0}
+        if not mirror:
+            return
+        (deployment, percent), = mirror.items()
+        if not self._split.mirror(percent):
+            return
+        task = asyncio.ensure_future(self._forward(deployment, request, body, f"{request_id}-mirror"))
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
 
     async def _forward(self, deployment: str, request: web.Request, body: bytes, request_id: str) -> web.Response:
         """Hand a request for a sibling deployment of the endpoint to that deployment's server."""
@@ -273,7 +324,8 @@ class ModelServer:
                 return web.Response(status=upstream.status, body=payload, headers=kept,
                                     content_type=upstream.content_type)
         except (ClientError, asyncio.TimeoutError):
-            return _error(503, f"deployment {deployment} is not answering; retry shortly", **{"Retry-After": "5"})
+            return _error(503, f"deployment {deployment} is not answering; retry shortly",
+                          **{"Retry-After": "5", DEPLOYMENT_HEADER: deployment})
 
     async def _close_session(self, app: web.Application) -> None:
         if self._session is not None:

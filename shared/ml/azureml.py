@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from ..config import Settings
 from . import naming
 from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, EvaluationRequest,
-                   JobRequest,
+                   InvalidInput, JobRequest,
                    JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                    TransientError)
 from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
@@ -234,7 +234,27 @@ def requests_total(results: Iterable[Any]) -> int:
 def endpoint_from_entity(endpoint: Any) -> Endpoint:
     return Endpoint(name=endpoint.name, provisioning_state=str(endpoint.provisioning_state or ""),
                     scoring_uri=endpoint.scoring_uri or "", tags=dict(endpoint.tags or {}),
-                    traffic={k: int(v) for k, v in (endpoint.traffic or {}).items()})
+                    traffic={k: int(v) for k, v in (endpoint.traffic or {}).items()},
+                    mirror_traffic={k: int(v) for k, v in (getattr(endpoint, "mirror_traffic", None) or {}).items()})
+
+
+def deployment_from_entity(endpoint_name: str, deployment: Any) -> Deployment:
+    model = getattr(deployment, "model", None)
+    return Deployment(endpoint_name=endpoint_name, name=deployment.name,
+                      provisioning_state=str(deployment.provisioning_state or ""),
+                      model_id=model if isinstance(model, str) else str(getattr(model, "id", "") or ""))
+
+
+def with_traffic(endpoint: Any, *, traffic: Mapping[str, int] | None = None,
+                 mirror: Mapping[str, int] | None = None) -> Any:
+    """The `ManagedOnlineEndpoint` with its live or mirrored traffic replaced, as the Learn safe rollout walkthrough
+    sets them (`endpoint.traffic = {"blue": 90, "green": 10}`, `endpoint.mirror_traffic = {"green": 10}`, then
+    `online_endpoints.begin_create_or_update(endpoint)`). The other map is kept as the service has it."""
+    if traffic is not None:
+        endpoint.traffic = dict(traffic)
+    if mirror is not None:
+        endpoint.mirror_traffic = {k: v for k, v in mirror.items() if v}
+    return endpoint
 
 
 # ------------------------------------------------------------------------------------- error mapping
@@ -628,15 +648,46 @@ class AzureMLBackend:
                 found = self.workspace.online_deployments.get(name=deployment_name, endpoint_name=endpoint_name)
         except NotFound:
             return None
-        return Deployment(endpoint_name=endpoint_name, name=found.name,
-                          provisioning_state=str(found.provisioning_state or ""))
+        return deployment_from_entity(endpoint_name, found)
+
+    def list_deployments(self, endpoint_name: str) -> list[Deployment]:
+        with azure_call(f"listing the deployments of endpoint {endpoint_name}",
+                        not_found=f"endpoint {endpoint_name} not found"):
+            found = list(self.workspace.online_deployments.list(endpoint_name=endpoint_name))
+        return [deployment_from_entity(endpoint_name, d) for d in found]
+
+    def _endpoint_entity(self, endpoint_name: str) -> Any:
+        with azure_call(f"getting endpoint {endpoint_name}", not_found=f"endpoint {endpoint_name} not found"):
+            return self.workspace.online_endpoints.get(endpoint_name)
 
     def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> None:
-        with azure_call(f"getting endpoint {endpoint_name}", not_found=f"endpoint {endpoint_name} not found"):
-            endpoint = self.workspace.online_endpoints.get(endpoint_name)
-        endpoint.traffic = dict(traffic)
+        endpoint = self._endpoint_entity(endpoint_name)
+        # The service checks the shares only once the update runs, asynchronously: refuse them here, with its rule.
+        shares = naming.check_traffic(endpoint_name, traffic, [d.name for d in self.list_deployments(endpoint_name)])
         with azure_call(f"setting traffic of endpoint {endpoint_name}"):
-            self.workspace.online_endpoints.begin_create_or_update(endpoint)  # not waited on
+            self.workspace.online_endpoints.begin_create_or_update(with_traffic(endpoint, traffic=shares))
+
+    def set_mirror_traffic(self, endpoint_name: str, mirror: dict[str, int]) -> None:
+        endpoint = self._endpoint_entity(endpoint_name)
+        shares = naming.check_mirror_traffic(endpoint_name, mirror,
+                                             [d.name for d in self.list_deployments(endpoint_name)])
+        with azure_call(f"setting mirrored traffic of endpoint {endpoint_name}"):
+            self.workspace.online_endpoints.begin_create_or_update(with_traffic(endpoint, mirror=shares))
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment_name: str) -> None:
+        naming.check_deployment_name(deployment_name)
+        endpoint = self.get_endpoint(endpoint_name)
+        if endpoint is None:
+            return
+        refusal = naming.deletion_refusal(endpoint_name, deployment_name, endpoint.traffic, endpoint.mirror_traffic)
+        if refusal:
+            raise InvalidInput(refusal)
+        try:
+            with azure_call(f"deleting deployment {deployment_name} of endpoint {endpoint_name}"):
+                self.workspace.online_deployments.begin_delete(name=deployment_name,
+                                                               endpoint_name=endpoint_name)  # not waited on
+        except NotFound:
+            pass
 
     def get_scoring_target(self, endpoint_name: str) -> ScoringTarget:
         not_found = f"endpoint {endpoint_name} not found"

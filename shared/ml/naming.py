@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from .port import TAG_APP, TAG_RUN, InvalidInput
+from .port import TAG_APP, TAG_LINE, TAG_RUN, InvalidInput
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,127 @@ def next_model_version(existing: Iterable[str]) -> str:
 
 
 def same_owner(existing_tags: Mapping[str, str] | None, requested_tags: Mapping[str, str] | None) -> bool:
-    """Whether a create of an existing endpoint comes from the caller that made it (same app and run tags), so it
-    is a repetition (a no-op), not a second endpoint wanting a taken name."""
+    """Whether a create of an existing endpoint comes from the caller that made it (same app and run tags; for a
+    model line's endpoint, same app and line), so it is a repetition (a no-op), not a second endpoint wanting a
+    taken name."""
     existing, requested = existing_tags or {}, requested_tags or {}
-    return all(existing.get(tag) == requested.get(tag) for tag in (TAG_APP, TAG_RUN))
+    owner = (TAG_APP, TAG_LINE) if requested.get(TAG_LINE) else (TAG_APP, TAG_RUN)
+    return all(existing.get(tag) == requested.get(tag) for tag in owner)
+
+
+# ------------------------------------------------------------------------------------------- traffic
+
+# Live traffic: whole percentages per deployment adding up to 100 (ARM OnlineEndpointProperties.traffic "Traffic
+# values need to sum to 100"; an endpoint with no deployment, or every deployment at 0, has a sum of 0, as the Learn
+# "Safe rollout for online endpoints" walkthrough sets {"blue": 0, "green": 100}). Mirrored traffic: ARM
+# OnlineEndpointProperties.mirrorTraffic "Traffic values need to sum to utmost 50", and Learn "Safe rollout for
+# online endpoints" (how-to-safely-rollout-online-endpoints): traffic can be mirrored to only one deployment, up to
+# 50%. Only deployments of the endpoint can be named.
+MAX_MIRROR_PERCENT = 50
+
+
+def _shares(endpoint: str, what: str, shares: object, deployments: Iterable[str], ceiling: int) -> dict[str, int]:
+    if not isinstance(shares, Mapping):
+        raise InvalidInput(f"{what} of endpoint {endpoint} must map deployment names to percentages")
+    unknown = sorted(str(k)[:40] for k in shares if k not in set(deployments))
+    if unknown:
+        raise InvalidInput(f"endpoint {endpoint} has no deployment {', '.join(unknown)}: {what} can only name its "
+                           f"deployments")
+    for name, value in shares.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
+            raise InvalidInput(f"{what} of deployment {name} of endpoint {endpoint} must be a whole percentage from 0 "
+                               f"to {ceiling}, not {str(value)[:20]}")
+    return dict(shares)
+
+
+def check_traffic(endpoint: str, traffic: object, deployments: Iterable[str]) -> dict[str, int]:
+    """`traffic` if Azure would take it for `endpoint` with these deployments, else InvalidInput saying why."""
+    shares = _shares(endpoint, "traffic", traffic, list(deployments), 100)
+    if sum(shares.values()) not in (0, 100):
+        raise InvalidInput(f"traffic of endpoint {endpoint} adds up to {sum(shares.values())}%; Azure ML needs 100 "
+                           f"(or 0 to route none)")
+    return shares
+
+
+def check_mirror_traffic(endpoint: str, mirror: object, deployments: Iterable[str]) -> dict[str, int]:
+    """`mirror` if Azure would take it as the endpoint's mirrored traffic, else InvalidInput saying why."""
+    shares = _shares(endpoint, "mirrored traffic", mirror, list(deployments), MAX_MIRROR_PERCENT)
+    if sum(1 for v in shares.values() if v) > 1:
+        raise InvalidInput(f"mirrored traffic of endpoint {endpoint} names {sum(1 for v in shares.values() if v)} "
+                           f"deployments; Azure ML mirrors to one deployment only")
+    return shares
+
+
+def deletion_refusal(endpoint: str, deployment: str, traffic: Mapping[str, int],
+                     mirror: Mapping[str, int]) -> str | None:
+    """Why the deployment cannot be deleted now (it still takes live or mirrored traffic), or None. The Learn safe
+    rollout walkthrough moves all traffic away before deleting a deployment; the app follows that order everywhere,
+    so a deletion never drops requests in flight to it."""
+    if traffic.get(deployment, 0) or mirror.get(deployment, 0):
+        return (f"deployment {deployment} of endpoint {endpoint} still takes {traffic.get(deployment, 0)}% of live "
+                f"and {mirror.get(deployment, 0)}% of mirrored traffic; set them to 0 before deleting it")
+    return None
+
+
+# --------------------------------------------------------------------------------------- model lines
+
+# A model line is what callers call: one endpoint for the line, one deployment per model version of it. The line is
+# the upload's first folder (`support-bot/2026-12-01.jsonl`) or its `model_line` metadata; an upload at the root of
+# the container has no line (one run, one endpoint). Its endpoint is `ln-<line>`, so the line's name must leave room
+# for the prefix within the endpoint rule (3-32 characters): the mapping is then one-to-one and stable, never
+# shortened or hashed, and a line name can be told from its endpoint name.
+LINE_ENDPOINT_PREFIX = "ln-"
+LINE_MAX_LEN = ENDPOINT_MAX_LEN - len(LINE_ENDPOINT_PREFIX)
+_LINE_UNSAFE = re.compile(r"[^a-z0-9]+")
+LINE_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,%d}[a-z0-9])?" % (LINE_MAX_LEN - 2)
+_LINE = re.compile(LINE_PATTERN)
+
+
+def line_name(raw: object) -> str:
+    """The line named by `raw` (a folder name or the `model_line` override), sanitised: lower case, runs of anything
+    but letters and digits made one hyphen, no hyphen at either end (`Support Bot` and `support_bot` are the line
+    `support-bot`). InvalidInput when nothing is left or it is longer than LINE_MAX_LEN (29) characters: a line name
+    is what callers call, so it is never cut short."""
+    text = _LINE_UNSAFE.sub("-", str(raw).lower()).strip("-") if isinstance(raw, str) else ""
+    if not text:
+        raise InvalidInput(f"model line {str(raw)[:60]!r} has no letter or digit to name a line by")
+    if len(text) > LINE_MAX_LEN:
+        raise InvalidInput(f"model line {str(raw)[:60]!r} is {len(text)} characters once sanitised ({text[:40]!r}); "
+                           f"a line name has at most {LINE_MAX_LEN} (its endpoint is {LINE_ENDPOINT_PREFIX}<line>, "
+                           f"at most {ENDPOINT_MAX_LEN} in Azure ML)")
+    return text
+
+
+def is_line_name(text: object) -> bool:
+    return isinstance(text, str) and _LINE.fullmatch(text) is not None
+
+
+def line_of_upload(blob_name: str, override: str | None = None) -> str:
+    """The line an upload belongs to: the `model_line` override, else the blob name's first folder, else "" (an
+    upload at the container's root: no line). InvalidInput as `line_name`."""
+    if override is not None and str(override).strip():
+        return line_name(str(override).strip())
+    folder, slash, _rest = blob_name.partition("/")
+    return line_name(folder) if slash else ""
+
+
+def line_endpoint_name(line: str) -> str:
+    """The line's endpoint: always the same for the same line, and a different one for every other line."""
+    if not is_line_name(line):
+        raise InvalidInput(f"{str(line)[:60]!r} is not a sanitised line name (see `line_name`)")
+    return check_endpoint_name(LINE_ENDPOINT_PREFIX + line)
+
+
+def line_deployment_name(model_version: str) -> str:
+    """The line's deployment of one model version: `v<version>`, at least two digits (`v01`, `v12`, `v123`), since
+    Azure ML's deployment names have at least 3 characters (the endpoint rule above): azure-ai-ml 1.35's
+    `validate_endpoint_or_deployment_name("v1", is_deployment=True)` raises "The name for a deployment must be at
+    least 3 and at most 32 characters long"."""
+    return check_deployment_name(f"v{check_model_version(model_version):0>2}")
+
+
+def version_of_line_deployment(deployment_name: str) -> str | None:
+    """The model version a line's deployment serves (`v03` -> "3"), or None for a name not made by
+    `line_deployment_name`."""
+    digits = deployment_name[1:] if deployment_name.startswith("v") else ""
+    return str(int(digits)) if digits.isdigit() and len(digits) >= 2 and int(digits) > 0 else None

@@ -34,6 +34,9 @@ TAG_APP = "chatft-app"
 TAG_RUN = "chatft-run"
 TAG_CREATED = "chatft-created"
 TAG_KEEP = "chatft-keep"
+# On a model line's endpoint (and its runs' models): the line it serves (`shared.ml.naming.line_name`). A line's
+# endpoint outlives the run that created it, so its owner is the app and the line, not the run.
+TAG_LINE = "chatft-line"
 # On a registered model: the job it came from, so a repeated registration finds the version it made.
 TAG_JOB = "chatft-job"
 
@@ -142,8 +145,9 @@ class Endpoint:
     provisioning_state: str  # Creating, Updating, Succeeded, Failed, Deleting
     scoring_uri: str = ""
     tags: dict[str, str] = field(default_factory=dict)
-    traffic: dict[str, int] = field(default_factory=dict)
+    traffic: dict[str, int] = field(default_factory=dict)  # live traffic, percent per deployment
     error: str = ""
+    mirror_traffic: dict[str, int] = field(default_factory=dict)  # copies of live requests, answers discarded
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "provisioning_state", canonical_status(self.provisioning_state))
@@ -155,6 +159,7 @@ class Deployment:
     name: str
     provisioning_state: str
     error: str = ""
+    model_id: str = ""  # the registered model it serves, where the backend says
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "provisioning_state", canonical_status(self.provisioning_state))
@@ -221,11 +226,26 @@ class MLBackend(Protocol):
     def get_deployment(self, endpoint_name: str, deployment_name: str) -> Deployment | None:
         """The deployment, or None."""
 
+    def list_deployments(self, endpoint_name: str) -> list[Deployment]:
+        """Every deployment of the endpoint, oldest first; NotFound if the endpoint is gone."""
+
     def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> None:
-        """Begin routing traffic (percent per deployment)."""
+        """Begin routing live traffic: whole percentages per deployment of the endpoint, adding up to 100 (or 0);
+        deployments left out get none. Raises NotFound (endpoint) and InvalidInput (`naming.check_traffic`: an
+        unknown deployment, a bad share or sum) before changing anything."""
+
+    def set_mirror_traffic(self, endpoint_name: str, mirror: dict[str, int]) -> None:
+        """Begin copying a share of live requests to one deployment (answers discarded); `{}` stops it. Raises
+        NotFound and InvalidInput (`naming.check_mirror_traffic`: more than one deployment, over 50%)."""
+
+    def begin_delete_deployment(self, endpoint_name: str, deployment_name: str) -> None:
+        """Begin deleting one deployment; no-op if it (or the endpoint) is gone. InvalidInput while it still has
+        live or mirrored traffic (set it to 0 first)."""
 
     def get_scoring_target(self, endpoint_name: str) -> ScoringTarget:
-        """Scoring URI and primary key; NotFound if the endpoint is gone."""
+        """Scoring URI and primary key; NotFound if the endpoint is gone. A request sent there without the
+        `azureml-model-deployment` header is split by the endpoint's traffic; with it, it goes to that deployment
+        whatever its share (0% included)."""
 
     def list_endpoints(self) -> list[Endpoint]:
         """Every endpoint of the workspace with its tags (the idle policy decides which are this app's)."""
