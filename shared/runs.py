@@ -149,6 +149,10 @@ class Run:
     # What the scoring proxy saw of this run's deployment, cumulative: {"requests", "errors", "latency_ms_total"}
     # (errors: 5xx, timeouts, unreachable). A rollout compares two readings to judge a canary's error rate.
     served: dict[str, Any] = field(default_factory=dict)
+    # A model line's previous deployment, kept at 0% traffic after a rollout so that a rollback is one call: when it
+    # may be deleted (ISO time; ROLLOUT_KEEP_PREVIOUS_HOURS after the switch), "" when not kept. Set on the run whose
+    # deployment is kept; the rollout deletes it then, and the idle cleanup lists it and deletes it when overdue.
+    standby_until: str = ""
     reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
     duplicate_of: str = ""  # the earlier run with the same data and settings, when this one ended as its duplicate
     failure: Failure | None = None
