@@ -24,11 +24,11 @@ from .runs import Run, State
 SPEC_VERSION = "1.0"
 TYPE_PREFIX = "chatft.run."
 
-# The state a run moved into -> the event it emits. `.held` (the evaluation gate) and `.rolled_back` (model lines)
-# join with their states.
+# The state a run moved into -> the event it emits.
 EVENT_TYPES: dict[State, str] = {
     State.DEPLOYED: TYPE_PREFIX + "deployed",
     State.FAILED: TYPE_PREFIX + "failed",
+    State.HELD: TYPE_PREFIX + "held",  # the quality gate kept the model from an endpoint (shared/quality_gate.py)
     State.REJECTED: TYPE_PREFIX + "rejected",
     State.RETIRED: TYPE_PREFIX + "retired",
 }
@@ -54,6 +54,23 @@ class Validation(_Event):
     report_path: str = ""
 
 
+class Evaluation(_Event):
+    """The quality gate's decision on the run (`shared.quality_gate.GateDecision`; the whole report is
+    evaluation.json at `report_path` in RUNS_CONTAINER). Means are over the paired test records."""
+
+    verdict: str = Field(description="better, worse, inconclusive or undecided")
+    deploy: bool = Field(description="whether the gate let the model be deployed")
+    metric: str = Field(description="the metric decided on, e.g. eval_loss")
+    base: float | None = None
+    tuned: float | None = None
+    improvement: float | None = Field(None, description="mean per-record improvement; positive = tuned is better")
+    low: float | None = Field(None, description="lower end of its 95% bootstrap interval")
+    high: float | None = None
+    records: int = 0
+    reason: str = ""
+    report_path: str = ""
+
+
 class Links(_Event):
     run: str = Field(description="the run's status route, relative to the app's base URL: /api/runs/{id}")
 
@@ -62,7 +79,7 @@ class RunEventData(_Event):
     """`data` of every chatft.run.* event."""
 
     run_id: str
-    state: str = Field(description="the state the run moved into: Deployed, Failed, Rejected, Retired")
+    state: str = Field(description="the state the run moved into: Deployed, Failed, Held, Rejected, Retired")
     previous_state: str = ""
     reason: str = Field("", description="why: the failure or rejection reason, or the history line's detail")
     stage: str = Field("", description="of a Failed run: the step that failed (submit, training, deploy, ...)")
@@ -71,6 +88,7 @@ class RunEventData(_Event):
     endpoint: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict, description="the fine-tuning job's metrics")
     validation: Validation = Field(default_factory=Validation)
+    evaluation: Evaluation | None = Field(None, description="the quality gate's decision, once the run was evaluated")
     links: Links
 
 
@@ -78,7 +96,7 @@ class RunEvent(_Event):
     """One CloudEvents 1.0 event in its JSON format. `source` is `/apps/<APP_ID>`, `subject` `runs/<run id>`."""
 
     specversion: Literal["1.0"] = SPEC_VERSION
-    type: str = Field(description="chatft.run.deployed|failed|rejected|retired")
+    type: str = Field(description="chatft.run.deployed|failed|held|rejected|retired")
     source: str
     id: str = Field(description="stable per run and history line: a redelivery has the same id")
     time: str = Field(description="RFC 3339: when the run moved")
@@ -110,10 +128,16 @@ def run_event(run: Run, history_index: int, app_id: str) -> dict[str, Any]:
         model=ModelRef(name=run.model_name, version=str(run.model_version)) if run.model_name else None,
         endpoint=run.endpoint_name, metrics=dict(run.metrics or {}),
         validation=Validation(**{k: report[k] for k in Validation.model_fields if k in report}),
-        links=Links(run=f"/api/runs/{run.run_id}"))
+        evaluation=_evaluation(run.evaluation), links=Links(run=f"/api/runs/{run.run_id}"))
     event = RunEvent(type=EVENT_TYPES[move.state], source=source_for(app_id), id=event_id(run.run_id, history_index),
                      time=move.at, subject=f"runs/{run.run_id}", data=data)
     return event.model_dump(mode="json")
+
+
+def _evaluation(decision: dict[str, Any] | None) -> Evaluation | None:
+    if not decision or "verdict" not in decision:
+        return None
+    return Evaluation(**{k: decision[k] for k in Evaluation.model_fields if k in decision})
 
 
 def pending_events(before: Run, after: Run, app_id: str) -> list[dict[str, Any]]:

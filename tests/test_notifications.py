@@ -120,8 +120,31 @@ def test_moves_that_are_not_terminal_and_retry_notes_make_no_event(offline_setti
     _queued(svc)
     svc.runs.update("data-0123456789ab", lambda r: r.note(svc.clock(), "throttled", "retry", 5.0))
     svc.runs.update("data-0123456789ab", lambda r: r.advance(State.SUBMITTED, svc.clock()))
-    assert svc.messages.sent == [] and set(EVENT_TYPES) == {State.DEPLOYED, State.FAILED, State.REJECTED,
-                                                            State.RETIRED}
+    assert svc.messages.sent == [] and set(EVENT_TYPES) == {State.DEPLOYED, State.FAILED, State.HELD,
+                                                            State.REJECTED, State.RETIRED}
+
+
+def test_a_held_run_says_so_with_the_gates_numbers(offline_settings):
+    """The quality gate's Held move emits chatft.run.held carrying the decision (verdict, means, interval)."""
+    svc = _svc(offline_settings)
+    _queued(svc)
+    decision = {"gate": "enforce", "metric": "eval_loss", "higher_is_better": False, "records": 37, "base": 1.2,
+                "tuned": 1.9, "improvement": -0.7, "low": -0.8, "high": -0.6, "min_improvement": 0.0,
+                "verdict": "worse", "deploy": False, "reason": "the fine-tune is worse than its base model",
+                "seed": 0, "resamples": 9999, "metrics": {}, "report_path": "data-0123456789ab/evaluation.json"}
+    for state in (State.SUBMITTED, State.TRAINED, State.EVALUATING):
+        svc.runs.update("data-0123456789ab", lambda r, s=state: r.advance(s, svc.clock()))
+    svc.runs.update("data-0123456789ab", lambda r: r.advance(State.REGISTERED, svc.clock(), evaluation=decision,
+                                                             model_name="data", model_version="1"))
+    assert svc.messages.sent == []  # no event on the way
+    svc.runs.update("data-0123456789ab", lambda r: r.advance(State.HELD, svc.clock(), decision["reason"]))
+    event = svc.messages.sent[0][1].event
+    RunEvent.model_validate(event)
+    assert event["type"] == "chatft.run.held" and event["data"]["reason"] == decision["reason"]
+    gate = event["data"]["evaluation"]
+    assert (gate["verdict"], gate["deploy"], gate["metric"]) == ("worse", False, "eval_loss")
+    assert (gate["base"], gate["tuned"], gate["low"], gate["high"], gate["records"]) == (1.2, 1.9, -0.8, -0.6, 37)
+    assert gate["report_path"] == "data-0123456789ab/evaluation.json"
 
 
 class _Down(RecordingSender):
@@ -363,3 +386,14 @@ def test_chatft_notify_test_sends_a_signed_event_to_each_url_and_prints_each_ans
     finally:
         ok.close()
         gone.close()
+
+
+def test_the_readmes_example_event_is_the_declared_contract():
+    """The example a receiver's author copies from the README is a valid RunEvent (no field the app never sends)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Run events", 1)[1]
+    example = section.split("```json\n", 1)[1].split("```", 1)[0]
+    event = RunEvent.model_validate_json(example)
+    assert event.type in EVENT_TYPES.values() and event.data.evaluation is not None
