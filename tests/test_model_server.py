@@ -58,7 +58,7 @@ def server(model_dir, tmp_path_factory):
             pytest.fail("the model server exited:\n" + (folder / "server.log").read_text()[-2000:])
         try:
             return requests.get(url + "/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a loaded machine answers late: not ready yet
             return False
 
     assert poll(ready, 180, 0.5), "the model server did not become ready"
