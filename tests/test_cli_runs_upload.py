@@ -98,17 +98,19 @@ def test_runs_shows_retries_with_their_delays_and_when_a_run_was_last_reconciled
     store = RunStore(settings.storage_connection, settings.runs_table)
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     run = new_run("retried-000000000003", t0).advance(State.VALIDATING, t0).advance(State.QUEUED, t0)
-    run = run.note(t0, "retry 1 of submit in 1.5 s: TransientError: 429", "retry", 1.5)
+    run = run.note(t0, "retry 1 of submit in 1.5 s: TransientError: 429", "retry", 1.5, step="submit",
+                   message_id="submit-1")
     run = dataclasses.replace(run, reconciled_at="2026-01-01T00:20:00.000Z")
     store.create(run)
     table = chatft(settings, "runs")
     assert "RECONCILED" in table.stdout.splitlines()[0]
     assert "2026-01-01T00:20:00.000Z" in table.stdout.splitlines()[1]
     detail = chatft(settings, "runs", "retried-000000000003").stdout
-    assert "(retry)" in detail and "retry 1 of submit in 1.5 s" in detail
+    assert "(retry)" in detail and "[submit] retry 1 of submit in 1.5 s" in detail  # the step that wrote it
     assert "reconciled 2026-01-01T00:20:00.000Z" in detail
     stored = json.loads(chatft(settings, "runs", "--json", "retried-000000000003").stdout)
     assert stored["history"][-1] == {"state": "Queued", "at": "2026-01-01T00:00:00.000Z", "kind": "retry",
+                                     "step": "submit", "message_id": "submit-1",
                                      "delay_seconds": 1.5, "detail": "retry 1 of submit in 1.5 s: TransientError: 429"}
     assert stored["reconciled_at"] == "2026-01-01T00:20:00.000Z"
 

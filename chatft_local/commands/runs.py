@@ -24,7 +24,8 @@ def describe(run) -> list[str]:
     lines.append("  states")
     for t in run.history:
         marker = f"({t.kind})" if t.kind else t.state.value  # a retry is noted under the state it happened in
-        lines.append(f"    {t.at}  {marker:<10} {t.detail}")
+        by = f"[{t.step}] " if t.step else ""  # the step that wrote the line (shared/steps.py)
+        lines.append(f"    {t.at}  {marker:<10} {by}{t.detail}")
     rep = run.report
     if rep:
         lines.append(f"  validation {'ok' if rep.get('ok') else 'REJECTED'}: {rep.get('valid_records', 0)} valid of "
