@@ -82,6 +82,13 @@ def test_deep_content_is_refused_too():
      "messages"),
     (b'{"prompt_id": "a", "prompt_id": "b", "messages": [{"role": "user", "content": "q"}, '
      b'{"role": "assistant", "content": "a"}]}', "prompt_id"),
+    # Beside the quote count's known strings: a number value, an escaped quote, a key of an extra object.
+    (b'{"prompt_id": 1, "prompt_id": 2, "messages": [{"role": "user", "content": "q"}, '
+     b'{"role": "assistant", "content": "a"}]}', "prompt_id"),
+    (b'{"messages": [{"role": "user", "content": "say \\"hi\\"", "role": "user"}, '
+     b'{"role": "assistant", "content": "a"}]}', "role"),
+    (b'{"prompt": {"a": 1, "a": 2}, "messages": [{"role": "user", "content": "q"}, '
+     b'{"role": "assistant", "content": "a"}]}', "a"),
 ])
 def test_a_duplicate_key_is_an_error_naming_the_key(line, key):
     report = report_of(TEN + line + b"\n")
