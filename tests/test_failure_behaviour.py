@@ -377,3 +377,4 @@ def test_deeply_nested_records_are_rejected_through_the_host_naming_the_line(azu
     finally:
         host.stop()
         sc.close()
+
