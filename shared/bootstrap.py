@@ -9,6 +9,7 @@ from typing import Callable
 
 from .config import SettingError, Settings, check_runtime, get_settings
 from .messaging import MessageSender, make_sender
+from .ml.checked import checked
 from .ml.port import MLBackend
 from .notifications import EventPublisher, Notifier, destinations, make_publisher
 from .run_store import Runs, RunStore
@@ -71,7 +72,8 @@ def bootstrap(settings: Settings | None = None, *, ml: MLBackend | None = None,
         runs=runs if runs is not None else RunStore(settings, settings.runs_table),
         blobs=Blobs(settings),
         messages=messages or make_sender(settings),
-        ml=ml or make_ml_backend(settings),
+        # Every backend behind the port's input rules (shared/ml/checked.py), so none of them repeats the rules.
+        ml=checked(ml or make_ml_backend(settings), inference_instance_type=settings.inference_instance_type),
         clock=clock or utcnow,
         publisher=publisher or make_publisher(settings),
     )

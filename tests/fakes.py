@@ -1,14 +1,12 @@
 """An in-memory ML backend for service tests: it keeps the port's contract (tests/test_ml_contract.py checks it
 with the same suite as the real backends) and lets a test drive the scenario.
 
-It refuses what Azure ML refuses (`shared.ml.naming`, each rule with its source there): names of jobs, experiments,
-models, endpoints and deployments outside Azure's patterns and lengths, model versions that are not positive integers,
-tags beyond Azure's limits, traffic that breaks Azure's traffic rules (live shares adding up to 100 or 0, mirrored
-traffic to one deployment at most 50%, only the endpoint's own deployments: `naming.check_traffic`,
-`naming.check_mirror_traffic`), deleting a deployment that still takes traffic (all `InvalidInput`), an endpoint
-name already taken (`NameTaken`: by another run's endpoint
-here, compared without case as Azure compares resource names, or elsewhere in the region), an instance type outside
-the base model's allow-list.
+The port's input rules (Azure ML's names, versions, tags and traffic rules, registration and evaluation of completed
+jobs only: `shared.ml.naming`, each rule with its source there) are `shared.ml.checked`'s, which wraps this fake as it
+wraps every backend (`FakeHarness.backend`, and `shared.bootstrap` for service tests). The fake itself refuses what
+needs its state: an endpoint name already taken (`NameTaken`: by another run's endpoint here, compared without case as
+Azure compares resource names, or elsewhere in the region), an instance type outside the base model's allow-list
+(the model's base model is the fake's to know).
 
 Scenario controls: `start_job` / `complete_job` / `fail_job` / `cancel` (via the port), `set_endpoint_state`,
 `set_deployment_state`, `add_endpoint` (an endpoint the app did not create), `take_endpoint_name` (a name used
@@ -28,9 +26,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shared.ml import naming
+from shared.ml.checked import checked
 from shared.ml.port import (JOB_DONE, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, EvaluationRequest,
-                            InvalidInput, JobRequest, JobStatus,
-                            MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
+                            JobRequest, JobStatus,
+                            MLBackendError, NameTaken, NotFound, RegisteredModel, ScoringTarget,
                             TransientError)
 from shared.ml.training_params import (archive_reason, archived_model_error, check_finetune_compute,
                                        finetune_parameters, gpus_per_node,
@@ -184,8 +183,6 @@ class FakeMLBackend:
 
     def submit_job(self, request: JobRequest) -> str:
         self._enter("submit_job")
-        naming.check_job_name(request.job_name)
-        naming.check_experiment_name(request.experiment_name)
         with self._lock:
             if request.job_name in self.jobs:
                 return request.job_name
@@ -211,15 +208,10 @@ class FakeMLBackend:
         """As Azure: the evaluation job takes the training job's output, so that job must exist and be Completed.
         The fake writes no report: a test writes `report_path` itself before `complete_job`."""
         self._enter("submit_evaluation")
-        naming.check_job_name(request.job_name)
-        naming.check_experiment_name(request.experiment_name)
         with self._lock:
             if request.job_name in self.jobs:
                 return request.job_name
-            training = self._job(request.training_job)
-            if training.status != "Completed":
-                raise PermanentError(f"job {request.training_job} is {training.status}; only a completed job's "
-                                     f"model can be evaluated")
+            self._job(request.training_job)
             self.jobs[request.job_name] = FakeJob(request=request, params={})
             self.created["evaluation"] += 1
             self.job_creations[request.job_name] += 1
@@ -228,10 +220,6 @@ class FakeMLBackend:
     def register_model(self, job_name: str, name: str, version: str | None = None, description: str = "",
                        tags: dict[str, str] | None = None) -> RegisteredModel:
         self._enter("register_model")
-        naming.check_model_name(name)
-        if version is not None:
-            naming.check_model_version(version)
-        naming.check_tags(tags, f"model {name}")
         with self._lock:
             if version is not None and (name, version) in self.models:
                 return self.models[(name, version)][0]
@@ -239,9 +227,7 @@ class FakeMLBackend:
                 for (model_name, _), (model, source_job) in self.models.items():
                     if model_name == name and source_job == job_name:
                         return model
-            job = self._job(job_name)
-            if job.status != "Completed":
-                raise PermanentError(f"job {job_name} is {job.status}; only a completed job's model can be registered")
+            self._job(job_name)
             version = version or naming.next_model_version(v for (n, v) in self.models if n == name)
             model = RegisteredModel(name=name, version=version, id=f"fake://models/{name}/versions/{version}")
             self.models[(name, version)] = (model, job_name)
@@ -250,8 +236,6 @@ class FakeMLBackend:
 
     def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
         self._enter("begin_create_endpoint")
-        naming.check_endpoint_name(name)
-        naming.check_tags(tags, f"endpoint {name}")
         with self._lock:
             if name.lower() in self.taken_in_region:
                 raise NameTaken(f"endpoint name {name} is taken: there is already an endpoint with this name in the "
@@ -278,14 +262,10 @@ class FakeMLBackend:
     def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
                                 instance_type: str, instance_count: int) -> None:
         self._enter("begin_create_deployment")
-        naming.check_deployment_name(deployment_name)
         with self._lock:
             ep = self._endpoint(endpoint_name)
-            if deployment_name in ep.deployments:
+            if deployment_name in ep.deployments:  # the wrapper asked first; this holds under the lock
                 return
-            if ep.endpoint.provisioning_state != "Succeeded":
-                raise PermanentError(f"endpoint {endpoint_name} is {ep.endpoint.provisioning_state}; a deployment "
-                                     f"can be created once it has Succeeded")
             registered = self.models.get((model.name, model.version))
             if registered is None:
                 raise NotFound(f"model {model.name} version {model.version} not found")
@@ -310,15 +290,13 @@ class FakeMLBackend:
         self._enter("set_traffic")
         with self._lock:
             ep = self._endpoint(endpoint_name)
-            shares = naming.check_traffic(endpoint_name, traffic, ep.deployments)
-            ep.endpoint = replace(ep.endpoint, traffic=shares)
+            ep.endpoint = replace(ep.endpoint, traffic=dict(traffic))
 
     def set_mirror_traffic(self, endpoint_name: str, mirror: dict[str, int]) -> None:
         self._enter("set_mirror_traffic")
         with self._lock:
             ep = self._endpoint(endpoint_name)
-            shares = naming.check_mirror_traffic(endpoint_name, mirror, ep.deployments)
-            ep.endpoint = replace(ep.endpoint, mirror_traffic={k: v for k, v in shares.items() if v})
+            ep.endpoint = replace(ep.endpoint, mirror_traffic={k: v for k, v in mirror.items() if v})
 
     def begin_delete_deployment(self, endpoint_name: str, deployment_name: str) -> None:
         self._enter("begin_delete_deployment")
@@ -326,10 +304,6 @@ class FakeMLBackend:
             ep = self.endpoints.get(endpoint_name)
             if ep is None or deployment_name not in ep.deployments:
                 return
-            refusal = naming.deletion_refusal(endpoint_name, deployment_name, ep.endpoint.traffic,
-                                              ep.endpoint.mirror_traffic)
-            if refusal:
-                raise InvalidInput(refusal)
             del ep.deployments[deployment_name]
             ep.instance.pop(deployment_name, None)
             ep.endpoint = replace(ep.endpoint, traffic={k: v for k, v in ep.endpoint.traffic.items()
@@ -404,7 +378,8 @@ class FakeHarness:
     timeout = 5.0
 
     def __init__(self) -> None:
-        self.backend = FakeMLBackend()
+        self.raw = FakeMLBackend()
+        self.backend = checked(self.raw)  # as shared.bootstrap wraps every backend
 
     def prepare_training_data(self, run_id: str) -> tuple[str, str]:
         return f"{run_id}/train.jsonl", f"{run_id}/test.jsonl"

@@ -90,10 +90,13 @@ class LocalHarness:
 
     def __init__(self, settings: Any) -> None:
         from chatft_local.workspace.local import ARCHIVED_LIST, LocalWorkspace
+        from shared.ml.checked import checked
 
         self.events = EventSink()
         self.settings = settings.replace(local_events_url=self.events.url)
-        self.backend = LocalWorkspace(self.settings)
+        # As the app's composition root builds it: the port's input rules around the workspace.
+        self.backend = checked(LocalWorkspace(self.settings),
+                               inference_instance_type=self.settings.inference_instance_type)
         self.base_model_name = self.settings.base_model
         self.compute_name = self.settings.aml_compute
         self.instance_type = self.settings.inference_instance_type

@@ -528,11 +528,19 @@ def cloud():
 
 @pytest.fixture
 def backend(cloud):
-    from shared.ml.azureml import AzureMLBackend
-
     settings = Settings.from_env(env={}, ml_backend="azureml", azure_subscription_id="sub", azure_resource_group="rg",
                                  aml_workspace="ws", aml_datastore="runsstore")
-    return AzureMLBackend(settings, credential=object(), ml_client=cloud.workspace, registry_client=cloud.registry)
+    return checked_azure(settings, cloud)
+
+
+def checked_azure(settings, cloud):
+    """The adapter over the cloud fake's clients, behind the port's input rules, as `shared.bootstrap` builds it."""
+    from shared.ml.azureml import AzureMLBackend
+    from shared.ml.checked import checked
+
+    return checked(AzureMLBackend(settings, credential=object(), ml_client=cloud.workspace,
+                                  registry_client=cloud.registry),
+                   inference_instance_type=settings.inference_instance_type)
 
 
 def request_for(backend, run_id="chats-0123456789ab", **params):
@@ -589,7 +597,7 @@ def test_submit_errors_are_the_ports(backend, cloud):
 
 
 def test_submit_refuses_an_inference_instance_type_the_model_does_not_allow(backend, cloud):
-    backend.settings = backend.settings.replace(inference_instance_type="Standard_DS3_v2")
+    backend = checked_azure(backend.settings.replace(inference_instance_type="Standard_DS3_v2"), cloud)
     with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE"):
         backend.submit_job(request_for(backend))
     assert cloud.count("jobs.create_or_update") == 0
@@ -819,11 +827,9 @@ def arm_cloud():
 
 
 def azure_backend(cloud, **settings):
-    from shared.ml.azureml import AzureMLBackend
-
     settings = Settings.from_env(env={}, ml_backend="azureml", azure_subscription_id="sub", azure_resource_group="rg",
                                  aml_workspace="ws", aml_datastore="runsstore", **settings)
-    return AzureMLBackend(settings, credential=object(), ml_client=cloud.workspace, registry_client=cloud.registry)
+    return checked_azure(settings, cloud)
 
 
 @pytest.mark.parametrize("size, gpus", [("Standard_NC24ads_A100_v4", 1), ("standard_nc96ads_a100_v4", 4),

@@ -15,6 +15,7 @@ import requests
 from chatft_local.workspace.endpoints import port_free, probe, server_alive
 from chatft_local.workspace.local import ARCHIVED_LIST, ARCHIVED_MARKER, LocalWorkspace
 from shared.config import Settings
+from shared.ml.checked import checked
 from shared.ml.port import (PROVISIONING_DONE, TAG_APP, TAG_RUN, InvalidInput, JobRequest, MLBackend, NameTaken,
                             NotFound, PermanentError, RegisteredModel)
 from shared.runs import job_name_for
@@ -37,7 +38,8 @@ def local_settings(tmp_path):
 
 @pytest.fixture
 def workspace(local_settings):
-    ws = LocalWorkspace(local_settings, provision_seconds=0.0)
+    # As the app builds it (shared.bootstrap): the port's input rules (shared.ml.checked) around the workspace.
+    ws = checked(LocalWorkspace(local_settings, provision_seconds=0.0))
     yield ws
     for endpoint in ws.list_endpoints():
         ws.begin_delete_endpoint(endpoint.name)
@@ -160,7 +162,7 @@ def test_an_endpoint_can_be_made_without_tags(workspace):
 
 @pytest.mark.slow
 def test_an_endpoint_is_creating_until_provisioned(local_settings, model_dir):
-    ws = LocalWorkspace(local_settings, provision_seconds=3600)
+    ws = checked(LocalWorkspace(local_settings, provision_seconds=3600))
     ws.begin_create_endpoint("ep-slow", tags={})
     assert ws.get_endpoint("ep-slow").provisioning_state == "Creating"
     with pytest.raises(PermanentError, match="Creating"):

@@ -59,9 +59,10 @@ class AzureHarness:
     def __init__(self) -> None:
         from shared.config import Settings
         from shared.ml.azureml import AzureMLBackend
+        from shared.ml.checked import checked
 
         settings = Settings.from_env(ml_backend="azureml")
-        self.backend = AzureMLBackend(settings)
+        self.backend = checked(AzureMLBackend(settings), inference_instance_type=settings.inference_instance_type)
         self.base_model_name = os.environ.get("BASE_MODEL") or "Phi-4"
         self.compute_name = settings.aml_compute
         self.instance_type = settings.inference_instance_type
@@ -603,3 +604,24 @@ def test_fake_duplicated_registrations_at_once_make_one_version(fake):
     for t in threads:
         t.join()
     assert {m.version for m in results} == {"1"} and backend.created["model"] == 1
+
+
+# ------------------------------------------------------------------ the port's rules are one wrapper's
+
+
+def test_every_backend_the_app_builds_is_behind_the_ports_rules(settings):
+    """shared.bootstrap wraps whatever backend it builds or is given, once; the adapters hold no copy of the rules,
+    so a backend with no checks of its own refuses what Azure refuses through the app."""
+    from shared.bootstrap import bootstrap
+    from shared.ml.checked import CheckedBackend, checked
+    from shared.run_store import InMemoryRunStore
+
+    raw = FakeMLBackend()
+    svc = bootstrap(settings, ml=raw, runs=InMemoryRunStore())
+    assert isinstance(svc.ml, CheckedBackend) and svc.ml.backend is raw
+    assert checked(svc.ml) is svc.ml, "wrapped once, however often it is handed on"
+    assert bootstrap(settings, ml=svc.ml, runs=InMemoryRunStore()).ml is svc.ml
+    with pytest.raises(InvalidInput):
+        svc.ml.begin_create_endpoint("has_underscore", tags={})
+    raw.begin_create_endpoint("has_underscore", tags={})  # the raw fake keeps no copy of the rule
+    assert svc.ml.created == raw.created, "scenario controls and observations are the backend's"

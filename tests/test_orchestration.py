@@ -277,11 +277,21 @@ def test_redeploy_refuses_runs_without_a_model(svc, ml):
         redeploy(svc, run_id)
 
 
-def test_instance_type_outside_the_models_allow_list_fails_the_deployment(settings, ml, clock):
+def test_instance_type_outside_the_models_allow_list_fails_the_submission(settings, ml, clock):
     svc = bootstrap(settings.replace(inference_instance_type="Standard_DS3_v2"), ml=ml, clock=clock,
                     messages=RecordingSender(), runs=InMemoryRunStore())
+    run_id = queued_run(svc)
+    failed = submit_run(svc, run_id)
+    assert failed.state == State.FAILED and failed.failure.stage == "submit"
+    assert "Standard_DS3_v2" in failed.failure.reason and "INFERENCE_INSTANCE_TYPE" in failed.failure.reason
+    assert ml.created["job"] == 0, "refused before hours of training are spent"
+
+
+def test_instance_type_changed_to_one_outside_the_allow_list_fails_the_deployment(settings, ml, clock, svc):
     ml.instant_provisioning = True
     run = deploying(svc, ml)
+    svc = bootstrap(settings.replace(inference_instance_type="Standard_DS3_v2"), ml=ml, clock=clock,
+                    messages=RecordingSender(), runs=svc.runs)  # the setting changed while the job trained
     failed = check_deployment(svc, run.run_id)
     assert failed.state == State.FAILED and failed.failure.stage == "deploy"
     assert "Standard_DS3_v2" in failed.failure.reason

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.ml import naming
-from shared.ml.port import (Deployment, Endpoint, InvalidInput, NameTaken, NotFound, PermanentError,
-                            RegisteredModel, ScoringTarget)
+from shared.ml.port import Deployment, Endpoint, NameTaken, NotFound, RegisteredModel, ScoringTarget
 from .files import file_lock, read_json, write_json
 
 log = logging.getLogger("chatft.workspace")
@@ -247,19 +246,20 @@ class EndpointStore:
         return [e for e in found if e is not None]
 
     def set_traffic(self, name: str, traffic: dict[str, int], *, mirror: bool = False) -> None:
-        """Set the endpoint's live traffic (or, with `mirror`, its mirrored traffic) under Azure's rules
-        (`naming.check_traffic`, `naming.check_mirror_traffic`); the model servers read it on every request."""
+        """Set the endpoint's live traffic (or, with `mirror`, its mirrored traffic), as checked against Azure's rules
+        by `shared.ml.checked`; the model servers read it on every request. Deployments not named get none."""
         folder = self._dir(name)
         with self._locked():
             record = read_json(folder / "endpoint.json")
             if record is None:
                 raise NotFound(f"endpoint {name} not found")
-            known = [d["name"] for d in self._deployment_records(folder)]
+            known = {d["name"] for d in self._deployment_records(folder)}
+            # Only the endpoint's deployments: one deleted since the check takes nothing (its server is stopping).
+            shares = {str(k): int(v) for k, v in traffic.items() if k in known}
             if mirror:
-                shares = naming.check_mirror_traffic(name, traffic, known)
                 record["mirror_traffic"] = {k: v for k, v in shares.items() if v}
             else:
-                record["traffic"] = naming.check_traffic(name, traffic, known)
+                record["traffic"] = shares
             write_json(folder / "endpoint.json", record)
 
     def deployments(self, endpoint: str) -> list[Deployment]:
@@ -271,17 +271,13 @@ class EndpointStore:
         return [d for d in found if d is not None]
 
     def delete_deployment(self, endpoint: str, name: str) -> None:
-        """Remove one deployment at once (its server stops in the background); a no-op if it is gone. Refused
-        (InvalidInput) while it takes live or mirrored traffic, as `naming.deletion_refusal` says."""
+        """Remove one deployment at once (its server stops in the background); a no-op if it is gone. The app moves
+        its traffic away first (`shared.ml.checked` refuses the deletion otherwise)."""
         folder = self._deployment_dir(endpoint, name)
         with self._locked():
             record = read_json(self._dir(endpoint) / "endpoint.json")
             if record is None or not (folder / "deployment.json").is_file():
                 return
-            refusal = naming.deletion_refusal(endpoint, name, record.get("traffic") or {},
-                                              record.get("mirror_traffic") or {})
-            if refusal:
-                raise InvalidInput(refusal)
             trash = self.root / TRASH / f"{endpoint}-{name}-{uuid.uuid4().hex[:8]}"
             # Shaped as an endpoint folder, so `reconcile` finishes it like a deleted endpoint if this process dies.
             (trash / "deployments").mkdir(parents=True, exist_ok=True)
@@ -337,9 +333,6 @@ class EndpointStore:
                 raise NotFound(f"endpoint {endpoint} not found")
             if (folder / "deployment.json").is_file():
                 return False
-            if record["state"] != "Succeeded":
-                raise PermanentError(f"endpoint {endpoint} is {record['state']}; a deployment can be created once it "
-                                     f"has Succeeded")
             folder.mkdir(parents=True, exist_ok=True)
             deployment = {"name": name, "endpoint": endpoint, "created": time.time(), "state": "Creating",
                           "error": "", "model": {"name": model.name, "version": model.version, "id": model.id},

@@ -13,6 +13,10 @@ Local stand-ins for Azure things:
 - Events: jobs post Event Grid events to LOCAL_EVENTS_URL, else the URL the running local host published
   (`events_url_file`), else the local host's webhook on CHATFT_HOST_PORT with its function key.
 - Metrics: none, so `requests_since` is None.
+
+The port's input rules (names, versions, tags, traffic, completed jobs) are checked before each call by
+`shared.ml.checked` (the app's composition root wraps every backend). The stores below still refuse a name that is
+not safe as a folder name or inside an MLflow filter string: that guards this machine's files, not Azure's rules.
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ def cuda_devices() -> int:
 
 class LocalWorkspace:
     """The local ML workspace (implements `shared.ml.port.MLBackend`). Every call returns promptly."""
+
+    # Deployments are model servers on this machine: a base model without an inference allow-list needs no VM size
+    # (`shared.ml.checked` reads this when INFERENCE_INSTANCE_TYPE is empty).
+    instance_type_fallback = LOCAL_INSTANCE_TYPE
 
     def __init__(self, settings: Any, *, provision_seconds: float = 1.0, startup_timeout: float = 600.0):
         self.settings = settings
@@ -155,12 +163,7 @@ class LocalWorkspace:
     def submit_job(self, request: JobRequest) -> str:
         from . import jobs
 
-        # Azure's rules (shared.ml.naming); a job name is also a folder name here, so nothing else may get through.
-        name = naming.check_job_name(request.job_name)
-        naming.check_experiment_name(request.experiment_name)
-        # The local model servers run on this machine: an empty setting needs no VM size from the model's tags.
-        resolve_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags,
-                                        fallback=LOCAL_INSTANCE_TYPE)
+        name = request.job_name  # a folder name: `jobs.job_dir` refuses anything else
         if jobs.job_exists(self.state_dir, name):
             return name
         params = finetune_parameters(request.base_model.tags, request.params)
@@ -181,14 +184,9 @@ class LocalWorkspace:
         `report_path` in RUNS_CONTAINER."""
         from . import jobs
 
-        name = naming.check_job_name(request.job_name)
-        naming.check_experiment_name(request.experiment_name)
+        name = request.job_name
         if jobs.job_exists(self.state_dir, name):
             return name
-        training = self.get_job(request.training_job)
-        if training.status != "Completed":
-            raise PermanentError(f"job {request.training_job} is {training.status}; only a completed job's model "
-                                 f"can be evaluated")
         inputs = jobs.job_dir(self.state_dir, name) / "inputs"
         inputs.mkdir(parents=True, exist_ok=True)
         test = self._download(request.test_path, inputs / "test.jsonl")
@@ -229,7 +227,7 @@ class LocalWorkspace:
     def get_job(self, job_name: str) -> JobStatus:
         from . import jobs
 
-        if not naming.JOB.ok(job_name) or not jobs.job_exists(self.state_dir, job_name):
+        if not naming.JOB.ok(job_name) or not jobs.job_exists(self.state_dir, job_name):  # a name is a folder
             raise NotFound(f"job {job_name} not found in the local workspace")
         try:
             status = jobs.read_status(self.state_dir, job_name)
@@ -254,16 +252,9 @@ class LocalWorkspace:
                        tags: dict[str, str] | None = None) -> RegisteredModel:
         from . import jobs
 
-        naming.check_model_name(name)
-        if version is not None:
-            naming.check_model_version(version)
-        naming.check_tags(tags, f"model {name}")
         existing = self.registry.find(name, version) if version else self.registry.find_job(name, job_name)
         if existing is not None:
             return existing
-        status = self.get_job(job_name)
-        if status.status != "Completed":
-            raise PermanentError(f"job {job_name} is {status.status}; only a completed job's model can be registered")
         return self.registry.register(job_name, jobs.model_dir(self.state_dir, job_name), name, version,
                                       description=description, tags=tags)
 
@@ -272,8 +263,6 @@ class LocalWorkspace:
     def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
         """Create the endpoint with exactly `tags` (an empty dict makes an endpoint the app does not own); a no-op when
         this caller made it, NameTaken when another did (`EndpointStore.create_endpoint`)."""
-        naming.check_endpoint_name(name)
-        naming.check_tags(tags, f"endpoint {name}")
         self.endpoints.create_endpoint(name, tags, description)
 
     def get_endpoint(self, name: str) -> Endpoint | None:
@@ -281,9 +270,6 @@ class LocalWorkspace:
 
     def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
                                 instance_type: str, instance_count: int) -> None:
-        naming.check_deployment_name(deployment_name)
-        if self.endpoints.endpoint(endpoint_name) is None:
-            raise NotFound(f"endpoint {endpoint_name} not found")
         if self.endpoints.deployment(endpoint_name, deployment_name) is not None:
             return
         instance_type = resolve_inference_instance_type(instance_type, None, fallback=LOCAL_INSTANCE_TYPE)
@@ -305,7 +291,6 @@ class LocalWorkspace:
         self.endpoints.set_traffic(endpoint_name, mirror, mirror=True)
 
     def begin_delete_deployment(self, endpoint_name: str, deployment_name: str) -> None:
-        naming.check_deployment_name(deployment_name)
         if self.endpoints.endpoint(endpoint_name) is None:
             return
         self.endpoints.delete_deployment(endpoint_name, deployment_name)

@@ -3,7 +3,9 @@
 azure-ai-ml is imported inside the functions that use it (about 1.2 s and 110 MB): importing this module stays
 cheap. Every call returns at once: long operations are begun (`begin_*`) and never waited on, and a job is never
 streamed. Azure errors become the port's: not found -> NotFound; throttling, 5xx and network failures ->
-TransientError; other 4xx and SDK validation errors -> PermanentError naming what failed.
+TransientError; other 4xx and SDK validation errors -> PermanentError naming what failed. The port's input rules
+(names, versions, tags, traffic, completed jobs) are checked before each call by `shared.ml.checked`, which
+`shared.bootstrap` wraps around every backend; this adapter keeps only what needs Azure itself.
 
 Archived base models: azure-ai-ml's `Model` entity drops the service's `isArchived` flag (`Model._from_rest_object`
 does not read it), so the adapter reads what the entity does expose: `stage` ("Archived") and the azureml-assets
@@ -27,8 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from ..config import Settings
 from . import naming
 from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, EvaluationRequest,
-                   InvalidInput, JobRequest,
-                   JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
+                   JobRequest, JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                    TransientError)
 from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
                               display_name, finetune_parameters, gpus_per_node, known_gpus_per_node,
@@ -438,14 +439,10 @@ class AzureMLBackend:
     # --- jobs
 
     def submit_job(self, request: JobRequest) -> str:
-        # Azure checks names only on the service side, after the pipeline is built and uploaded: refuse them first.
-        naming.check_job_name(request.job_name)
-        naming.check_experiment_name(request.experiment_name)
+        # Names and the deployment's instance type were checked by `shared.ml.checked` before this call.
         existing = self._find_job(request.job_name)
         if existing is not None:  # a resubmission (after a crash or a redelivery) finds the job it made
             return existing.name
-        # Refuse a deployment the base model will not allow before hours of GPU time are spent.
-        resolve_inference_instance_type(self.settings.inference_instance_type, request.base_model.tags)
         train_uri, test_uri = training_data_uris(self.settings, request.train_path, request.test_path)
         job = build_pipeline_job(
             self.pipeline_component(), model_id=request.base_model.id, model_tags=request.base_model.tags,
@@ -462,15 +459,9 @@ class AzureMLBackend:
         return created.name
 
     def submit_evaluation(self, request: EvaluationRequest) -> str:
-        naming.check_job_name(request.job_name)
-        naming.check_experiment_name(request.experiment_name)
         existing = self._find_job(request.job_name)
         if existing is not None:
             return existing.name
-        training = self.get_job(request.training_job)
-        if training.status != "Completed":
-            raise PermanentError(f"job {request.training_job} is {training.status}; only a completed job's model "
-                                 f"can be evaluated")
         tags = {TAG_APP: self.settings.app_id, TAG_RUN: request.run_id, TAG_BASE_MODEL: request.base_model.id}
         with tempfile.TemporaryDirectory(prefix="chatft-evaluation-") as scratch:
             job = build_evaluation_job(request, code=evaluation_code_dir(Path(scratch)),
@@ -515,11 +506,7 @@ class AzureMLBackend:
         dataset, uploaded twice), and a derived number can collide or outgrow what the service takes, while the
         tag lookup finds a redelivered registration's version whatever number it got. Two registrations racing for
         the same number meet Azure's 409 on the second: it then finds the first one's version by the tag (same
-        job) or takes the next number (another job)."""
-        naming.check_model_name(name)
-        if version is not None:
-            naming.check_model_version(version)
-        naming.check_tags(tags, f"model {name}")
+        job) or takes the next number (another job). Input and the job's completion: `shared.ml.checked`."""
         if version is not None:
             existing = self._find_model(name, version)
             if existing is not None:
@@ -528,11 +515,9 @@ class AzureMLBackend:
             existing, _ = self._model_of_job(name, job_name)
             if existing is not None:
                 return existing
-        job = self._find_job(job_name)
+        job = self._find_job(job_name)  # its tags name the base model
         if job is None:
             raise NotFound(f"job {job_name} not found; there is no trained model to register")
-        if job.status != "Completed":
-            raise PermanentError(f"job {job_name} is {job.status}; only a completed job's model can be registered")
         from azure.ai.ml.constants import AssetTypes
         from azure.ai.ml.entities import Model
 
@@ -601,8 +586,6 @@ class AzureMLBackend:
 
     def begin_create_endpoint(self, name: str, tags: dict[str, str], description: str = "") -> None:
         tags = {TAG_APP: self.settings.app_id, **tags}
-        naming.check_endpoint_name(name)
-        naming.check_tags(tags, f"endpoint {name}")
         existing = self.get_endpoint(name)
         if existing is not None:
             # create_or_update would update the existing endpoint and re-tag it: only the run that made it may repeat
@@ -631,9 +614,7 @@ class AzureMLBackend:
 
     def begin_create_deployment(self, endpoint_name: str, deployment_name: str, model: RegisteredModel,
                                 instance_type: str, instance_count: int) -> None:
-        naming.check_deployment_name(deployment_name)
-        if self.get_deployment(endpoint_name, deployment_name) is not None:
-            return
+        # That the endpoint has Succeeded and has no such deployment yet was asked by `shared.ml.checked`.
         instance_type = resolve_inference_instance_type(instance_type, self._base_model_tags(model))
         deployment = build_deployment(endpoint_name, deployment_name, model_id=model.id or
                                       f"azureml:{model.name}:{model.version}", instance_type=instance_type,
@@ -660,28 +641,20 @@ class AzureMLBackend:
         with azure_call(f"getting endpoint {endpoint_name}", not_found=f"endpoint {endpoint_name} not found"):
             return self.workspace.online_endpoints.get(endpoint_name)
 
+    # The service checks traffic only once the update runs, asynchronously: `shared.ml.checked` refuses bad shares
+    # before these calls, with the service's rules (`naming.check_traffic`, `naming.check_mirror_traffic`).
     def set_traffic(self, endpoint_name: str, traffic: dict[str, int]) -> None:
         endpoint = self._endpoint_entity(endpoint_name)
-        # The service checks the shares only once the update runs, asynchronously: refuse them here, with its rule.
-        shares = naming.check_traffic(endpoint_name, traffic, [d.name for d in self.list_deployments(endpoint_name)])
         with azure_call(f"setting traffic of endpoint {endpoint_name}"):
-            self.workspace.online_endpoints.begin_create_or_update(with_traffic(endpoint, traffic=shares))
+            self.workspace.online_endpoints.begin_create_or_update(with_traffic(endpoint, traffic=traffic))
 
     def set_mirror_traffic(self, endpoint_name: str, mirror: dict[str, int]) -> None:
         endpoint = self._endpoint_entity(endpoint_name)
-        shares = naming.check_mirror_traffic(endpoint_name, mirror,
-                                             [d.name for d in self.list_deployments(endpoint_name)])
         with azure_call(f"setting mirrored traffic of endpoint {endpoint_name}"):
-            self.workspace.online_endpoints.begin_create_or_update(with_traffic(endpoint, mirror=shares))
+            self.workspace.online_endpoints.begin_create_or_update(with_traffic(endpoint, mirror=mirror))
 
     def begin_delete_deployment(self, endpoint_name: str, deployment_name: str) -> None:
-        naming.check_deployment_name(deployment_name)
-        endpoint = self.get_endpoint(endpoint_name)
-        if endpoint is None:
-            return
-        refusal = naming.deletion_refusal(endpoint_name, deployment_name, endpoint.traffic, endpoint.mirror_traffic)
-        if refusal:
-            raise InvalidInput(refusal)
+        # A deployment that still takes traffic is refused by `shared.ml.checked`.
         try:
             with azure_call(f"deleting deployment {deployment_name} of endpoint {endpoint_name}"):
                 self.workspace.online_deployments.begin_delete(name=deployment_name,
