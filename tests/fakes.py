@@ -220,6 +220,10 @@ class FakeMLBackend:
             if training.status != "Completed":
                 raise PermanentError(f"job {request.training_job} is {training.status}; only a completed job's "
                                      f"model can be evaluated")
+            champion = request.champion
+            if champion is not None and (champion.name, champion.version) not in self.models:
+                # Azure resolves a job's `azureml:<name>:<version>` input when the job is created.
+                raise NotFound(f"model {champion.name}:{champion.version} (the line's version in service) not found")
             self.jobs[request.job_name] = FakeJob(request=request, params={})
             self.created["evaluation"] += 1
             self.job_creations[request.job_name] += 1
