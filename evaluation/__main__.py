@@ -2,6 +2,10 @@
 
     python -m evaluation --base-model DIR --tuned-model DIR --test-file FILE --output DIR_OR_FILE
                          [--run-id ID] [--max-records N] [--samples N] [--max-new-tokens N] [--max-length N]
+                         [--champion-model DIR --champion-run-id ID --champion-model-id ID]
+
+`--champion-model`: a model line's version in service, scored beside the base and tuned models on the same records
+(its run and registered model ids are copied into the report so the gate can say what it was compared with).
 
 `--output` is a folder (the job's `uri_folder` output, mounted: `evaluation.json` is written in it) or a path
 ending in `.json`. Exit status 0 when the report is written, 1 when the evaluation cannot run (the reason on
@@ -57,11 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=0)
+    parser.add_argument("--champion-model", default="")
+    parser.add_argument("--champion-run-id", default="")
+    parser.add_argument("--champion-model-id", default="")
     args = parser.parse_args(argv)
     limits = EvaluationLimits(max_records=args.max_records, samples=args.samples,
                               max_new_tokens=args.max_new_tokens, max_length=args.max_length)
     try:
-        report = evaluate(args.base_model, args.tuned_model, _test_file(args.test_file), limits, run_id=args.run_id)
+        champion = {"run_id": args.champion_run_id, "model_id": args.champion_model_id} if args.champion_model else None
+        report = evaluate(args.base_model, args.tuned_model, _test_file(args.test_file), limits, run_id=args.run_id,
+                          champion_model=args.champion_model or None, champion=champion)
     except EvaluationError as exc:
         print(f"evaluation failed: {exc}", file=sys.stderr)
         return 1

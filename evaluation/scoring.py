@@ -3,7 +3,8 @@
 For each of the first `max_records` test records, both models' mean loss on the record's assistant tokens
 (teacher-forced, through each model's own chat template; perplexity = exp(loss)); for the first `samples`
 records, both models' greedy answer to the conversation before its last assistant turn, scored against that turn
-with ROUGE-L F1 (`rouge-score`) and chrF (`sacrebleu`, 0-100). The report (`build_report`) has the per-record
+with ROUGE-L F1 (`rouge-score`) and chrF (`sacrebleu`, 0-100). A new version of a model line is also scored beside
+the line's version in service (the champion), on the same records. The report (`build_report`) has the per-record
 values the app's gate bootstraps over (`shared.quality_gate`) and the means; its shape is
 `shared.protocol.EvaluationReport` (this module writes plain JSON: the Azure ML job needs no pydantic).
 
@@ -156,9 +157,12 @@ def _perplexity(loss: float) -> float:
 
 
 def evaluate(base_model: str, tuned_model: str, test_file: str, limits: EvaluationLimits = EvaluationLimits(),
-             run_id: str = "") -> dict[str, Any]:
-    """Score both models on the test file and return the report (`shared.protocol.EvaluationReport` shape).
-    EvaluationError when there is nothing to score or a model cannot be read."""
+             run_id: str = "", champion_model: str | None = None,
+             champion: dict[str, str] | None = None) -> dict[str, Any]:
+    """Score both models (and, for a new version of a model line, `champion_model`: the line's version in service,
+    described by `champion`, e.g. its run and registered model ids) on the test file, record by record on the same
+    records, and return the report (`shared.protocol.EvaluationReport` shape). EvaluationError when there is nothing
+    to score or a model cannot be read."""
     started = time.perf_counter()
     conversations = load_conversations(test_file)[: max(0, limits.max_records)]
     if not conversations:
@@ -168,7 +172,9 @@ def evaluate(base_model: str, tuned_model: str, test_file: str, limits: Evaluati
     device, dtype = _device()
     results: dict[str, dict[str, Any]] = {}
     tokens = 0
-    for which, path in (("base", base_model), ("tuned", tuned_model)):
+    models = [("base", base_model), ("tuned", tuned_model)] + ([("champion", champion_model)] if champion_model else [])
+    scored = [which for which, _ in models]
+    for which, path in models:
         model, tokenizer = _load(path, device, dtype)
         length = _max_length(model, tokenizer, limits.max_length)
         losses = record_losses(model, tokenizer, conversations, length)
@@ -176,16 +182,15 @@ def evaluate(base_model: str, tuned_model: str, test_file: str, limits: Evaluati
         tokens += sum(n for _, n in losses) + sum(len(tokenizer(a)["input_ids"]) for a in answers)
         results[which] = {"losses": losses, "answers": answers}
         del model
-    # Records where either model had no assistant token left are left out of the paired comparison.
-    kept = [i for i in range(len(conversations))
-            if results["base"]["losses"][i][1] and results["tuned"]["losses"][i][1]]
+    # Records where any model had no assistant token left are left out of the paired comparisons.
+    kept = [i for i in range(len(conversations)) if all(results[which]["losses"][i][1] for which in scored)]
     per_record: dict[str, dict[str, list[float]]] = {}
-    for which in ("base", "tuned"):
+    for which in scored:
         losses = [results[which]["losses"][i][0] for i in kept]
         per_record.setdefault("eval_loss", {})[which] = losses
         per_record.setdefault("perplexity", {})[which] = [_perplexity(v) for v in losses]
     references = [p[1] for _, p in sampled]
-    for which in ("base", "tuned"):
+    for which in scored:
         for name, values in text_scores(results[which]["answers"], references).items():
             per_record.setdefault(name, {})[which] = values
     metrics = {}
@@ -193,19 +198,23 @@ def evaluate(base_model: str, tuned_model: str, test_file: str, limits: Evaluati
         base, tuned = per_record[name]["base"], per_record[name]["tuned"]
         metrics[name] = {"base": _mean(base), "tuned": _mean(tuned), "records": len(base),
                          "higher_is_better": higher}
+        if champion_model:
+            metrics[name]["champion"] = _mean(per_record[name]["champion"])
     # Token-weighted loss, as the trainer reports eval_loss (the per-record mean above weighs records equally).
-    for which in ("base", "tuned"):
+    for which in scored:
         total = sum(results[which]["losses"][i][1] for i in kept)
         weighted = sum(results[which]["losses"][i][0] * results[which]["losses"][i][1] for i in kept)
         metrics["eval_loss"][f"{which}_token_weighted"] = weighted / total if total else None
     samples = [{"prompt": turns[-1]["content"] if turns else "", "reference": ref,
-                "base": results["base"]["answers"][k], "tuned": results["tuned"]["answers"][k]}
+                **{which: results[which]["answers"][k] for which in scored}}
                for k, (_, (turns, ref)) in enumerate(sampled[: limits.shown])]
     return {
         "version": REPORT_VERSION,
         "run_id": run_id,
         "base_model": str(base_model),
         "tuned_model": str(tuned_model),
+        # The line's version in service, scored beside them (None for a line's first version or a root upload).
+        "champion": ({**(champion or {}), "model": str(champion_model)} if champion_model else None),
         "records": len(kept),
         "sampled": len(sampled),
         "tokens": tokens,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from .bootstrap import Services
-from .idle_policy import NOT_OWNED, Decision, IdleRules, decide, owned_run_id
+from .idle_policy import NOT_OWNED, Decision, IdleRules, decide, owned_line, owned_run_id
 from .ml.port import MLBackendError
 from .run_store import RunConflict, RunNotFound
 from .runs import Run, State, iso
@@ -64,6 +64,11 @@ class CleanupSummary:
     def endpoint_hours_saved(self) -> float:
         return sum(d.saved_endpoint_hours for d in self.deleted)
 
+    @property
+    def standby(self) -> list[Decision]:
+        """Deployments of model lines kept at 0% for rollback, each with when it goes (`until`)."""
+        return [d for d in self.decisions if d.deployment]
+
     def to_dict(self) -> dict:
         return {
             "as_of": iso(self.as_of),
@@ -74,8 +79,10 @@ class CleanupSummary:
             "deleted": [d.to_dict() for d in self.deleted],
             "kept": [d.to_dict() for d in self.kept],
             "endpoint_hours_saved": round(self.endpoint_hours_saved, 2),
-            "estimate": f"{self.rules.horizon_hours:g} endpoint-hours per deleted endpoint: the time until the next "
-                        f"nightly cleanup it would otherwise have run",
+            "estimate": f"{self.rules.horizon_hours:g} endpoint-hours per deleted endpoint (or kept deployment): the "
+                        f"time until the next nightly cleanup it would otherwise have run",
+            "standby": [{"endpoint": d.endpoint, "deployment": d.deployment, "run_id": d.run_id, "until": d.until,
+                         "action": "delete" if d.delete else "keep", "reason": d.reason} for d in self.standby],
             "report_path": self.report_path,
         }
 
@@ -92,28 +99,36 @@ def plan_cleanup(svc: Services, as_of: datetime | None = None, horizon_hours: fl
     rules = rules_for(svc, horizon_hours)
     endpoints = svc.ml.list_endpoints()
     runs: dict[str, Run] = {}
+    lines = {line for line in (owned_line(e, rules.app_id) for e in endpoints) if line}
+    line_runs: dict[str, list[Run]] = {}
+    if lines:  # a line's endpoint is judged on all its runs: one read of the run table for all the lines
+        for run in svc.runs.list():
+            if run.line in lines:
+                line_runs.setdefault(run.line, []).append(run)
     for endpoint in endpoints:
         run_id = owned_run_id(endpoint, rules.app_id)
-        if run_id and run_id not in runs:
+        if run_id and run_id not in runs and not owned_line(endpoint, rules.app_id):
             run = svc.runs.find(run_id)
             if run is not None:
                 runs[run_id] = run
-    decisions = decide(endpoints, runs, as_of, rules)
+    decisions = decide(endpoints, runs, as_of, rules, line_runs=line_runs)
     check_metrics = svc.settings.cleanup_check_metrics
     if check_metrics:
-        # Only the endpoints about to go are worth a metrics query: traffic can only keep an endpoint.
+        # Only the endpoints about to go are worth a metrics query: traffic can only keep an endpoint. A kept
+        # deployment goes when its time is up, whatever its traffic (it has none: it is at 0%).
         since = iso(as_of - timedelta(hours=rules.idle_hours))
         requests: dict[str, int | None] = {}
         failed: set[str] = set()
         for d in decisions:
-            if d.delete:
+            if d.delete and not d.deployment:
                 try:
                     requests[d.endpoint] = svc.ml.requests_since(d.endpoint, since)
                 except MLBackendError as exc:
                     log.warning("cleanup: request metrics of endpoint %s unavailable: %s", d.endpoint,
                                 type(exc).__name__)
                     failed.add(d.endpoint)
-        decisions = decide(endpoints, runs, as_of, rules, requests=requests, metrics_failed=failed)
+        decisions = decide(endpoints, runs, as_of, rules, requests=requests, metrics_failed=failed,
+                           line_runs=line_runs)
     return CleanupPlan(as_of=as_of, rules=rules, check_metrics=check_metrics, decisions=decisions)
 
 
@@ -139,6 +154,10 @@ def run_cleanup(svc: Services, *, as_of: datetime | None = None, dry_run: bool |
 
 
 def _delete(svc: Services, decision: Decision, at: datetime) -> Decision:
+    if decision.deployment:
+        return _delete_standby(svc, decision, at)
+    if decision.line:
+        return _delete_line(svc, decision, at)
     if decision.retire:
         try:
             run = svc.runs.update(decision.run_id, _retire(decision, at))
@@ -159,15 +178,72 @@ def _delete(svc: Services, decision: Decision, at: datetime) -> Decision:
     return decision
 
 
-def _retire(decision: Decision, at: datetime):
+def _delete_line(svc: Services, decision: Decision, at: datetime) -> Decision:
+    """A model line's idle endpoint: every serving run of the line retired (each by compare-and-swap on the
+    `last_used_at` the decision saw), then the endpoint deleted with all its deployments. A run scored or moved
+    meanwhile keeps the endpoint; runs are looked at before any is retired, so that keeps them all serving."""
+    for run_id, last_used_at in decision.line_runs:
+        run = svc.runs.find(run_id)
+        if run is None or run.last_used_at != last_used_at or run.endpoint_name != decision.endpoint:
+            if run is not None and run.last_used_at != last_used_at:
+                return _kept(decision, USED_DURING_CLEANUP, f"run {run_id} scored at {run.last_used_at} while "
+                                                            f"cleanup ran")
+            return _kept(decision, CHANGED_DURING_CLEANUP, f"run {run_id} changed while cleanup ran")
+    why = (f"line {decision.line}'s endpoint {decision.endpoint} idle for {decision.idle_hours or 0:.1f} h (no "
+           f"deployment of it served a request); deleted by cleanup with all its deployments")
+    for run_id, last_used_at in decision.line_runs:
+        try:
+            run = svc.runs.update(run_id, _retire(replace(decision, run_id=run_id, last_used_at=last_used_at), at,
+                                                  why))
+        except (RunConflict, RunNotFound):
+            return _kept(decision, CHANGED_DURING_CLEANUP, f"run {run_id} kept changing while being retired")
+        if run.state != State.RETIRED:
+            return _kept(decision, USED_DURING_CLEANUP if run.last_used_at != last_used_at
+                         else CHANGED_DURING_CLEANUP, f"run {run_id} is now {run.state} (used or moved meanwhile)")
+    try:
+        svc.ml.begin_delete_endpoint(decision.endpoint)
+    except MLBackendError as exc:
+        # The runs stay Retired: the next cleanup finds the endpoint orphaned and deletes it then.
+        log.warning("cleanup: could not begin deleting endpoint %s: %s", decision.endpoint, type(exc).__name__)
+        return _kept(decision, DELETE_FAILED, f"deletion could not be begun ({type(exc).__name__}); retried next run")
+    return decision
+
+
+def _delete_standby(svc: Services, decision: Decision, at: datetime) -> Decision:
+    """A deployment kept for rollback past its run's `standby_until`: deleted (the backend refuses while it takes
+    traffic, so a rollback in between keeps it), then the run retired with its standby cleared."""
+    try:
+        svc.ml.begin_delete_deployment(decision.endpoint, decision.deployment)
+    except MLBackendError as exc:
+        log.warning("cleanup: could not begin deleting deployment %s/%s: %s", decision.endpoint,
+                    decision.deployment, type(exc).__name__)
+        return _kept(decision, DELETE_FAILED, f"deletion could not be begun ({type(exc).__name__}); retried next run")
+
+    def retire(run: Run) -> Run | None:
+        if run.standby_until != decision.until or run.deployment_name != decision.deployment:
+            return None  # the rollout (or a redeployment) moved it on meanwhile
+        detail = (f"deployment {decision.deployment} kept for rollback until {decision.until}; deleted by cleanup")
+        if run.state == State.DEPLOYED:
+            return run.advance(State.RETIRED, at, detail, standby_until="")
+        return run.edit(standby_until="")
+
+    try:
+        svc.runs.update(decision.run_id, retire)
+    except (RunConflict, RunNotFound):
+        log.warning("cleanup: run %s changed while its kept deployment was deleted", decision.run_id)
+    return decision
+
+
+def _retire(decision: Decision, at: datetime, detail: str = ""):
     def change(run: Run) -> Run | None:
         if run.state == State.RETIRED and run.endpoint_name == decision.endpoint:
             return None  # retired already, by an earlier or concurrent cleanup: go on to delete
         if run.last_used_at != decision.last_used_at or run.endpoint_name != decision.endpoint \
                 or run.state not in (State.DEPLOYED, State.DEPLOYING):
             return None  # scored or moved since the decision: keep the endpoint
-        return run.advance(State.RETIRED, at, f"endpoint {decision.endpoint} idle for "
-                                              f"{decision.idle_hours or 0:.1f} h; deleted by cleanup")
+        return run.advance(State.RETIRED, at, detail or f"endpoint {decision.endpoint} idle for "
+                                                        f"{decision.idle_hours or 0:.1f} h; deleted by cleanup",
+                           standby_until="")
 
     return change
 
@@ -180,7 +256,8 @@ def _log(summary: CleanupSummary) -> None:
     verb = "would delete" if summary.dry_run else "deleted"
     for d in summary.decisions:
         if d.reason != NOT_OWNED:  # endpoints of others are counted, not listed
-            log.info("cleanup: %s %s (run %s): %s%s", "delete" if d.delete else "keep", d.endpoint,
+            log.info("cleanup: %s %s (run %s): %s%s", "delete" if d.delete else "keep",
+                     f"{d.endpoint}/{d.deployment}" if d.deployment else d.endpoint,
                      d.run_id or "-", d.reason, f" ({d.detail})" if d.detail else "")
     log.info("cleanup as of %s: %s %d endpoint(s), kept %d; about %.0f endpoint-hours saved; report %s",
              iso(summary.as_of), verb, len(summary.deleted), len(summary.kept), summary.endpoint_hours_saved,

@@ -18,6 +18,16 @@ it is kept):
 Deleted endpoints are `idle` (the run serves from it: the run is retired first) or `orphaned` (the run has moved
 on: it is Retired or Failed, or serves from another endpoint, so no scoring request can reach this one).
 
+A model line's endpoint (tag TAG_LINE; `ln-<line>`, one deployment per version) is judged as a whole, by the same
+rules over all the line's runs on it: protected when any of them is kept, deploying while any of them is Deploying
+(a rollout adding a version, or its canary), recently used when any deployment of it served a request in the
+window (the newest `last_used_at` of the line's runs there; the metrics are the endpoint's, all deployments). An
+idle line endpoint is deleted with all its deployments, every serving run of the line retired first.
+
+A deployment kept at 0% for rollback after a rollout (its run's `standby_until`) is listed while it is kept
+(`standby`, with when it goes) and deleted once that time has passed (`standby_over`; its run retired), unless it
+takes traffic again (`serving_again`: a rollback made it live, so it is no longer a standby).
+
 Endpoint-hours saved are estimated simply: each deleted endpoint would have run at least until the next cleanup,
 so it saves `horizon_hours` (24 h for the nightly timer); per endpoint, whatever its instance count.
 """
@@ -28,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Collection, Iterable, Mapping
 
-from .ml.port import TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, Endpoint
+from .ml.port import TAG_APP, TAG_CREATED, TAG_KEEP, TAG_LINE, TAG_RUN, Endpoint
 from .runs import Run, State, parse_iso
 
 # Reasons. Deleting:
@@ -45,6 +55,10 @@ DEPLOYING = "deploying"
 RECENTLY_USED = "recently_used"
 TRAFFIC_SEEN = "traffic_seen_in_metrics"
 METRICS_UNAVAILABLE = "metrics_unavailable"
+# A model line's deployment kept at 0% for rollback: kept until its run's `standby_until`, then deleted.
+STANDBY = "standby"
+STANDBY_OVER = "standby_over"
+SERVING_AGAIN = "serving_again"
 
 _TRUE = ("true", "1", "yes", "on")
 # Run states in which the run serves (or is about to serve) from its endpoint: deleting it means retiring the run.
@@ -75,12 +89,25 @@ class Decision:
     retire: bool = False
     last_used_at: str = ""
     detail: str = ""
+    line: str = ""  # a model line's endpoint: the line
+    # A line's endpoint to delete: each serving run of the line, with the `last_used_at` the decision saw (each
+    # is retired by compare-and-swap on it, as `run_id`'s is for a run's own endpoint).
+    line_runs: tuple[tuple[str, str], ...] = ()
+    deployment: str = ""  # a decision about one deployment of the endpoint (a kept previous one), not the endpoint
+    until: str = ""  # a kept deployment's `standby_until`
 
     def to_dict(self) -> dict:
-        return {"endpoint": self.endpoint, "action": "delete" if self.delete else "keep", "reason": self.reason,
+        data = {"endpoint": self.endpoint, "action": "delete" if self.delete else "keep", "reason": self.reason,
                 "run_id": self.run_id,
                 "idle_hours": None if self.idle_hours is None else round(self.idle_hours, 2),
                 "saved_endpoint_hours": round(self.saved_endpoint_hours, 2), "detail": self.detail}
+        if self.line:
+            data["line"] = self.line
+            data["runs"] = [run_id for run_id, _ in self.line_runs]
+        if self.deployment:
+            data["deployment"] = self.deployment
+            data["until"] = self.until
+        return data
 
 
 def owned_run_id(endpoint: Endpoint, app_id: str) -> str | None:
@@ -91,12 +118,106 @@ def owned_run_id(endpoint: Endpoint, app_id: str) -> str | None:
     return tags.get(TAG_RUN) or None
 
 
+def owned_line(endpoint: Endpoint, app_id: str) -> str | None:
+    """The model line of an endpoint this app made for a line (TAG_APP and TAG_LINE), else None."""
+    tags = endpoint.tags or {}
+    if tags.get(TAG_APP) != app_id:
+        return None
+    return tags.get(TAG_LINE) or None
+
+
 def decide(endpoints: Iterable[Endpoint], runs: Mapping[str, Run], now: datetime, rules: IdleRules,
            requests: Mapping[str, int | None] | None = None,
-           metrics_failed: Collection[str] = ()) -> list[Decision]:
-    """One decision per endpoint, as of `now`. `requests` holds the metrics read per endpoint name (None:
-    unknown); endpoints absent from it and from `metrics_failed` were not checked."""
-    return [_decide_one(e, runs, now, rules, requests or {}, metrics_failed) for e in endpoints]
+           metrics_failed: Collection[str] = (), line_runs: Mapping[str, Iterable[Run]] | None = None) -> list[Decision]:
+    """One decision per endpoint, as of `now`, and one per deployment of a line's endpoint kept for rollback.
+    `runs` by run id; `line_runs` every run of each model line, by line. `requests` holds the metrics read per
+    endpoint name (None: unknown); endpoints absent from it and from `metrics_failed` were not checked."""
+    decisions: list[Decision] = []
+    for e in endpoints:
+        line = owned_line(e, rules.app_id)
+        if line is None:
+            decisions.append(_decide_one(e, runs, now, rules, requests or {}, metrics_failed))
+        else:
+            members = [r for r in (line_runs or {}).get(line, ()) if r.line == line and r.endpoint_name == e.name]
+            decisions += _decide_line(e, line, members, now, rules, requests or {}, metrics_failed)
+    return decisions
+
+
+def _decide_line(endpoint: Endpoint, line: str, members: list[Run], now: datetime, rules: IdleRules,
+                 requests: Mapping[str, int | None], metrics_failed: Collection[str]) -> list[Decision]:
+    """A model line's endpoint as a whole (`members`: the line's runs on it), then its kept deployments."""
+    name = endpoint.name
+    serving = [r for r in members if r.state in SERVING]
+    newest = max(serving or members, key=lambda r: r.created_at, default=None)
+    run_id = newest.run_id if newest else ""
+
+    def keep(reason: str, idle: float | None = None, detail: str = "") -> list[Decision]:
+        return [Decision(name, False, reason, run_id=run_id, idle_hours=idle, detail=detail, line=line),
+                *_standby_decisions(endpoint, line, members, now, rules)]
+
+    if endpoint.provisioning_state == "Deleting":
+        return [Decision(name, False, DELETING_ALREADY, run_id=run_id, line=line)]
+    if str(endpoint.tags.get(TAG_KEEP, "")).strip().lower() in _TRUE or any(r.keep for r in serving):
+        return keep(PROTECTED)
+    if not members:
+        return keep(UNKNOWN_RUN, detail=f"no run of line {line} on it; delete it by hand if it is not needed")
+    starts = [t for t in (_time(r.deploy_started_at) for r in members) if t is not None]
+    created = _time(endpoint.tags.get(TAG_CREATED)) or (min(starts) if starts else None)
+    if created is None:
+        return keep(UNKNOWN_AGE, detail="no creation time in its tags or its runs")
+    window = timedelta(hours=rules.idle_hours)
+    age = now - created
+    if age < window:
+        return keep(TOO_YOUNG, _hours(age))
+    # A version being added (or its canary watched) needs the endpoint whatever its age; a deployment stuck past
+    # its timeout is the deployment checks' and the reconciler's to fail, not a reason to take the line down.
+    rolling = [r for r in serving if r.state == State.DEPLOYING]
+    if rolling:
+        return keep(DEPLOYING, _hours(age), detail=f"run {rolling[0].run_id} is deploying to it")
+    uses = [t for t in (_time(r.last_used_at) for r in members) if t is not None]
+    last_used = max(uses, default=None)
+    if last_used is not None and now - last_used < window:
+        return keep(RECENTLY_USED, _hours(now - max(created, last_used)))
+    idle = _hours(now - (max(created, last_used) if last_used else created))
+    if name in metrics_failed:
+        return keep(METRICS_UNAVAILABLE, idle, detail="request metrics could not be read")
+    seen = requests.get(name)
+    if seen is not None and seen > 0:
+        return keep(TRAFFIC_SEEN, idle, detail=f"{seen} request(s) in the last {rules.idle_hours:g} h")
+    if not serving:
+        return [Decision(name, True, ORPHANED, run_id=run_id, idle_hours=idle,
+                         saved_endpoint_hours=rules.horizon_hours, line=line,
+                         detail=f"no run of line {line} serves from it")]
+    versions = ", ".join(r.deployment_name or r.run_id for r in serving)
+    return [Decision(name, True, IDLE, run_id=run_id, idle_hours=idle, saved_endpoint_hours=rules.horizon_hours,
+                     retire=True, line=line, line_runs=tuple((r.run_id, r.last_used_at) for r in serving),
+                     detail=f"no deployment of line {line} served a request in {rules.idle_hours:g} h; deleted "
+                            f"with its deployments ({versions})")]
+
+
+def _standby_decisions(endpoint: Endpoint, line: str, members: list[Run], now: datetime,
+                       rules: IdleRules) -> list[Decision]:
+    """The line's deployments kept at 0% for rollback: listed until their run's `standby_until`, deleted after
+    (whatever state the rollout left the run in; a Deployed one is retired)."""
+    out = []
+    for run in members:
+        until = _time(run.standby_until)
+        if until is None or not run.deployment_name:
+            continue
+        common = dict(run_id=run.run_id, line=line, deployment=run.deployment_name, until=run.standby_until,
+                      last_used_at=run.last_used_at)
+        live = endpoint.traffic.get(run.deployment_name, 0) or endpoint.mirror_traffic.get(run.deployment_name, 0)
+        if live:
+            out.append(Decision(endpoint.name, False, SERVING_AGAIN, **common,
+                                detail=f"{run.deployment_name} takes {live}% of the traffic again (rolled back to?)"))
+        elif now < until:
+            out.append(Decision(endpoint.name, False, STANDBY, **common,
+                                detail=f"{run.deployment_name} kept at 0% for rollback until {run.standby_until}"))
+        else:
+            out.append(Decision(endpoint.name, True, STANDBY_OVER, **common,
+                                saved_endpoint_hours=rules.horizon_hours, retire=run.state == State.DEPLOYED,
+                                detail=f"{run.deployment_name} kept for rollback until {run.standby_until}; deleted"))
+    return out
 
 
 def _decide_one(endpoint: Endpoint, runs: Mapping[str, Run], now: datetime, rules: IdleRules,

@@ -328,6 +328,27 @@ class FailureView(Contract):
     reason: str
 
 
+class ChampionComparison(Contract):
+    """A new version of a model line (the challenger) against the line's version in service (the champion), on
+    the challenger's test split in the same evaluation: deployed only if not worse (shared/quality_gate.py)."""
+
+    run_id: str = Field(description="The champion's run.")
+    model_id: str = Field(description="The champion's registered model.")
+    model_version: str | None = None
+    metric: str
+    records: int
+    champion: float | None = Field(description="The metric's mean for the version in service.")
+    tuned: float | None = Field(description="The metric's mean for the new version.")
+    improvement: float | None = Field(description="Mean per-record improvement over the champion (positive: the "
+                                                  "new version is better).")
+    low: float | None
+    high: float | None
+    verdict: Literal["better", "worse", "inconclusive", "undecided"]
+    deploy: bool = Field(description="Whether this comparison lets the new version be deployed (not worse).")
+    reason: str
+    metrics: dict[str, Any] | None = Field(None, description="Champion against tuned on every metric computed.")
+
+
 class EvaluationView(Contract):
     """The quality gate's decision: the fine-tune against its base model on the test split (shared/quality_gate.py)."""
 
@@ -347,6 +368,8 @@ class EvaluationView(Contract):
     metrics: dict[str, Any] | None = Field(None, description="Base and tuned means of every metric computed.")
     report_path: str | None = Field(None, description="The evaluation report in RUNS_CONTAINER (with samples).")
     deployed_by_choice: str | None = Field(None, description="When a person deployed the Held run anyway.")
+    champion: ChampionComparison | None = Field(None, description="A new version of a model line against the "
+                                                                  "line's version in service (null: none to face).")
 
 
 class RunView(Contract):
@@ -391,6 +414,8 @@ class MetricSummary(Contract):
     base_token_weighted: float | None = Field(None, description="eval_loss only: weighted by assistant tokens, "
                                                                 "as the trainer reports it.")
     tuned_token_weighted: float | None = None
+    champion: float | None = Field(None, description="A model line's version in service, where it was scored.")
+    champion_token_weighted: float | None = None
 
 
 class PairedScores(Contract):
@@ -398,6 +423,8 @@ class PairedScores(Contract):
 
     base: list[float | None]
     tuned: list[float | None]
+    champion: list[float | None] | None = Field(None, description="The line's version in service, on the same "
+                                                                  "records (a new version of a model line only).")
 
 
 class EvaluationSample(Contract):
@@ -405,6 +432,15 @@ class EvaluationSample(Contract):
     reference: str
     base: str
     tuned: str
+    champion: str | None = None
+
+
+class ChampionView(Contract):
+    """The model line's version in service that a new version was scored beside (its run, its registered model)."""
+
+    model: str = Field(description="Where the evaluation read it (a mounted folder, a local path).")
+    run_id: str = ""
+    model_id: str = Field("", description="Its registered model, e.g. azureml:<name>:<version>.")
 
 
 class EvaluationLimitsView(Contract):
@@ -422,6 +458,8 @@ class EvaluationReport(Contract):
     run_id: str
     base_model: str
     tuned_model: str
+    champion: ChampionView | None = Field(None, description="A new version of a model line: the version in service, "
+                                                            "scored beside base and tuned on the same records.")
     records: int = Field(ge=0, description="Test records scored by loss, paired (both models).")
     sampled: int = Field(ge=0, description="Test prompts both models answered.")
     tokens: int = Field(ge=0, description="Tokens scored or generated, both models together.")

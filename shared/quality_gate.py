@@ -12,6 +12,11 @@ it, which users of other products report.
     inconclusive neither                                                 hold      deploy
     undecided    fewer than EVAL_MIN_RECORDS paired records              hold only when the point estimate is worse
 
+A new version of a model line (the challenger) also faces the version in service (the champion) on the same test
+records (`decide_against_champion`): the same bootstrap, but the bar is "not worse", not "better": it is held only
+when its interval shows it worse than the champion (upper bound below 0), or when too few records leave only a worse
+point estimate. A retrained model that is merely as good as the one in service still ships (fresher data).
+
 scipy is imported when a decision is made (about 1 s), never at the app's cold start.
 """
 
@@ -90,18 +95,22 @@ def paired_interval(improvements: list[float], seed: int = SEED, resamples: int 
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def decide(per_record: Mapping[str, Mapping[str, list]], policy: GatePolicy) -> GateDecision:
+def decide(per_record: Mapping[str, Mapping[str, list]], policy: GatePolicy, against: str = "base",
+           reference: str = "the base model") -> GateDecision:
     """Decide on the evaluation's per-record scores (`{metric: {"base": [...], "tuned": [...]}}`, paired by
-    position; None stands for a value that is not a number). GateError when the metric is missing or unpaired."""
+    position; None stands for a value that is not a number). `against` names the scores the fine-tune is compared
+    with ("base", or "champion": the line's version in service), `reference` how the reasons call them. GateError
+    when the metric is missing or unpaired."""
     if policy.metric not in METRICS:
         raise GateError(f"EVAL_METRIC {policy.metric!r} is not one of {', '.join(METRICS)}")
     higher = METRICS[policy.metric]
     scores = per_record.get(policy.metric)
-    if not scores or "base" not in scores or "tuned" not in scores:
-        raise GateError(f"the evaluation has no per-record {policy.metric} scores")
-    base, tuned = list(scores["base"]), list(scores["tuned"])
+    if not scores or against not in scores or "tuned" not in scores:
+        raise GateError(f"the evaluation has no per-record {policy.metric} scores"
+                        + ("" if against == "base" else f" of {reference}"))
+    base, tuned = list(scores[against]), list(scores["tuned"])
     if len(base) != len(tuned):
-        raise GateError(f"{policy.metric}: {len(base)} base scores but {len(tuned)} tuned ones")
+        raise GateError(f"{policy.metric}: {len(base)} {against} scores but {len(tuned)} tuned ones")
     common = dict(gate=policy.gate, metric=policy.metric, higher_is_better=higher,
                   min_improvement=policy.min_improvement)
     usable = [(b, t) for b, t in zip(base, tuned) if _finite(b)]
@@ -125,23 +134,40 @@ def decide(per_record: Mapping[str, Mapping[str, list]], policy: GatePolicy) -> 
         return GateDecision(**common, records=len(pairs), base=mean_base, tuned=mean_tuned, improvement=point,
                             low=None, high=None, verdict="undecided", deploy=deploy,
                             reason=f"cannot decide: {len(pairs)} paired test records, fewer than EVAL_MIN_RECORDS "
-                                   f"({policy.min_records}); the point estimate is {what} than the base model"
+                                   f"({policy.min_records}); the point estimate is {what} than {reference}"
                                    + ("" if deploy else ", so the run is held"))
     low, high = paired_interval(improvements)
     interval = f"improvement {point:+.4g}, 95% interval [{low:+.4g}, {high:+.4g}] over {len(pairs)} records"
     if low > policy.min_improvement:
         return GateDecision(**common, records=len(pairs), base=mean_base, tuned=mean_tuned, improvement=point,
                             low=low, high=high, verdict="better", deploy=True,
-                            reason=f"better than the base model ({policy.metric} {direction} is better): {interval}"
+                            reason=f"better than {reference} ({policy.metric} {direction} is better): {interval}"
                                    f", lower bound above EVAL_MIN_IMPROVEMENT {policy.min_improvement:g}")
     if high < 0:
-        verdict, why = "worse", f"worse than the base model ({policy.metric}, {direction} is better): {interval}"
+        verdict, why = "worse", f"worse than {reference} ({policy.metric}, {direction} is better): {interval}"
     else:
-        verdict, why = "inconclusive", (f"not shown better than the base model by more than EVAL_MIN_IMPROVEMENT "
+        verdict, why = "inconclusive", (f"not shown better than {reference} by more than EVAL_MIN_IMPROVEMENT "
                                         f"{policy.min_improvement:g} ({policy.metric}): {interval}")
     return _held_unless_report(GateDecision(**common, records=len(pairs), base=mean_base, tuned=mean_tuned,
                                             improvement=point, low=low, high=high, verdict=verdict, deploy=False,
                                             reason=why))
+
+
+def decide_against_champion(per_record: Mapping[str, Mapping[str, list]], policy: GatePolicy,
+                            reference: str = "the version in service") -> GateDecision:
+    """The challenger (`tuned`) against the line's champion (`champion` in `per_record`, scored on the same records
+    in the same evaluation): deployed unless the paired interval shows it worse (`high` below 0), whatever
+    EVAL_MIN_IMPROVEMENT (that bar is the base model's); too few records hold it only on a worse point estimate, as
+    against the base model. `report` deploys anyway, saying so. GateError as `decide`."""
+    d = decide(per_record, GatePolicy(gate=policy.gate, metric=policy.metric, min_improvement=0.0,
+                                      min_records=policy.min_records), against="champion", reference=reference)
+    if d.verdict in ("worse", "undecided"):
+        return d  # held (or deployed under report, or on a not-worse point estimate), the reason says why
+    interval = "" if d.low is None else (f": improvement {d.improvement:+.4g}, 95% interval [{d.low:+.4g}, "
+                                         f"{d.high:+.4g}] over {d.records} records")
+    what = "better than" if d.verdict == "better" else "not shown worse than"
+    return GateDecision(**{**d.to_dict(), "deploy": True,
+                           "reason": f"{what} {reference} ({policy.metric}){interval}"})
 
 
 def _held_unless_report(decision: GateDecision) -> GateDecision:
@@ -159,16 +185,20 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def compare_every_metric(per_record: Mapping[str, Mapping[str, list]], policy: GatePolicy) -> dict[str, dict]:
-    """Base against tuned on every metric the evaluation has, each with its own paired interval and verdict (what
-    `GET /api/runs/{id}` and `chatft runs RUN_ID` show); only `policy.metric`'s decides."""
+def compare_every_metric(per_record: Mapping[str, Mapping[str, list]], policy: GatePolicy,
+                         against: str = "base") -> dict[str, dict]:
+    """Base (or, `against="champion"`, the line's version in service) against tuned on every metric the evaluation
+    has, each with its own paired interval and verdict (what `GET /api/runs/{id}` and `chatft runs RUN_ID` show);
+    only `policy.metric`'s decides. The mean of the model compared with is under its own key ("base",
+    "champion")."""
     shown = {}
     for metric in METRICS:
-        if metric not in per_record:
+        if metric not in per_record or against not in per_record[metric]:
             continue
-        d = decide(per_record, GatePolicy(gate="report", metric=metric, min_improvement=policy.min_improvement,
-                                          min_records=policy.min_records))
-        shown[metric] = {"base": d.base, "tuned": d.tuned, "improvement": d.improvement, "low": d.low,
+        floor = policy.min_improvement if against == "base" else 0.0
+        d = decide(per_record, GatePolicy(gate="report", metric=metric, min_improvement=floor,
+                                          min_records=policy.min_records), against=against)
+        shown[metric] = {against: d.base, "tuned": d.tuned, "improvement": d.improvement, "low": d.low,
                          "high": d.high, "records": d.records, "higher_is_better": d.higher_is_better,
                          "verdict": d.verdict}
     return shown

@@ -87,15 +87,25 @@ def run_view(run: Run) -> dict[str, Any]:
 
 
 def evaluation_view(run: Run) -> dict[str, Any] | None:
-    """The quality gate's comparison of the run's fine-tune with its base model (`EvaluationView`), or None before
-    an evaluation (or with EVAL_GATE=off). The samples and per-record scores are in `report_path`."""
+    """The quality gate's comparison of the run's fine-tune with its base model and, for a new version of a model
+    line, with the line's version in service (`EvaluationView`), or None before an evaluation (or with
+    EVAL_GATE=off). The samples and per-record scores are in `report_path`."""
     if not run.evaluation:
         return None
     e = run.evaluation
     return {key: e.get(key) for key in ("gate", "metric", "higher_is_better", "records", "base", "tuned",
                                         "improvement", "low", "high", "min_improvement", "verdict", "deploy",
                                         "reason", "metrics", "report_path")} | {
-        "deployed_by_choice": run.deployed_by_choice or None}
+        "deployed_by_choice": run.deployed_by_choice or None, "champion": _champion_view(e.get("champion"))}
+
+
+def _champion_view(champion: Any) -> dict[str, Any] | None:
+    """A new version of a model line against the line's version in service (`ChampionComparison`), or None."""
+    if not isinstance(champion, dict):
+        return None
+    return {key: champion.get(key) for key in ("run_id", "model_id", "model_version", "metric", "records",
+                                               "champion", "tuned", "improvement", "low", "high", "verdict",
+                                               "deploy", "reason", "metrics")}
 
 
 @dataclass(frozen=True)

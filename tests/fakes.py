@@ -212,6 +212,10 @@ class FakeMLBackend:
             if request.job_name in self.jobs:
                 return request.job_name
             self._job(request.training_job)
+            champion = request.champion
+            if champion is not None and (champion.name, champion.version) not in self.models:
+                # Azure resolves a job's `azureml:<name>:<version>` input when the job is created.
+                raise NotFound(f"model {champion.name}:{champion.version} (the line's version in service) not found")
             self.jobs[request.job_name] = FakeJob(request=request, params={})
             self.created["evaluation"] += 1
             self.job_creations[request.job_name] += 1

@@ -3,6 +3,7 @@ azure-ai-ml itself; the notebook's checks on real SDK entities; endpoint and dep
 calls against an in-memory stand-in for MLClient's operations (the cloud boundary) that keeps real entities and
 raises azure-core's errors."""
 
+import dataclasses
 import subprocess
 import sys
 from datetime import date
@@ -996,6 +997,35 @@ def test_the_evaluation_job_is_a_command_job_on_the_runs_inputs_and_datastore(ba
     assert [p.name for p in code.iterdir()] == ["evaluation"]
     done = subprocess.run([sys.executable, "-m", "evaluation", "--help"], cwd=code, capture_output=True, text=True)
     assert done.returncode == 0 and "--tuned-model" in done.stdout
+
+
+def test_a_new_version_of_a_line_is_evaluated_beside_the_version_in_service_in_the_same_job(backend, tmp_path):
+    """One command job, three models: the champion is the line's registered model, by `azureml:<name>:<version>`,
+    an `mlflow_model` input like the others; its run id goes to the report through the command line."""
+    from azure.ai.ml import load_job
+
+    from shared.config import EVALUATION_ENVIRONMENT
+    from shared.ml.azureml import build_evaluation_job, evaluation_code_dir
+    from shared.ml.port import RegisteredModel
+
+    champion = RegisteredModel(name="support-bot", version="3",
+                               id="/subscriptions/s/resourceGroups/g/workspaces/w/models/support-bot/versions/3")
+    request = dataclasses.replace(evaluation_request(backend), champion=champion, champion_run_id="week1-0123456789ab")
+    job = build_evaluation_job(request, code=evaluation_code_dir(tmp_path / "code"),
+                               environment=EVALUATION_ENVIRONMENT, datastore="runsstore", tags={TAG_RUN: "x"})
+    job._to_job().dump(tmp_path / "job.yaml")
+    loaded = load_job(tmp_path / "job.yaml")
+    assert set(loaded.inputs) == {"base_model", "tuned_model", "test_file", "champion_model"}
+    assert loaded.inputs["champion_model"].type == "mlflow_model"
+    # What the service receives (loading the YAML back drops the `azureml:` of the short form).
+    rest = job._to_job()._to_rest_object().properties.inputs["champion_model"]
+    assert (rest.job_input_type, rest.uri) == ("mlflow_model", "azureml:support-bot:3")
+    assert ("--champion-model ${{inputs.champion_model}} --champion-model-id azureml:support-bot:3 "
+            "--champion-run-id week1-0123456789ab") in loaded.command
+    # A line's first version (no champion) keeps the two-model job.
+    plain = build_evaluation_job(evaluation_request(backend), code=evaluation_code_dir(tmp_path / "code2"),
+                                 environment=EVALUATION_ENVIRONMENT, datastore="runsstore")
+    assert "champion" not in plain.command and "champion_model" not in plain.inputs
 
 
 def test_submit_evaluation_needs_the_completed_training_job_and_creates_once(backend, cloud):

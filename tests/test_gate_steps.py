@@ -41,8 +41,8 @@ def event(job_name, status):
                                                          "runType": "azureml.PipelineRun"})
 
 
-def trained(svc, ml, run_id="gate-0123456789ab", **overrides):
-    run = new_run(run_id, svc.clock()).advance(State.VALIDATING, svc.clock())
+def trained(svc, ml, run_id="gate-0123456789ab", line="", **overrides):
+    run = new_run(run_id, svc.clock(), line=line).advance(State.VALIDATING, svc.clock())
     run = run.advance(State.QUEUED, svc.clock(), train_path=f"{run_id}/train.jsonl", test_path=f"{run_id}/test.jsonl",
                       overrides=overrides)
     svc.runs.create(run)
@@ -126,3 +126,81 @@ def test_a_late_completed_event_of_the_training_job_does_not_chase_the_evaluatio
     again = handle_job_event(svc, event(job_name_for(run.run_id), "Completed"))  # e.g. RunCompleted after it
     assert again.state == State.EVALUATING and not [t for t in again.history if t.kind == "retry"]
     assert len(svc.messages.sent) == sent
+
+
+# ------------------------------------------------------------------ champion and challenger (a model line)
+
+LINE = "support-bot"
+
+
+def in_service(svc, ml, run_id="week1-0123456789ab"):
+    """A line's first version, gated against its base model only, then Deployed (the fake's deployment steps are
+    not what this is about)."""
+    run = trained(svc, ml, run_id=run_id, line=LINE)
+    assert ml.jobs[run.evaluation_job].request.champion is None  # a line's first version faces no champion
+    run = evaluated(svc, ml, run, [b - 1.0 for b in BASE])
+    assert run.state == State.DEPLOYING and "champion" not in run.evaluation
+    return svc.runs.update(run.run_id, lambda r: r.advance(State.DEPLOYED, svc.clock()))
+
+
+def challenged(svc, ml, champion_run, tuned, champion, run_id="week2-0123456789ab"):
+    run = trained(svc, ml, run_id=run_id, line=LINE)
+    request = ml.jobs[run.evaluation_job].request
+    assert request.champion_run_id == champion_run.run_id
+    assert (request.champion.name, request.champion.version, request.champion.id) == (
+        champion_run.model_name, champion_run.model_version, champion_run.model_id)
+    svc.blobs.write_json(svc.settings.runs_container, report_path_for(run.run_id),
+                         report_document(run.run_id, BASE, tuned, champion=champion,
+                                         champion_run=champion_run.run_id))
+    ml.complete_job(run.evaluation_job)
+    return handle_job_event(svc, event(run.evaluation_job, "Completed"))
+
+
+def test_a_new_version_worse_than_the_one_in_service_is_held_with_both_comparisons(svc, ml):
+    from shared.protocol import RunView
+    from shared.run_views import run_view
+
+    first = in_service(svc, ml)
+    champion = [b - 1.0 for b in BASE]
+    run = challenged(svc, ml, first, [c + 0.5 for c in champion], champion)  # better than base, worse than v1
+    assert run.state == State.HELD and not run.endpoint_name and ml.created["endpoint"] == 1
+    e = run.evaluation
+    assert e["verdict"] == "better" and not e["deploy"]  # the base comparison passed; the champion's held it
+    assert e["champion"]["verdict"] == "worse" and not e["champion"]["deploy"]
+    assert e["champion"]["run_id"] == first.run_id and e["champion"]["model_version"] == first.model_version
+    assert e["champion"]["improvement"] == pytest.approx(-0.5) and e["champion"]["high"] < 0
+    assert e["champion"]["metrics"]["eval_loss"]["champion"] == pytest.approx(sum(champion) / len(champion))
+    assert run.history[-1].detail.startswith(f"worse than the version in service (v{first.model_version}, run "
+                                             f"{first.run_id})")
+    view = RunView.model_validate(run_view(run), strict=False)  # GET /api/runs/{id} shows both
+    assert view.evaluation.champion.verdict == "worse" and view.evaluation.verdict == "better"
+    # `chatft runs RUN_ID` shows both comparisons; `chatft runs` says both verdicts.
+    from chatft_local.commands.runs import describe, gate_column
+
+    shown = "\n".join(describe(run))
+    assert f"vs in service v{first.model_version} (run {first.run_id}) worse -> hold" in shown
+    assert "in service" in shown and "eval_loss" in shown.split("vs in service", 1)[1]
+    assert gate_column(run) == "better/worse"
+    # The version in service is untouched, and a person may still deploy the held one.
+    assert svc.runs.get(first.run_id).state == State.DEPLOYED
+    assert redeploy(svc, run.run_id).state == State.DEPLOYING
+
+
+def test_a_new_version_better_than_or_as_good_as_the_one_in_service_is_deployed(svc, ml):
+    first = in_service(svc, ml)
+    champion = [b - 1.0 for b in BASE]
+    better = challenged(svc, ml, first, [c - 0.3 for c in champion], champion)
+    assert better.state == State.DEPLOYING and better.evaluation["champion"]["verdict"] == "better"
+    assert better.evaluation["deploy"] and "than the version in service" in better.evaluation["reason"]
+    from tests.test_quality_gate import noisy
+
+    same = challenged(svc, ml, first, [c + d for c, d in zip(champion, noisy(len(champion), 0, 0.5, seed=21))],
+                      champion, run_id="week3-0123456789ab")
+    assert same.state == State.DEPLOYING and same.evaluation["champion"]["verdict"] == "inconclusive"
+    assert same.evaluation["champion"]["deploy"]
+
+
+def test_a_root_upload_faces_no_champion_even_beside_a_deployed_line(svc, ml):
+    in_service(svc, ml)
+    root = trained(svc, ml, run_id="rootup-0123456789ab")
+    assert ml.jobs[root.evaluation_job].request.champion is None

@@ -368,6 +368,35 @@ def test_evaluation_runs_after_the_completed_job_and_writes_its_report(harness):
         assert loss.base is not None and loss.tuned is not None and not loss.higher_is_better
         assert len(report.per_record["eval_loss"].base) == report.records == len(report.per_record["eval_loss"].tuned)
         assert {"rougeL", "chrf", "perplexity"} <= set(report.metrics)
+        assert report.champion is None and report.per_record["eval_loss"].champion is None
+
+    # A new version of a model line: the line's version in service (a registered model) is scored in the same job,
+    # on the same records. Here the champion is this very fine-tune, registered: its scores must be the tuned ones.
+    champion = backend.register_model(request.job_name, f"contract-{run_id[-6:]}", description="contract champion",
+                                      tags={TAG_RUN: run_id})
+    challenge = dataclasses.replace(evaluation, job_name=evaluation.job_name + "-vs",
+                                    report_path=f"{run_id}/evaluation-vs.json", champion=champion,
+                                    champion_run_id=run_id)
+    with pytest.raises(NotFound):
+        backend.submit_evaluation(dataclasses.replace(
+            challenge, job_name=evaluation.job_name + "-nosuch",
+            champion=RegisteredModel(name=unknown("model"), version="1", id="")))
+    assert backend.submit_evaluation(challenge) == challenge.job_name
+    assert backend.submit_evaluation(challenge) == challenge.job_name
+    if hasattr(h, "count_jobs"):
+        assert h.count_jobs(challenge.job_name) == 1
+    status = h.wait_for_job(challenge.job_name, h.timeout)
+    assert status.status == "Completed", status.error
+    if hasattr(h, "read_report"):
+        report = EvaluationReport.model_validate(h.read_report(challenge.report_path), strict=False)
+        assert report.champion is not None and report.champion.run_id == run_id
+        assert report.champion.model_id == champion.id
+        loss = report.per_record["eval_loss"]
+        assert len(loss.champion) == len(loss.tuned) == len(loss.base) == report.records > 0
+        assert loss.champion == pytest.approx(loss.tuned, rel=1e-4, abs=1e-5)
+        assert report.metrics["eval_loss"].champion == pytest.approx(report.metrics["eval_loss"].tuned, rel=1e-4)
+        assert len(report.per_record["rougeL"].champion) == report.sampled
+        assert all(sample.champion is not None for sample in report.samples)
 
 
 def test_several_deployments_on_one_endpoint_under_azures_traffic_rules(harness):

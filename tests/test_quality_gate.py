@@ -8,7 +8,7 @@ import random
 import pytest
 
 from shared.config import Settings
-from shared.quality_gate import GateError, GatePolicy, decide, paired_interval
+from shared.quality_gate import GateError, GatePolicy, decide, decide_against_champion, paired_interval
 
 
 def scores(base: list[float], tuned: list[float], metric: str = "eval_loss") -> dict:
@@ -102,18 +102,79 @@ def test_the_policy_takes_the_uploads_overrides_over_the_settings():
     assert (policy.gate, policy.metric, policy.min_improvement) == ("report", "chrf", 1.5)
 
 
+# ------------------------------------------------------------------ challenger against champion (a model line)
+
+
+def against(champion: list[float], tuned: list[float]) -> dict:
+    return {"eval_loss": {"base": BASE, "tuned": tuned, "champion": champion}}
+
+
+CHAMPION = [b - 1.0 for b in BASE]  # the version in service: well above its base model
+
+
+def test_a_challenger_better_than_the_version_in_service_is_deployed():
+    tuned = [c - 0.3 + d for c, d in zip(CHAMPION, noisy(60, 0, 0.2, seed=11))]
+    d = decide_against_champion(against(CHAMPION, tuned), GatePolicy(), reference="the version in service (v1)")
+    assert d.verdict == "better" and d.deploy and 0 < d.low < d.high
+    assert d.base == pytest.approx(sum(CHAMPION) / 60) and d.improvement == pytest.approx(d.base - d.tuned)
+    assert d.reason.startswith("better than the version in service (v1)")
+
+
+def test_a_challenger_worse_than_the_version_in_service_is_held_though_better_than_its_base():
+    tuned = [c + 0.4 + d for c, d in zip(CHAMPION, noisy(60, 0, 0.2, seed=12))]
+    assert decide(against(CHAMPION, tuned), GatePolicy()).verdict == "better"  # still beats the base model
+    d = decide_against_champion(against(CHAMPION, tuned), GatePolicy(), reference="the version in service (v1)")
+    assert d.verdict == "worse" and not d.deploy and d.high < 0
+    assert "worse than the version in service (v1)" in d.reason
+    reported = decide_against_champion(against(CHAMPION, tuned), GatePolicy(gate="report"))
+    assert reported.deploy and "EVAL_GATE=report" in reported.reason
+
+
+def test_a_challenger_as_good_as_the_version_in_service_is_not_worse_and_is_deployed():
+    # Noise around the champion: not better, but its interval does not show it worse, and EVAL_MIN_IMPROVEMENT
+    # (the bar against the base model) does not apply to the champion.
+    tuned = [c + d for c, d in zip(CHAMPION, noisy(60, 0, 0.5, seed=13))]
+    d = decide_against_champion(against(CHAMPION, tuned), GatePolicy(min_improvement=0.5))
+    assert d.verdict == "inconclusive" and d.deploy and d.low < 0 < d.high and d.min_improvement == 0.0
+    assert "not shown worse than the version in service" in d.reason
+    assert d == decide_against_champion(against(CHAMPION, tuned), GatePolicy(min_improvement=0.5))  # fixed seed
+    identical = decide_against_champion(against(CHAMPION, list(CHAMPION)), GatePolicy())
+    assert identical.deploy and identical.improvement == 0.0 and identical.low == identical.high == 0.0
+
+
+def test_against_the_champion_too_few_records_hold_only_a_worse_point_estimate():
+    few = {"eval_loss": {"base": [3.0, 3.0, 3.0], "tuned": [2.5, 2.6, 2.4], "champion": [2.0, 2.1, 2.0]}}
+    d = decide_against_champion(few, GatePolicy())
+    assert d.verdict == "undecided" and not d.deploy and "than the version in service" in d.reason
+    few["eval_loss"]["champion"] = [2.9, 2.9, 2.9]
+    assert decide_against_champion(few, GatePolicy()).deploy
+
+
+def test_a_report_without_champion_scores_cannot_be_decided_against_one():
+    with pytest.raises(GateError, match="no per-record eval_loss scores of the version in service"):
+        decide_against_champion(scores(BASE, BASE), GatePolicy())
+
+
 # ------------------------------------------------------------------ the gate on a report in RUNS_CONTAINER
 
 
-def report_document(run_id: str, base: list, tuned: list) -> dict:
+def report_document(run_id: str, base: list, tuned: list, champion: list | None = None,
+                    champion_run: str = "") -> dict:
     mean = (lambda xs: sum(xs) / len(xs) if xs else None)
     metric = {"eval_loss": {"base": mean(base), "tuned": mean([t for t in tuned if t is not None]),
                             "records": len(base), "higher_is_better": False}}
-    return {"version": 1, "run_id": run_id, "base_model": "b", "tuned_model": "t", "records": len(base),
-            "sampled": 1, "tokens": 123, "device": "cpu", "seconds": 1.5,
-            "limits": {"max_records": 500, "samples": 50, "max_new_tokens": 128, "max_length": 0},
-            "metrics": metric, "per_record": {"eval_loss": {"base": base, "tuned": tuned}},
-            "samples": [{"prompt": "p", "reference": "r", "base": "b", "tuned": "t"}]}
+    paired = {"base": base, "tuned": tuned}
+    document = {"version": 1, "run_id": run_id, "base_model": "b", "tuned_model": "t", "records": len(base),
+                "sampled": 1, "tokens": 123, "device": "cpu", "seconds": 1.5,
+                "limits": {"max_records": 500, "samples": 50, "max_new_tokens": 128, "max_length": 0},
+                "metrics": metric, "per_record": {"eval_loss": paired},
+                "samples": [{"prompt": "p", "reference": "r", "base": "b", "tuned": "t"}]}
+    if champion is not None:
+        paired["champion"] = champion
+        metric["eval_loss"]["champion"] = mean(champion)
+        document["champion"] = {"model": "/mnt/champion", "run_id": champion_run, "model_id": "azureml:line:1"}
+        document["samples"][0]["champion"] = "c"
+    return document
 
 
 @pytest.fixture

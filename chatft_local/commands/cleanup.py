@@ -64,8 +64,17 @@ def table(summary: dict) -> list[str]:
     for action, rows in (("delete", summary["deleted"]), ("keep", summary["kept"])):
         for d in rows:
             idle = "" if d["idle_hours"] is None else f"{d['idle_hours']:.1f}"
-            lines.append(f"{action:<7} {d['endpoint']:<32} {d['run_id'] or '-':<34} {d['reason']:<24} {idle:>7}  "
+            where = f"{d['endpoint']}/{d['deployment']}" if d.get("deployment") else d["endpoint"]
+            lines.append(f"{action:<7} {where:<32} {d['run_id'] or '-':<34} {d['reason']:<24} {idle:>7}  "
                          f"{d['detail']}")
+    standby = summary.get("standby") or []
+    if standby:
+        lines.append("deployments kept for rollback (at 0% traffic, billed like any deployment):")
+        for k in standby:
+            when = "deleted now" if k["action"] == "delete" else f"goes at {k['until']}"
+            if k["reason"] == "serving_again":
+                when = f"takes traffic again: kept (was due {k['until']})"
+            lines.append(f"  {k['endpoint']}/{k['deployment']:<10} run {k['run_id']:<34} {when}")
     lines.append(f"report: {summary['report_path']}")
     return lines
 

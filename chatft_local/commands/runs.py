@@ -73,8 +73,25 @@ def describe_evaluation(run) -> list[str]:
         better = "higher" if m.get("higher_is_better") else "lower"
         lines.append(f"    {name:<11} {_num(m.get('base')):>10} {_num(m.get('tuned')):>10} "
                      f"{_num(m.get('improvement')):>12}  {interval:<18} {m.get('verdict')} ({better} is better)")
+    lines += _describe_champion(e.get("champion"))
     if e.get("report_path"):
         lines.append(f"    report {e['report_path']} (samples: chatft runs {run.run_id} --samples)")
+    return lines
+
+
+def _describe_champion(c) -> list[str]:
+    """A new version of a model line against the line's version in service, per metric with its interval."""
+    if not c:
+        return []
+    who = f"v{c.get('model_version')} (run {c.get('run_id')})" if c.get("model_version") else f"run {c.get('run_id')}"
+    lines = [f"  vs in service {who} {c.get('verdict')} -> {'deploy' if c.get('deploy') else 'hold'}: "
+             f"{c.get('reason')}",
+             f"    {'metric':<11} {'in service':>10} {'tuned':>10} {'improvement':>12}  95% interval       verdict"]
+    for name, m in (c.get("metrics") or {}).items():
+        interval = f"[{_num(m.get('low'))}, {_num(m.get('high'))}]" if m.get("low") is not None else "-"
+        better = "higher" if m.get("higher_is_better") else "lower"
+        lines.append(f"    {name:<11} {_num(m.get('champion')):>10} {_num(m.get('tuned')):>10} "
+                     f"{_num(m.get('improvement')):>12}  {interval:<18} {m.get('verdict')} ({better} is better)")
     return lines
 
 
@@ -83,7 +100,9 @@ def describe_samples(report: dict) -> list[str]:
     lines = []
     for i, sample in enumerate(report.get("samples") or [], 1):
         lines.append(f"sample {i}")
-        for key in ("prompt", "reference", "base", "tuned"):
+        for key in ("prompt", "reference", "base", "tuned", "champion"):
+            if key == "champion" and sample.get(key) is None:
+                continue  # scored only for a new version of a model line
             text = " ".join(str(sample.get(key, "")).split())
             lines.append(f"  {key:<9} {text[:300]}")
     return lines or ["the evaluation kept no samples (EVAL_SAMPLES=0?)"]
@@ -127,10 +146,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def gate_column(run) -> str:
-    """The quality gate in one word or two: its verdict, and `chosen` when a person deployed a Held run."""
+    """The quality gate in one word or two: its verdict (against the base model, then against a line's version in
+    service: `better/worse`), and `chosen` when a person deployed a Held run."""
     if not run.evaluation:
         return "-"
-    return run.evaluation.get("verdict", "?") + (" chosen" if run.deployed_by_choice else "")
+    champion = run.evaluation.get("champion") or {}
+    return (run.evaluation.get("verdict", "?") + (f"/{champion.get('verdict')}" if champion else "")
+            + (" chosen" if run.deployed_by_choice else ""))
 
 
 def _print_samples(settings, run, as_json: bool = False) -> int:

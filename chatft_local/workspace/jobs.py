@@ -45,7 +45,7 @@ MODEL_FOLDER = "mlflow_model_folder"
 # A job is a fine-tuning job, or (`kind` "evaluation") an evaluation of one (`evaluation/`).
 REQUIRED_SPEC = {"training": ("job_name", "base_model", "train_file"),
                  "evaluation": ("job_name", "base_model", "tuned_model", "test_file", "report")}
-PATH_KEYS = ("base_model", "tuned_model", "train_file", "test_file", "events_url_file")
+PATH_KEYS = ("base_model", "tuned_model", "champion_model", "train_file", "test_file", "events_url_file")
 EVALUATION = "evaluation"
 # A queued job whose process was never recorded this long after submission was lost (the host died mid-submit).
 UNSTARTED_GRACE_SECONDS = 60.0
@@ -333,14 +333,15 @@ def _evaluate(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
 
     limits = EvaluationLimits(**(spec.get("limits") or {}))
     report = evaluate(spec["base_model"], spec["tuned_model"], spec["test_file"], limits,
-                      run_id=str(spec.get("run_id") or ""))
+                      run_id=str(spec.get("run_id") or ""), champion_model=spec.get("champion_model") or None,
+                      champion=spec.get("champion"))
     path = write_report(report, directory / "outputs" / "evaluation.json")
     target = spec["report"]
     blob = BlobClient.from_connection_string(target["connection"], target["container"], target["blob"])
     blob.upload_blob(path.read_bytes(), overwrite=True)
     written = json.loads(path.read_text())
     return {f"{which}_{name}": summary[which] for name, summary in written["metrics"].items()
-            for which in ("base", "tuned")} | {"records": written["records"], "tokens": written["tokens"],
+            for which in ("base", "tuned", "champion") if which in summary} | {"records": written["records"], "tokens": written["tokens"],
                                                  "seconds": written["seconds"]}
 
 

@@ -187,12 +187,18 @@ class LocalWorkspace:
         name = request.job_name
         if jobs.job_exists(self.state_dir, name):
             return name
+        champion = ""
+        if request.champion is not None:  # a model line's version in service, from the registry (else NotFound)
+            champion = str(self.registry.model_dir(request.champion))
         inputs = jobs.job_dir(self.state_dir, name) / "inputs"
         inputs.mkdir(parents=True, exist_ok=True)
         test = self._download(request.test_path, inputs / "test.jsonl")
         spec = {"kind": jobs.EVALUATION, "job_name": name, "run_id": request.run_id,
                 "experiment_name": request.experiment_name, "base_model": request.base_model.id,
                 "tuned_model": str(jobs.model_dir(self.state_dir, request.training_job)), "test_file": str(test),
+                "champion_model": champion,
+                "champion": {"run_id": request.champion_run_id,
+                             "model_id": request.champion.id if request.champion else ""},
                 "limits": {"max_records": request.max_records, "samples": request.samples,
                            "max_new_tokens": request.max_new_tokens},
                 # job.json is owner-only: the connection (Azurite's well-known key locally) stays private.

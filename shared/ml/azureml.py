@@ -144,6 +144,20 @@ def build_evaluation_job(request: EvaluationRequest, *, code: str | os.PathLike,
 
     folder = request.report_path.rsplit("/", 1)[0] if "/" in request.report_path else ""
     report_name = request.report_path.rsplit("/", 1)[-1]
+    inputs = {
+        "base_model": Input(type="mlflow_model", path=request.base_model.id),
+        "tuned_model": Input(type="mlflow_model", path=f"azureml://jobs/{request.training_job}/outputs/trained_model"),
+        "test_file": Input(type="uri_file", path=datastore_uri(datastore, request.test_path)),
+    }
+    champion_args = ""
+    if request.champion is not None:
+        # A model line's version in service, by its registered model in this workspace: `azureml:<name>:<version>`
+        # (Learn "Register and work with models", how-to-manage-models: a registered model as a job's input).
+        champion_id = registered_model_input(request.champion)
+        inputs["champion_model"] = Input(type="mlflow_model", path=champion_id)
+        champion_args = " --champion-model ${{inputs.champion_model}} --champion-model-id " + champion_id
+        if request.champion_run_id:
+            champion_args += " --champion-run-id " + request.champion_run_id
     return command(
         name=request.job_name,
         display_name=f"evaluate {request.run_id}"[:256],
@@ -156,18 +170,18 @@ def build_evaluation_job(request: EvaluationRequest, *, code: str | os.PathLike,
                  "--test-file ${{inputs.test_file}} --output ${{outputs.%s}}/%s --run-id %s "
                  "--max-records %d --samples %d --max-new-tokens %d")
                 % (EVALUATION_OUTPUT, report_name, request.run_id, request.max_records, request.samples,
-                   request.max_new_tokens),
-        inputs={
-            "base_model": Input(type="mlflow_model", path=request.base_model.id),
-            "tuned_model": Input(type="mlflow_model",
-                                 path=f"azureml://jobs/{request.training_job}/outputs/trained_model"),
-            "test_file": Input(type="uri_file", path=datastore_uri(datastore, request.test_path)),
-        },
+                   request.max_new_tokens) + champion_args,
+        inputs=inputs,
         outputs={EVALUATION_OUTPUT: Output(type="uri_folder", path=datastore_uri(datastore, folder + "/"),
                                            mode="upload")},
         environment=environment,
         compute=request.compute,
     )
+
+
+def registered_model_input(model: RegisteredModel) -> str:
+    """A workspace's registered model as a job input path: `azureml:<name>:<version>`."""
+    return f"azureml:{model.name}:{model.version}"
 
 
 def build_endpoint(name: str, *, tags: Mapping[str, str], description: str = "") -> Any:

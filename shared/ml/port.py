@@ -100,8 +100,8 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class EvaluationRequest:
-    """One evaluation of a fine-tune against its base model (`evaluation/`), after its fine-tuning job Completed:
-    the job scores both models on `test_path` and writes the report (`shared.protocol.EvaluationReport`) to
+    """One evaluation of a fine-tune against its base model (and a model line's version in service: `champion`)
+    (`evaluation/`), after its fine-tuning job Completed: the job scores the models on `test_path` and writes the report (`shared.protocol.EvaluationReport`) to
     `report_path`; both paths are inside RUNS_CONTAINER."""
 
     job_name: str
@@ -115,6 +115,10 @@ class EvaluationRequest:
     max_records: int = 500
     samples: int = 50
     max_new_tokens: int = 128
+    # A new version of a model line: the line's version in service (its registered model), scored beside the base
+    # and tuned models on the same records; None for a line's first version or an upload at the container's root.
+    champion: "RegisteredModel | None" = None
+    champion_run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,8 @@ class MLBackend(Protocol):
     def submit_evaluation(self, request: EvaluationRequest) -> str:
         """Submit (or find, when a job of that name exists) the evaluation job; returns its name. Its status is
         `get_job`'s; once Completed, `request.report_path` in RUNS_CONTAINER holds the report. Raises InvalidInput
-        (job name), NotFound (the training job), PermanentError (the training job is not Completed)."""
+        (job name), NotFound (the training job, or the `champion` model), PermanentError (the training job is not
+        Completed)."""
 
     def register_model(self, job_name: str, name: str, version: str | None = None, description: str = "",
                        tags: dict[str, str] | None = None) -> RegisteredModel:
