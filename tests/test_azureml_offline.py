@@ -704,6 +704,10 @@ def test_endpoint_deployment_traffic_key_and_delete_never_wait(backend, cloud):
     endpoint = backend.get_endpoint("ft-chats-01234567")
     assert endpoint.provisioning_state == "Creating" and endpoint.tags == {TAG_APP: "chatft", **tags}
     assert [e.name for e in backend.list_endpoints()] == ["ft-chats-01234567"]
+    # Azure refuses a deployment on an endpoint still Creating (shared/ml/checked.py): the app waits for Succeeded.
+    with pytest.raises(PermanentError, match="is Creating; a deployment can be created once it has Succeeded"):
+        backend.begin_create_deployment("ft-chats-01234567", "demo", model, "Standard_NC6s_v3", 1)
+    cloud.endpoints["ft-chats-01234567"]._provisioning_state = "Succeeded"
 
     with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE Standard_DS3_v2"):
         backend.begin_create_deployment("ft-chats-01234567", "demo", model, "Standard_DS3_v2", 1)
@@ -738,6 +742,7 @@ def test_deployment_of_a_model_without_base_model_tag_is_not_blocked(backend, cl
 
     cloud.workspace.models.items[("byo", "1")] = Model(name="byo", version="1", id="byo-id", tags={})
     backend.begin_create_endpoint("ft-byo", tags={})
+    cloud.endpoints["ft-byo"]._provisioning_state = "Succeeded"
     backend.begin_create_deployment("ft-byo", "demo", RegisteredModel("byo", "1", "byo-id"), "Standard_DS3_v2", 1)
     assert cloud.deployments[("ft-byo", "demo")].instance_type == "Standard_DS3_v2"
 
@@ -1060,6 +1065,7 @@ def test_a_line_endpoint_takes_a_second_deployment_a_canary_split_mirroring_and_
     backend.begin_create_endpoint("ln-support-bot", tags=tags)
     backend.begin_create_endpoint("ln-support-bot", tags={**tags, TAG_RUN: "later-run-0123"})  # same line: no-op
     assert cloud.count("online_endpoints.begin_create_or_update") == 1
+    cloud.endpoints["ln-support-bot"]._provisioning_state = "Succeeded"
     for name in ("v01", "v02"):
         backend.begin_create_deployment("ln-support-bot", name, model, "Standard_NC6s_v3", 1)
     assert [d.name for d in backend.list_deployments("ln-support-bot")] == ["v01", "v02"]
