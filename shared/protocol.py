@@ -292,9 +292,10 @@ class Step(Contract):
     state: str
     at: str
     detail: str = ""
-    kind: Literal["retry"] | None = Field(None, description="Set on a line that is not a move: `retry`, a step "
-                                                            "that failed transiently, tried again after "
-                                                            "`delay_seconds`.")
+    kind: Literal["retry", "traffic"] | None = Field(None, description="Set on a line that is not a move: "
+                                                     "`retry`, a step that failed transiently, tried again after "
+                                                     "`delay_seconds`; `traffic`, a change of a model line's live "
+                                                     "traffic (the shares in `detail`).")
     delay_seconds: float | None = None
 
 
@@ -376,6 +377,46 @@ class RunView(Contract):
 class RunList(Contract):
     runs: list[RunView]
     count: int
+
+
+# ------------------------------------------------------------------------------------------ model lines
+
+
+class LineDeployment(Contract):
+    name: str = Field(description="The deployment, `v<model version>` (`v01`).")
+    traffic: int = Field(description="Its share of the line's live traffic, percent.")
+    provisioning_state: str
+    model_version: str
+    run_id: str = Field(description="The run behind the deployment (\"\" when none is known).")
+    run_state: str
+    standby_until: str = Field(description="Kept at 0% for a rollback until then (ISO time); \"\" when not kept.")
+    served: dict[str, Any] = Field(description="What the scoring proxy saw of it: requests, errors, "
+                                               "latency_ms_total (cumulative).")
+
+
+class LineView(Contract):
+    line: str
+    endpoint: str = Field(description="The line's endpoint, `ln-<line>`.")
+    provisioning_state: str
+    traffic: dict[str, int]
+    deployments: list[LineDeployment]
+    versions: list[str] = Field(description="Every model version a run of the line registered.")
+    runs: list[dict[str, Any]] = Field(description="The line's runs, newest first: run_id, state, model_version.")
+
+
+class LineList(Contract):
+    lines: list[dict[str, Any]] = Field(description="Each line as `LineView` shows it (or `error` when its "
+                                                    "endpoint could not be read).")
+
+
+class Rollback(Contract):
+    line: str
+    endpoint: str
+    traffic: dict[str, int] = Field(description="The line's live traffic after the rollback.")
+    serving: str = Field(description="The deployment serving the line again.")
+    serving_run: str
+    rolled_back: str = Field(description="The deployment taken out of service (deleted).")
+    rolled_back_run: str
 
 
 # ------------------------------------------------------------------------------ evaluation report

@@ -267,3 +267,41 @@ def lines_view(svc) -> dict[str, Any]:
         except MLBackendError as exc:  # one line's backend read failing does not hide the others
             out.append({"line": line, "endpoint": line_endpoint_name(line), "error": type(exc).__name__})
     return {"lines": out}
+
+
+# ------------------------------------------------------------------------------------- HTTP answers
+
+
+def _answer(call, *args):
+    """A route's answer: the view as JSON, 404 / 409 / 503 for the refusals above and an unreadable backend."""
+    from .api_errors import ApiError, error_reply, json_reply
+    from .ml.naming import is_line_name
+
+    if args and not is_line_name(args[0]):
+        return error_reply(ApiError(404, "line_not_found", f"{str(args[0])[:60]!r} is not a model line name; GET "
+                                                           f"/api/lines lists the lines"))
+    try:
+        return json_reply(call(*args))
+    except NoSuchLine as exc:
+        return error_reply(ApiError(404, "line_not_found", str(exc)))
+    except LineConflict as exc:
+        return error_reply(ApiError(409, "no_previous_deployment", str(exc)))
+    except MLBackendError as exc:
+        return error_reply(ApiError(503, "backend_unavailable", f"the ML workspace could not be asked now "
+                                                                f"({type(exc).__name__}); try again",
+                                    {"Retry-After": "30"}))
+
+
+def lines_reply(svc):
+    """`GET /api/lines`."""
+    return _answer(lambda: lines_view(svc))
+
+
+def line_reply(svc, line: str):
+    """`GET /api/lines/{line}`."""
+    return _answer(lambda name: line_view(svc, name), line)
+
+
+def rollback_reply(svc, line: str):
+    """`POST /api/lines/{line}/rollback`."""
+    return _answer(lambda name: rollback_line(svc, name), line)

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping, TypeVar
@@ -51,9 +52,12 @@ class _Index:
     newest: Run | None
     runs: list[Run]
     by_ref: dict[str, Run]
+    lines: dict[str, Any] = dataclasses.field(default_factory=dict)  # line name -> shared.lines.LineView
 
     @classmethod
     def of(cls, runs: list[Run], ttl: float) -> "_Index":
+        """`runs`: the Deployed runs and the Deploying ones (whose canaries a line's answers may come from)."""
+        every, runs = runs, [r for r in runs if r.state == State.DEPLOYED]
         by_ref: dict[str, Run] = {}
         for run in reversed(runs):  # oldest first, so the newest run of a model name wins
             by_ref[run.run_id] = run
@@ -63,11 +67,12 @@ class _Index:
         # A model line answers to its name (its newest Deployed version: callers never change the model id when a
         # version ships) and to `line:version` (that version's run, pinned by its deployment header). Lines come
         # last, so a line's name wins over a model name or run id that happens to be spelled the same.
-        for line in line_views(runs).values():
+        lines = line_views(every)
+        for line in lines.values():
             by_ref[line.line] = line.current
             for version, run in line.by_version.items():
                 by_ref[f"{line.line}:{version}"] = run
-        return cls(time.monotonic() + ttl, runs[0] if runs else None, runs, by_ref)
+        return cls(time.monotonic() + ttl, runs[0] if runs else None, runs, by_ref, lines)
 
 
 class ScoringProxy:
@@ -137,6 +142,10 @@ class ScoringProxy:
 
     async def forward(self, model: str | None, body: bytes) -> Answer:
         """Send a checked scoring request to the endpoint serving `model`; ApiError says why it could not."""
+        if model is not None and is_model_ref(model):
+            line = (await self._deployed()).lines.get(model)
+            if line is not None and line.current is not None:
+                return await self._forward_line(line, body)
         run = await self.resolve(model)
         try:
             return await self._send(run, body)
@@ -154,6 +163,42 @@ class ScoringProxy:
             return await self._send(fresh, body)
         except EndpointGone as gone:
             raise gone.error from None
+
+    async def _forward_line(self, line, body: bytes) -> Answer:
+        """A call by model line: sent unpinned, so the line endpoint's traffic split decides (a canary takes its
+        share); the outcome counts on the run whose deployment answered (it names itself in
+        `azureml-model-deployment`). A deployment other than the serving one (a canary) that fails is not the
+        caller's problem: the request is sent again, pinned to the serving deployment; the failure still counts
+        against the canary. An endpoint address gone stale (a deleted deployment's server, locally) is read again
+        once."""
+        current = line.current
+        for attempt in (1, 2):
+            started = time.monotonic()
+            try:
+                answer = await self.upstream.send(current, body, pin=False)
+            except EndpointGone as gone:
+                self._note_outcome(current, ok=False, latency_ms=(time.monotonic() - started) * 1000)
+                self._forget(current)
+                if attempt == 2:
+                    raise gone.error from None
+                continue
+            except ApiError as err:
+                named = err.headers.get("x-chatft-deployment", "")
+                who = line.by_deployment.get(named, current)
+                upstream = err.headers.get("x-chatft-upstream-status", "")
+                if err.status >= 500 and not (upstream.isdigit() and int(upstream) < 500):
+                    self._note_outcome(who, ok=False, latency_ms=(time.monotonic() - started) * 1000)
+                    if who.deployment_name != current.deployment_name:
+                        log.warning("line %s: deployment %s answered %s; sent again to %s", line.line, named,
+                                    upstream or err.status, current.deployment_name)
+                        return await self._send(current, body)
+                raise
+            named = answer.headers.get("azureml-model-deployment", "")
+            who = line.by_deployment.get(named, current)
+            self._note_outcome(who, ok=True, latency_ms=(time.monotonic() - started) * 1000)
+            self._note_use(who)
+            return dataclasses.replace(answer, run=who)
+        raise AssertionError("unreachable")
 
     async def resolve(self, model: str | None) -> Run:
         """The Deployed run serving `model` (None: the newest); 404, 410 or 503 when there is none."""
@@ -279,7 +324,8 @@ class ScoringProxy:
         return await asyncio.shield(self._index_task[1])
 
     async def _load_index(self) -> _Index:
-        self._index = _Index.of(await self._store(self.svc.runs.list, [State.DEPLOYED]), self._run_ttl)
+        self._index = _Index.of(await self._store(self.svc.runs.list, [State.DEPLOYED, State.DEPLOYING]),
+                                self._run_ttl)
         return self._index
 
     @staticmethod
