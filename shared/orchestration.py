@@ -310,6 +310,10 @@ def _line_traffic(svc: Services, run: Run, endpoint) -> Move | Edit | Fail | Non
     state = dict(run.rollout)
     mine = run.deployment_name
     if not state.get("canary_started_at"):
+        busy = [r for r in rollout.line_runs(svc, run.line, (State.DEPLOYING,))
+                if r.run_id != run.run_id and r.rollout.get("canary_started_at")]
+        if busy:  # one canary at a time on a line: this one starts when that one's verdict is in
+            return None
         previous = rollout.serving(endpoint.traffic, mine)
         previous_run = rollout.run_of_deployment(svc, run.line, previous) if previous else None
         state.update(previous=previous, previous_run=previous_run.run_id if previous_run else "")

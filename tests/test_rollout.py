@@ -242,3 +242,26 @@ def test_rollout_settings_are_checked(name, value):
 
     with pytest.raises(SettingError, match=name):
         Settings.from_env({name: value})
+
+
+def test_one_canary_at_a_time_on_a_line(svc, ml, clock):
+    deployed_first(svc, ml)
+    second = check(svc, trained(svc, ml, 2).run_id)
+    third = check(svc, trained(svc, ml, 3).run_id)
+    assert third.state == State.DEPLOYING and not third.rollout.get("canary_started_at")
+    assert ml.get_endpoint(ENDPOINT).traffic == {"v01": 90, "v02": 10}
+    clock.advance(minutes=31)
+    assert check(svc, second.run_id).state == State.DEPLOYED
+    third = check(svc, third.run_id)
+    assert third.rollout["previous"] == "v02" and ml.get_endpoint(ENDPOINT).traffic == {"v01": 0, "v02": 90,
+                                                                                         "v03": 10}
+
+
+def test_local_faults_can_break_a_deployments_scoring():
+    from shared.config import SettingError, Settings
+    from shared.ml.faults import scoring_faults
+
+    assert scoring_faults("submit_job=transient:1,score@v03=error:50", "v03") == 50
+    assert scoring_faults("score@v03=error:50", "v02") == 0
+    with pytest.raises(SettingError, match="kind error"):
+        Settings.from_env({"LOCAL_FAULTS": "score@v03=transient:1"})
