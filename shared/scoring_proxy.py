@@ -32,7 +32,7 @@ from .lines import line_views
 from .run_views import is_model_ref, is_run_id, model_entry, model_list
 from .runs import Run, State, iso
 from .scoring import chat_completion, chat_request, check_score_request, completion_events, completion_json
-from .upstream import Answer, EndpointGone, UpstreamClient
+from .upstream import ANSWERED_BY, DEPLOYMENT_HEADER, Answer, EndpointGone, UpstreamClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -167,38 +167,48 @@ class ScoringProxy:
     async def _forward_line(self, line, body: bytes) -> Answer:
         """A call by model line: sent unpinned, so the line endpoint's traffic split decides (a canary takes its
         share); the outcome counts on the run whose deployment answered (it names itself in
-        `azureml-model-deployment`). A deployment other than the serving one (a canary) that fails is not the
-        caller's problem: the request is sent again, pinned to the serving deployment; the failure still counts
-        against the canary. An endpoint address gone stale (a deleted deployment's server, locally) is read again
-        once."""
-        current = line.current
-        for attempt in (1, 2):
+        `azureml-model-deployment`). A deployment that fails (5xx, unreachable; not a timeout, not the caller's 4xx)
+        is not the caller's problem while another serves the line: the request is sent again, pinned to the serving
+        deployment (read again from the run store when that was the one failing: a rollback may have just moved the
+        line); the failure still counts against the deployment that failed. At most three sends."""
+        target, pin, tried = line.current, False, set()
+        error: ApiError | None = None
+        for _ in range(3):
             started = time.monotonic()
             try:
-                answer = await self.upstream.send(current, body, pin=False)
-            except EndpointGone as gone:
-                self._note_outcome(current, ok=False, latency_ms=(time.monotonic() - started) * 1000)
-                self._forget(current)
-                if attempt == 2:
-                    raise gone.error from None
-                continue
+                answer = await self.upstream.send(target, body, pin=pin)
+            except EndpointGone as gone:  # a stale address (locally, a deleted deployment's server): read it again
+                self._forget(target)
+                error, named = gone.error, (target.deployment_name if pin else "")
             except ApiError as err:
-                named = err.headers.get("x-chatft-deployment", "")
-                who = line.by_deployment.get(named, current)
                 upstream = err.headers.get("x-chatft-upstream-status", "")
-                if err.status >= 500 and not (upstream.isdigit() and int(upstream) < 500):
-                    self._note_outcome(who, ok=False, latency_ms=(time.monotonic() - started) * 1000)
-                    if who.deployment_name != current.deployment_name:
-                        log.warning("line %s: deployment %s answered %s; sent again to %s", line.line, named,
-                                    upstream or err.status, current.deployment_name)
-                        return await self._send(current, body)
-                raise
-            named = answer.headers.get("azureml-model-deployment", "")
-            who = line.by_deployment.get(named, current)
-            self._note_outcome(who, ok=True, latency_ms=(time.monotonic() - started) * 1000)
-            self._note_use(who)
-            return dataclasses.replace(answer, run=who)
-        raise AssertionError("unreachable")
+                if err.status == 504 or not (err.status >= 500 and not (upstream.isdigit() and int(upstream) < 500)):
+                    raise
+                error, named = err, err.headers.get(ANSWERED_BY) or (target.deployment_name if pin else "")
+            else:
+                named = answer.headers.get(DEPLOYMENT_HEADER) or target.deployment_name
+                who = line.by_deployment.get(named)
+                if who is None:
+                    self._index = None  # a deployment the cached index does not know: read the runs again
+                self._note_outcome(who or target, ok=True, latency_ms=(time.monotonic() - started) * 1000)
+                self._note_use(who or target)
+                return dataclasses.replace(answer, run=who or target)
+            failed = line.by_deployment.get(named) if named else None
+            if failed is not None:
+                self._note_outcome(failed, ok=False, latency_ms=(time.monotonic() - started) * 1000)
+            tried.add(named or "?")
+            if line.current.deployment_name not in tried:
+                target, pin = line.current, True
+            else:
+                self._index = None
+                fresh = (await self._deployed()).lines.get(line.line)
+                if fresh is None or fresh.current is None or fresh.current.deployment_name in tried:
+                    break
+                line, target, pin = fresh, fresh.current, True
+            log.warning("line %s: deployment %s failed (%s); sent again to %s", line.line, named or "(unnamed)",
+                        error.code, target.deployment_name)
+        assert error is not None
+        raise error
 
     async def resolve(self, model: str | None) -> Run:
         """The Deployed run serving `model` (None: the newest); 404, 410 or 503 when there is none."""
