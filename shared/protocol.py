@@ -350,6 +350,17 @@ class EvaluationView(Contract):
     deployed_by_choice: str | None = Field(None, description="When a person deployed the Held run anyway.")
 
 
+class RunLineView(Contract):
+    """The model line a run belongs to, and its rollout there (`shared.rollout`)."""
+
+    name: str
+    standby_until: str | None = Field(None, description="The run's deployment is kept at 0% for a rollback until "
+                                                        "then; deleted at that time.")
+    rollout: dict[str, Any] = Field(default_factory=dict, description="previous (the deployment it replaces), "
+                                    "previous_run, canary_percent, canary_started_at, verdict (the figures it was "
+                                    "judged on: requests, errors, latency_ms_total, healthy).")
+
+
 class RunView(Contract):
     """A run's status, as `GET /api/runs` shows it. Endpoint keys are never kept on a run, and fields are listed
     one by one so nothing new appears unreviewed."""
@@ -371,6 +382,7 @@ class RunView(Contract):
     failure: FailureView | None
     reconciled_at: str | None = Field(None, description="When the reconciler last checked the run with the "
                                                         "backend.")
+    line: RunLineView | None = Field(None, description="The model line the run belongs to; null for a root upload.")
     links: dict[str, str]
 
 

@@ -265,3 +265,21 @@ def test_local_faults_can_break_a_deployments_scoring():
     assert scoring_faults("score@v03=error:50", "v02") == 0
     with pytest.raises(SettingError, match="kind error"):
         Settings.from_env({"LOCAL_FAULTS": "score@v03=transient:1"})
+
+
+def test_a_line_runs_view_shows_its_line_rollout_and_standby(svc, ml, clock):
+    from shared.protocol import RunView
+    from shared.run_views import run_view
+
+    first = deployed_first(svc, ml)
+    second = check(svc, trained(svc, ml, 2).run_id)
+    clock.advance(minutes=31)
+    second = check(svc, second.run_id)
+    view = run_view(second)
+    assert view["line"]["name"] == LINE and view["line"]["rollout"]["verdict"]["healthy"] is True
+    assert "served_at_start" not in view["line"]["rollout"] and view["links"]["line"] == f"/api/lines/{LINE}"
+    kept = run_view(svc.runs.get(first.run_id))
+    assert kept["line"]["standby_until"] == svc.runs.get(first.run_id).standby_until
+    assert any(h.get("kind") == "traffic" for h in view["history"])
+    for shown in (view, kept):
+        RunView.model_validate(shown)  # the declared contract
