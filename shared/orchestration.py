@@ -471,10 +471,12 @@ ROUTES: dict[State, tuple[Step, ...]] = {
     State.DEPLOYED: (STANDBY,),
 }
 # Every step by the name a message carries (`SubmitRun.step`, `ContinueRun.step`), for the dead-letter handler;
-# "settle", "check" and "deploy" are the names earlier messages used.
+# "settle", "check" and "deploy" are the names earlier messages used. STANDBY is left out: a kept deployment whose
+# deletion message was dead-lettered fails no run (its run still serves a rollback; the nightly cleanup deletes an
+# overdue kept deployment).
 STEPS: dict[str, tuple[Step, ...]] = {
     **{step.name: (step,) for step in (SUBMIT, JOB_STATUS, EVALUATE, GATE, REGISTER, HOLD, BEGIN_DEPLOYMENT,
-                                                CREATE_ENDPOINT, CHECK, STANDBY)},
+                                                CREATE_ENDPOINT, CHECK)},
     "settle": AFTER_JOB, "check": (CHECK,), "deploy": (CHECK,),
 }
 

@@ -283,3 +283,27 @@ def test_a_line_runs_view_shows_its_line_rollout_and_standby(svc, ml, clock):
     assert any(h.get("kind") == "traffic" for h in view["history"])
     for shown in (view, kept):
         RunView.model_validate(shown)  # the declared contract
+
+
+def test_the_reconciler_owns_a_stale_canary_and_judges_it(svc, ml, clock):
+    from shared.reconcile import reconcile_runs
+
+    deployed_first(svc, ml)
+    second = check(svc, trained(svc, ml, 2).run_id)  # its scheduled checks are lost
+    clock.advance(minutes=31 + svc.settings.reconcile_after_minutes)
+    report = reconcile_runs(svc)
+    assert (second.run_id, "Deploying", "Deployed") in report.moved
+    assert ml.get_endpoint(ENDPOINT).traffic == {"v01": 0, "v02": 100}
+
+
+def test_a_dead_lettered_standby_message_fails_nothing(svc, ml, clock):
+    from shared.orchestration import dead_lettered
+
+    first = deployed_first(svc, ml)
+    second = check(svc, trained(svc, ml, 2).run_id)
+    clock.advance(minutes=31)
+    check(svc, second.run_id)
+    message = next(m[1] for m in svc.messages.sent if isinstance(m[1], ContinueRun) and m[1].step == "standby")
+    after = dead_lettered(svc, svc.settings.deploy_queue, message.to_json().encode(), "MaxDeliveryCountExceeded")
+    # A Deployed run is not failed by a lost deletion: the nightly cleanup deletes an overdue kept deployment.
+    assert after.run_id == first.run_id and after.state == State.DEPLOYED and after.standby_until
