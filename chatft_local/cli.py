@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("chatft_local.commands.prepare_data", "write a dataset's splits as chat JSONL"),
     "upload": ("chatft_local.commands.upload", "upload training JSONL to the watched container"),
     "runs": ("chatft_local.commands.runs", "list runs, or show one run in detail"),
+    "lines": ("chatft_local.commands.lines", "list model lines, or one line's deployments and traffic"),
+    "rollback": ("chatft_local.commands.rollback", "send a model line's traffic back to its previous version"),
     "cleanup": ("chatft_local.commands.cleanup", "apply the idle-endpoint cleanup policy now"),
     "demo": ("chatft_local.commands.demo", "the whole flow on this machine: upload, train, deploy, score"),
     "notify": ("chatft_local.commands.notify", "send a signed test event to each webhook, or print a new secret"),

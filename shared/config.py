@@ -147,6 +147,20 @@ class Settings(BaseSettings):
         "First delay of a deployment check; doubles up to 5 minutes.")
     deploy_timeout_minutes: int = _setting("DEPLOY_TIMEOUT_MINUTES", 90,
         "A deployment not ready after this is Failed and its endpoint deleted.")
+    rollout_canary_percent: int = _setting("ROLLOUT_CANARY_PERCENT", 10,
+        "Share of a model line's live traffic (whole percent, 0-100) a new version takes while its canary is "
+        "watched; 0 switches all traffic to it at once.")
+    rollout_canary_minutes: float = _setting("ROLLOUT_CANARY_MINUTES", 30.0,
+        "How long a new version of a model line serves its canary share before it takes all traffic.")
+    rollout_max_error_rate: float = _setting("ROLLOUT_MAX_ERROR_RATE", 0.05,
+        "A canary whose errors (5xx, timeouts, unreachable) exceed this fraction of max(its requests, "
+        "ROLLOUT_MIN_REQUESTS) is rolled back.")
+    rollout_min_requests: int = _setting("ROLLOUT_MIN_REQUESTS", 20,
+        "Fewest requests an error rate is taken over: below it, errors are counted against this many (one error "
+        "of one request does not decide).")
+    rollout_keep_previous_hours: float = _setting("ROLLOUT_KEEP_PREVIOUS_HOURS", 24.0,
+        "How long a model line's previous deployment is kept at 0% after a rollout (for a one-call rollback) "
+        "before it is deleted.")
     endpoint_idle_hours: float = _setting("ENDPOINT_IDLE_HOURS", 24.0,
         "An owned endpoint older than this with no scoring request in this window is deleted.")
     cleanup_schedule: str = _setting("CLEANUP_SCHEDULE", "0 0 2 * * *",
@@ -258,6 +272,13 @@ class Settings(BaseSettings):
             from .ml.faults import parse_faults
 
             parse_faults(self.local_faults)  # raises SettingError naming LOCAL_FAULTS
+        if not 0 <= self.rollout_canary_percent <= 100:
+            raise SettingError("setting ROLLOUT_CANARY_PERCENT must be a whole percentage from 0 to 100")
+        if not 0.0 <= self.rollout_max_error_rate <= 1.0:
+            raise SettingError("setting ROLLOUT_MAX_ERROR_RATE must be between 0 and 1")
+        for name in ("rollout_canary_minutes", "rollout_min_requests", "rollout_keep_previous_hours"):
+            if getattr(self, name) <= 0:
+                raise SettingError(f"setting {name.upper()} must be positive")
         if self.notify_retry_hours <= 0:
             raise SettingError("setting NOTIFY_RETRY_HOURS must be positive")
         from .notifications import check_webhook_settings

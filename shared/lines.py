@@ -61,11 +61,16 @@ class LineView:
     endpoint_name: str
     runs: tuple[Run, ...] = ()  # Deployed runs of the line, newest model version first
     by_version: Mapping[str, Run] = field(default_factory=dict)
+    # The run behind each deployment on the line's endpoint, a canary's (Deploying) included: whose outcomes an
+    # answer naming that deployment (`azureml-model-deployment`) counts on.
+    by_deployment: Mapping[str, Run] = field(default_factory=dict)
 
     @property
     def current(self) -> Run | None:
-        """The run serving the line's callers: the newest Deployed version."""
-        return self.runs[0] if self.runs else None
+        """The run serving the line's callers: the newest Deployed version not kept as a standby (a previous
+        version kept at 0% after a rollout has `standby_until`)."""
+        serving = [r for r in self.runs if not r.standby_until]
+        return (serving or list(self.runs) or [None])[0]
 
 
 def _version_key(run: Run) -> tuple[int, str]:
@@ -74,16 +79,23 @@ def _version_key(run: Run) -> tuple[int, str]:
 
 
 def line_views(runs: Iterable[Run]) -> dict[str, LineView]:
-    """The lines among `runs` (Deployed ones), each with its runs by model version (the newest run of a version
-    wins)."""
+    """The lines among `runs` with a Deployed run, each with its Deployed runs by model version (the newest run of
+    a version wins) and the run behind each deployment of its endpoint (Deploying ones too: a canary)."""
     grouped: dict[str, list[Run]] = {}
+    deploying: dict[str, list[Run]] = {}
     for run in runs:
         if run.line and run.state == State.DEPLOYED:
             grouped.setdefault(run.line, []).append(run)
+        elif run.line and run.state == State.DEPLOYING:
+            deploying.setdefault(run.line, []).append(run)
     views = {}
     for line, members in grouped.items():
         members.sort(key=_version_key, reverse=True)
-        views[line] = LineView(line=line, endpoint_name=line_endpoint_name(line), runs=tuple(members),
-                               by_version={r.model_version: r for r in reversed(members) if r.model_version})
+        endpoint = line_endpoint_name(line)
+        behind = {r.deployment_name: r for r in [*reversed(members), *deploying.get(line, ())]
+                  if r.endpoint_name == endpoint and r.deployment_name}
+        views[line] = LineView(line=line, endpoint_name=endpoint, runs=tuple(members),
+                               by_version={r.model_version: r for r in reversed(members) if r.model_version},
+                               by_deployment=behind)
     return views
 

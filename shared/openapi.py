@@ -9,6 +9,7 @@ import functools
 from typing import Any
 
 from .run_views import MAX_RUNS_LIMIT, MODEL_REF_PATTERN, RUN_ID_PATTERN
+from .ml.naming import LINE_PATTERN
 from .runs import State
 
 VERSION = "1.0.0"
@@ -39,9 +40,10 @@ def _errors(schema: str, *statuses: int) -> dict[str, Any]:
     meaning = {
         400: ("The body (or query) is malformed; the message names each problem.", None),
         401: ("No valid function key (header `x-functions-key` or query `code`).", None),
-        404: ("No such model or run.", None),
+        404: ("No such model, run or model line.", None),
         409: ("The run cannot be deployed again (it is deployed, or has no registered model); or, scoring, the "
-              "quality gate held the model (`model_held`: the message gives the reason and how to deploy it anyway).",
+              "quality gate held the model (`model_held`: the message gives the reason and how to deploy it anyway); or, a "
+              "rollback, the line has no previous deployment kept (`no_previous_deployment`).",
               None),
         410: ("The model's endpoint was retired (deleted when idle) or its deployment failed; the message says how "
               "to deploy it again: `POST /api/runs/{run_id}/deploy`.", None),
@@ -70,7 +72,8 @@ def _schemas() -> dict[str, Any]:
 
     models = [(m, "validation") for m in (p.ScoreRequest, p.ChatCompletionRequest)]
     models += [(m, "serialization") for m in (p.ScoreAnswer, p.ChatCompletion, p.ModelCard, p.ModelList, p.Error,
-                                              p.OpenAIError, p.RunView, p.RunList)]
+                                              p.OpenAIError, p.RunView, p.RunList, p.LineView, p.LineList,
+                                              p.Rollback)]
     _, doc = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return doc["$defs"]
 
@@ -82,6 +85,7 @@ def _path_parameter(name: str, pattern: str, description: str) -> dict[str, Any]
 
 _MODEL = _path_parameter("model", MODEL_REF_PATTERN, "A registered model name, `name:version`, or a run id.")
 _RUN_ID = _path_parameter("run_id", RUN_ID_PATTERN, "The run id.")
+_LINE = _path_parameter("line", LINE_PATTERN, "The model line (a sanitised line name, e.g. `support-bot`).")
 
 
 _BODY = ("JSON, UTF-8 unless the `Content-Type` names another charset (e.g. `application/json; charset=latin-1`); "
@@ -164,6 +168,27 @@ def _paths() -> dict[str, Any]:
                                                      "schema": {"type": "string"}}}),
                           **_errors("Error", 401, 404, 409, 503)},
         }},
+        "/api/lines": {"get": {
+            "operationId": "listLines", "tags": ["lines"], "summary": "Model lines, with their deployments",
+            "responses": {"200": _json(_ref("LineList"), "Every line any run belongs to."),
+                          **_errors("Error", 401, 503)},
+        }},
+        "/api/lines/{line}": {"get": {
+            "operationId": "getLine", "tags": ["lines"],
+            "summary": "One model line: its endpoint's deployments, their traffic, versions and runs",
+            "parameters": [_LINE],
+            "responses": {"200": _json(_ref("LineView"), "The line."), **_errors("Error", 401, 404, 503)},
+        }},
+        "/api/lines/{line}/rollback": {"post": {
+            "operationId": "rollbackLine", "tags": ["lines"],
+            "summary": "Traffic back to the line's previous deployment while it is kept",
+            "description": "The version in service (or its canary in progress) gets 0% and is deleted; the previous "
+                           "version, kept at 0% for ROLLOUT_KEEP_PREVIOUS_HOURS after a rollout, takes all traffic "
+                           "again. Both runs get a history line. 409 when no previous deployment is kept.",
+            "parameters": [_LINE],
+            "responses": {"200": _json(_ref("Rollback"), "Rolled back."),
+                          **_errors("Error", 401, 404, 409, 503)},
+        }},
         "/api/openapi.json": {"get": {
             "operationId": "openapi", "tags": ["meta"], "summary": "This document",
             "responses": {"200": _json({"type": "object"}, "The OpenAPI document."), **_errors("Error", 401)},
@@ -179,7 +204,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "chatft", "version": VERSION,
                  "description": "Score fine-tuned chat models (Azure ML scoring format or OpenAI-compatible) and "
                                 "follow runs from upload to deployment. Every route needs a function key."},
-        "tags": [{"name": "scoring"}, {"name": "openai"}, {"name": "runs"}, {"name": "meta"}],
+        "tags": [{"name": "scoring"}, {"name": "openai"}, {"name": "runs"}, {"name": "lines"}, {"name": "meta"}],
         "paths": _paths(),
         "components": {
             "schemas": _schemas(),

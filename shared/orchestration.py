@@ -19,8 +19,9 @@ from typing import Any
 
 from .bootstrap import Services
 from .messages import FIRST_TRY, Attempt, ContinueRun, MalformedMessage, SubmitRun
-from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_RUN, JobRequest, MLBackendError, NotFound,
-                      RegisteredModel, canonical_status)
+from .ml.port import (JOB_DONE, TAG_APP, TAG_CREATED, TAG_KEEP, TAG_LINE, TAG_RUN, JobRequest, MLBackendError,
+                      NameTaken, NotFound, RegisteredModel, canonical_status)
+from . import rollout
 from .ml.training_params import registered_model_name
 from .overrides import APP_KEYS
 from .run_store import RunNotFound
@@ -187,10 +188,13 @@ def _register(svc: Services, run: Run, trigger: Trigger) -> Move | None:
     if run.state == State.TRAINED and _wants_evaluation(svc, run):
         return None  # EVALUATE owns it
     base = run.overrides.get("base_model") or svc.settings.base_model
-    name = registered_model_name(base, dataset=run.run_id.rsplit("-", 1)[0])
+    # A model line's runs register under the line's name, so its versions count 1, 2, 3 (`line:version`, the
+    # deployments `v01`, `v02`); a root upload's under the notebook's `{model}-{dataset}`.
+    name = run.line or registered_model_name(base, dataset=run.run_id.rsplit("-", 1)[0])
+    tags = {TAG_APP: svc.settings.app_id, TAG_RUN: run.run_id, **({TAG_LINE: run.line} if run.line else {})}
     # No version: the backend returns the integer version this job already has, else registers the next one.
     model = svc.ml.register_model(run.job_name, name=name, description=f"{base} fine-tuned by run {run.run_id}",
-                                  tags={TAG_APP: svc.settings.app_id, TAG_RUN: run.run_id})
+                                  tags=tags)
     return Move(State.REGISTERED, changes={"model_name": model.name, "model_version": model.version,
                                            "model_id": model.id})
 
@@ -199,9 +203,12 @@ def _begin_deployment(svc: Services, run: Run, trigger: Trigger) -> Move:
     """Move to Deploying under a fresh endpoint name; the first check goes out before the endpoint is created:
     should creating it fail, or the host die in between, the check creates it (or times out)."""
     now = svc.clock()
-    return Move(State.DEPLOYING, changes={
+    # A model line's run deploys `v<version>` onto the line's endpoint (created by the line's first run only).
+    names = rollout.line_names(run) if run.line else {
         "endpoint_name": endpoint_name_for(run.run_id, run.moves_into(State.DEPLOYING)),
-        "deployment_name": svc.settings.deployment_name, "deploy_started_at": iso(now), "deploy_checks": 0,
+        "deployment_name": svc.settings.deployment_name}
+    return Move(State.DEPLOYING, changes={
+        **names, "deploy_started_at": iso(now), "deploy_checks": 0, "rollout": {}, "standby_until": "",
         "endpoint_accepted_at": "", "scoring_uri": "", "failure": None}, then=schedule_check)
 
 
@@ -216,7 +223,19 @@ def _deploy_again(svc: Services, run: Run, trigger: Trigger) -> Move:
 
 def _create_endpoint(svc: Services, run: Run, trigger: Trigger) -> Edit:
     """Begin creating the run's endpoint (idempotent by name) and record that the backend accepted it: from then
-    on an endpoint gone missing was deleted, not "not created yet"."""
+    on an endpoint gone missing was deleted, not "not created yet". A model line's later runs find the line's
+    endpoint there and create nothing (a name another owns is refused: `shared.lines.owner_refusal`)."""
+    if run.line:
+        from .lines import owner_refusal
+
+        existing = svc.ml.get_endpoint(run.endpoint_name)
+        refusal = owner_refusal(run.line, existing, svc.settings.app_id)
+        if refusal:
+            raise NameTaken(refusal)
+        if existing is None:
+            svc.ml.begin_create_endpoint(run.endpoint_name, tags=rollout.line_endpoint_tags(svc, run),
+                                         description=f"chatft: model line {run.line}")
+        return Edit({"endpoint_accepted_at": iso(svc.clock())})
     tags = {TAG_APP: svc.settings.app_id, TAG_RUN: run.run_id, TAG_CREATED: run.deploy_started_at}
     if run.keep:
         tags[TAG_KEEP] = "true"
@@ -235,7 +254,8 @@ def _check(svc: Services, run: Run, trigger: Trigger) -> Move | Edit | Fail | No
     backing off while nothing moves."""
     ml, s, now = svc.ml, svc.settings, svc.clock()
     started = parse_iso(run.deploy_started_at or run.updated_at)
-    if now - started > timedelta(minutes=s.deploy_timeout_minutes):
+    canary = bool(run.rollout.get("canary_started_at"))
+    if now - started > timedelta(minutes=s.deploy_timeout_minutes) and not canary:
         return Fail(f"deployment not ready after {s.deploy_timeout_minutes} minutes")
     changes: dict[str, Any] = {}
     progressed = False
@@ -252,6 +272,8 @@ def _check(svc: Services, run: Run, trigger: Trigger) -> Move | Edit | Fail | No
         if endpoint.provisioning_state != "Succeeded":
             break
         deployment = ml.get_deployment(run.endpoint_name, run.deployment_name)
+        if deployment is None and canary:
+            return Fail(f"deployment {run.deployment_name} disappeared during its canary", stage="rollout")
         if deployment is None:
             model = RegisteredModel(name=run.model_name, version=run.model_version, id=run.model_id)
             ml.begin_create_deployment(run.endpoint_name, run.deployment_name, model, s.inference_instance_type,
@@ -262,6 +284,11 @@ def _check(svc: Services, run: Run, trigger: Trigger) -> Move | Edit | Fail | No
             return Fail(f"deployment {run.deployment_name} failed: {deployment.error or 'no detail'}")
         if deployment.provisioning_state != "Succeeded":
             break
+        if run.line:
+            outcome = _line_traffic(svc, run, endpoint)
+            if outcome is not None:
+                return outcome
+            break  # a canary is watched: the next check looks again
         if endpoint.traffic.get(run.deployment_name) != 100:
             ml.set_traffic(run.endpoint_name, {run.deployment_name: 100})
             progressed = True
@@ -274,6 +301,96 @@ def _check(svc: Services, run: Run, trigger: Trigger) -> Move | Edit | Fail | No
     return Edit(changes, then=schedule_check)
 
 
+def _line_traffic(svc: Services, run: Run, endpoint) -> Move | Edit | Fail | None:
+    """A line's new deployment is ready: take it into service (`shared.rollout`, its module docstring says how).
+    The first version, or ROLLOUT_CANARY_PERCENT=0, takes all traffic at once; else the canary takes its share,
+    and each check judges it: unhealthy -> Fail (the cleanup sends traffic back and deletes it), its window over
+    -> 100% (the previous version kept at 0%), else None (watch on)."""
+    s, now = svc.settings, svc.clock()
+    state = dict(run.rollout)
+    mine = run.deployment_name
+    if not state.get("canary_started_at"):
+        busy = [r for r in rollout.line_runs(svc, run.line, (State.DEPLOYING,))
+                if r.run_id != run.run_id and r.rollout.get("canary_started_at")]
+        if busy:  # one canary at a time on a line: this one starts when that one's verdict is in
+            return None
+        previous = rollout.serving(endpoint.traffic, mine)
+        previous_run = rollout.run_of_deployment(svc, run.line, previous) if previous else None
+        state.update(previous=previous, previous_run=previous_run.run_id if previous_run else "")
+        if not previous or s.rollout_canary_percent == 0:
+            traffic = rollout.set_traffic(svc, run.endpoint_name, {mine: 100})
+            why = ("ROLLOUT_CANARY_PERCENT=0: switched at once" if previous else "the line's first version")
+            return Move(State.DEPLOYED, f"traffic {rollout.shares_text(traffic)} ({why})",
+                        {"scoring_uri": endpoint.scoring_uri, "rollout": {**state, "canary_percent": 0}},
+                        then=_keep_previous(previous_run, f"traffic {rollout.shares_text(traffic)}"))
+        percent = s.rollout_canary_percent
+        traffic = rollout.set_traffic(svc, run.endpoint_name, {mine: percent, previous: 100 - percent})
+        state.update(canary_percent=percent, canary_started_at=iso(now), served_at_start=dict(run.served))
+        return Edit({"rollout": state, "deploy_checks": 0},
+                    note=f"canary: traffic {rollout.shares_text(traffic)} for {s.rollout_canary_minutes:g} minutes, "
+                         f"judged on {rollout.rule_text(s)}", then=schedule_check)
+    figures = rollout.Figures.of(run).since(state.get("served_at_start") or {})
+    previous, previous_run = state.get("previous", ""), svc.runs.find(state.get("previous_run") or "")
+    before = rollout.Figures.of(previous_run).mean_latency_ms
+    said = figures.text() + (f" ({previous} {before:.0f} ms)" if before is not None else "")
+    verdict = {**figures.to_dict(), "judged_at": iso(now)}
+    if rollout.unhealthy(s, figures):
+        return Fail(f"canary of {mine} unhealthy: {said}, above {rollout.rule_text(s)}", stage="rollout",
+                    changes={"rollout": {**state, "verdict": {**verdict, "healthy": False}}})
+    if now - rollout.parse_iso(state["canary_started_at"]) < timedelta(minutes=s.rollout_canary_minutes):
+        return None
+    traffic = rollout.set_traffic(svc, run.endpoint_name, {mine: 100})
+    return Move(State.DEPLOYED, f"canary healthy after {s.rollout_canary_minutes:g} minutes: {said}; traffic "
+                                f"{rollout.shares_text(traffic)}",
+                {"scoring_uri": endpoint.scoring_uri, "rollout": {**state, "verdict": {**verdict, "healthy": True}}},
+                then=_keep_previous(previous_run, f"traffic {rollout.shares_text(traffic)}"))
+
+
+def _keep_previous(previous_run: Run | None, detail: str):
+    def then(svc: Services, run: Run) -> None:
+        if previous_run is not None:
+            rollout.keep_as_standby(svc, previous_run.run_id, run, detail)
+    return then
+
+
+def _cleanup(svc: Services, run: Run) -> str:
+    """A failing deployment's cleanup: a root run's endpoint is deleted; a line's run hands traffic back to the
+    previous version and only its own deployment goes (the endpoint too when it has no other deployment)."""
+    if not run.line:
+        return _delete_endpoint(svc, run)
+    name, mine = run.endpoint_name, run.deployment_name
+    try:
+        endpoint = svc.ml.get_endpoint(name)
+        if endpoint is None:
+            return ""
+        others = [d.name for d in svc.ml.list_deployments(name) if d.name != mine]
+        if not others:
+            svc.ml.begin_delete_endpoint(name)
+            return f"; endpoint {name} deleted (the line had no other deployment)"
+        previous = run.rollout.get("previous") if run.rollout.get("previous") in others else \
+            rollout.serving(endpoint.traffic, mine)
+        traffic = rollout.set_traffic(svc, name, {previous: 100} if previous else {})
+        svc.ml.begin_delete_deployment(name, mine)
+    except MLBackendError as exc:  # the run still fails; the reconciler and cleanup find what is left
+        log.warning("could not hand line %s back from %s: %s", run.line, mine, describe(exc))
+        return f"; handing traffic back failed ({describe(exc)})"
+    return f"; traffic back to {previous or 'no deployment'} ({rollout.shares_text(traffic)}), {mine} deleted"
+
+
+def _standby(svc: Services, run: Run, trigger: Trigger) -> Move | Edit | None:
+    """A kept previous deployment whose `standby_until` has come is deleted and its run Retired (idempotent: a
+    deployment gone already is fine). One that takes traffic again (rolled back to) is not deleted."""
+    now = svc.clock()
+    if now < parse_iso(run.standby_until):
+        return None  # not due: the message scheduled for its time (or the nightly cleanup) deletes it
+    endpoint = svc.ml.get_endpoint(run.endpoint_name)
+    if endpoint is not None and endpoint.traffic.get(run.deployment_name, 0) > 0:
+        return Edit({"standby_until": ""}, note=f"{run.deployment_name} takes traffic again; not deleted")
+    svc.ml.begin_delete_deployment(run.endpoint_name, run.deployment_name)
+    return Move(State.RETIRED, f"kept deployment {run.deployment_name} deleted: kept until {run.standby_until} "
+                               f"(ROLLOUT_KEEP_PREVIOUS_HOURS)", {"standby_until": ""})
+
+
 def _delete_endpoint(svc: Services, run: Run) -> str:
     """A failing deployment's cleanup: its endpoint stops costing."""
     try:
@@ -283,7 +400,12 @@ def _delete_endpoint(svc: Services, run: Run) -> str:
     return f"; endpoint {run.endpoint_name} deleted"
 
 
-def check_delay(svc: Services, run: Run) -> int:
+def check_delay(svc: Services, run: Run) -> float:
+    started = run.rollout.get("canary_started_at")
+    if started:  # a canary: looked at every tenth of its window (at most a minute apart) and at its end
+        window = svc.settings.rollout_canary_minutes * 60
+        left = window - (svc.clock() - parse_iso(started)).total_seconds()
+        return max(1.0, min(left, max(svc.settings.deploy_check_seconds, window / 10), rollout.CANARY_CHECK_MAX_SECONDS))
     return min(svc.settings.deploy_check_seconds * (2 ** min(run.deploy_checks, 10)), MAX_CHECK_DELAY_SECONDS)
 
 
@@ -330,11 +452,14 @@ REDEPLOY = replace(BEGIN_DEPLOYMENT, name="redeploy", applies_from=(State.RETIRE
 CREATE_ENDPOINT = Step("create endpoint", (State.DEPLOYING,), _create_endpoint,
                        ByLaterMessage(check_delay, "the first check tries again"), stage="deploy",
                        when=lambda run, t: not run.endpoint_accepted_at, keyed_by=("endpoint_name",),
-                       cleanup=_delete_endpoint)
+                       cleanup=_cleanup)
 CHECK = Step("deployment check", (State.DEPLOYING,), _check,
              Resend(_continue("deployment check"),
                     origin=lambda step, run, t: t.message_id or f"{run.endpoint_name}-deploy-{uuid.uuid4().hex[:12]}"),
-             stage="deploy", when=_for_this_endpoint, keyed_by=("endpoint_name",), cleanup=_delete_endpoint)
+             stage="deploy", when=_for_this_endpoint, keyed_by=("endpoint_name",), cleanup=_cleanup)
+# A model line's previous deployment, kept at 0% after a rollout, is deleted when its `standby_until` comes.
+STANDBY = Step(rollout.STANDBY_STEP, (State.DEPLOYED,), _standby, Resend(_continue(rollout.STANDBY_STEP)),
+               stage="rollout", when=lambda run, t: bool(run.standby_until))
 
 # After the job: each step takes the run one state on; run in order, each only where its guard holds.
 AFTER_JOB = (JOB_STATUS, EVALUATE, GATE, REGISTER, HOLD, BEGIN_DEPLOYMENT, CREATE_ENDPOINT)
@@ -343,9 +468,12 @@ ROUTES: dict[State, tuple[Step, ...]] = {
     State.QUEUED: (SUBMIT,),
     **{state: AFTER_JOB for state in SETTLING},
     State.DEPLOYING: (CHECK,),
+    State.DEPLOYED: (STANDBY,),
 }
 # Every step by the name a message carries (`SubmitRun.step`, `ContinueRun.step`), for the dead-letter handler;
-# "settle", "check" and "deploy" are the names earlier messages used.
+# "settle", "check" and "deploy" are the names earlier messages used. STANDBY is left out: a kept deployment whose
+# deletion message was dead-lettered fails no run (its run still serves a rollback; the nightly cleanup deletes an
+# overdue kept deployment).
 STEPS: dict[str, tuple[Step, ...]] = {
     **{step.name: (step,) for step in (SUBMIT, JOB_STATUS, EVALUATE, GATE, REGISTER, HOLD, BEGIN_DEPLOYMENT,
                                                 CREATE_ENDPOINT, CHECK)},

@@ -292,9 +292,10 @@ class Step(Contract):
     state: str
     at: str
     detail: str = ""
-    kind: Literal["retry"] | None = Field(None, description="Set on a line that is not a move: `retry`, a step "
-                                                            "that failed transiently, tried again after "
-                                                            "`delay_seconds`.")
+    kind: Literal["retry", "traffic"] | None = Field(None, description="Set on a line that is not a move: "
+                                                     "`retry`, a step that failed transiently, tried again after "
+                                                     "`delay_seconds`; `traffic`, a change of a model line's live "
+                                                     "traffic (the shares in `detail`).")
     delay_seconds: float | None = None
 
 
@@ -372,6 +373,17 @@ class EvaluationView(Contract):
                                                                   "line's version in service (null: none to face).")
 
 
+class RunLineView(Contract):
+    """The model line a run belongs to, and its rollout there (`shared.rollout`)."""
+
+    name: str
+    standby_until: str | None = Field(None, description="The run's deployment is kept at 0% for a rollback until "
+                                                        "then; deleted at that time.")
+    rollout: dict[str, Any] = Field(default_factory=dict, description="previous (the deployment it replaces), "
+                                    "previous_run, canary_percent, canary_started_at, verdict (the figures it was "
+                                    "judged on: requests, errors, latency_ms_total, healthy).")
+
+
 class RunView(Contract):
     """A run's status, as `GET /api/runs` shows it. Endpoint keys are never kept on a run, and fields are listed
     one by one so nothing new appears unreviewed."""
@@ -393,12 +405,53 @@ class RunView(Contract):
     failure: FailureView | None
     reconciled_at: str | None = Field(None, description="When the reconciler last checked the run with the "
                                                         "backend.")
+    line: RunLineView | None = Field(None, description="The model line the run belongs to; null for a root upload.")
     links: dict[str, str]
 
 
 class RunList(Contract):
     runs: list[RunView]
     count: int
+
+
+# ------------------------------------------------------------------------------------------ model lines
+
+
+class LineDeployment(Contract):
+    name: str = Field(description="The deployment, `v<model version>` (`v01`).")
+    traffic: int = Field(description="Its share of the line's live traffic, percent.")
+    provisioning_state: str
+    model_version: str
+    run_id: str = Field(description="The run behind the deployment (\"\" when none is known).")
+    run_state: str
+    standby_until: str = Field(description="Kept at 0% for a rollback until then (ISO time); \"\" when not kept.")
+    served: dict[str, Any] = Field(description="What the scoring proxy saw of it: requests, errors, "
+                                               "latency_ms_total (cumulative).")
+
+
+class LineView(Contract):
+    line: str
+    endpoint: str = Field(description="The line's endpoint, `ln-<line>`.")
+    provisioning_state: str
+    traffic: dict[str, int]
+    deployments: list[LineDeployment]
+    versions: list[str] = Field(description="Every model version a run of the line registered.")
+    runs: list[dict[str, Any]] = Field(description="The line's runs, newest first: run_id, state, model_version.")
+
+
+class LineList(Contract):
+    lines: list[dict[str, Any]] = Field(description="Each line as `LineView` shows it (or `error` when its "
+                                                    "endpoint could not be read).")
+
+
+class Rollback(Contract):
+    line: str
+    endpoint: str
+    traffic: dict[str, int] = Field(description="The line's live traffic after the rollback.")
+    serving: str = Field(description="The deployment serving the line again.")
+    serving_run: str
+    rolled_back: str = Field(description="The deployment taken out of service (deleted).")
+    rolled_back_run: str
 
 
 # ------------------------------------------------------------------------------ evaluation report

@@ -75,8 +75,12 @@ def run_view(run: Run) -> dict[str, Any]:
                       "last_used_at": run.last_used_at or None, "keep": run.keep} if run.endpoint_name else None),
         "failure": {"stage": run.failure.stage, "reason": run.failure.reason} if run.failure else None,
         "reconciled_at": run.reconciled_at or None,
+        "line": ({"name": run.line, "standby_until": run.standby_until or None,
+                  "rollout": {k: v for k, v in run.rollout.items() if k != "served_at_start"}} if run.line else None),
         "links": {"self": f"/api/runs/{run.run_id}"},
     }
+    if run.line:
+        view["links"]["line"] = f"/api/lines/{run.line}"
     if run.duplicate_of:  # ended as a duplicate upload: the run that has (or had) the same data and settings
         view["links"]["duplicate_of"] = f"/api/runs/{run.duplicate_of}"
     if run.state == State.DEPLOYED:

@@ -89,7 +89,9 @@ class Transition:
     state: State
     at: str
     detail: str = ""
-    kind: str = ""  # "" a move; "retry" a scheduled retry of a step that failed transiently (see shared/retry.py)
+    # "" a move; "retry" a scheduled retry of a step that failed transiently (see shared/retry.py); "traffic" a
+    # change of a model line's live traffic (shared/rollout.py), the shares in `detail`
+    kind: str = ""
     delay_seconds: float | None = None  # of a retry: how long until it runs
     step: str = ""  # the step (shared/steps.py) that wrote the line, e.g. "submit", "register", "check"
     message_id: str = ""  # of a retry: the id of the message that carries it (duplicate detection's key)
@@ -153,6 +155,10 @@ class Run:
     # may be deleted (ISO time; ROLLOUT_KEEP_PREVIOUS_HOURS after the switch), "" when not kept. Set on the run whose
     # deployment is kept; the rollout deletes it then, and the idle cleanup lists it and deletes it when overdue.
     standby_until: str = ""
+    # A model line's rollout of this run's deployment (`shared.rollout`): {"previous": the deployment that served
+    # before ("" for a line's first version), "previous_run", "canary_percent", "canary_started_at" (ISO, once the
+    # canary takes traffic), "verdict" (the figures it was judged on)}; {} for a root upload.
+    rollout: dict[str, Any] = field(default_factory=dict)
     reconciled_at: str = ""  # when the reconciler last asked the backend about this run (shared/reconcile.py)
     duplicate_of: str = ""  # the earlier run with the same data and settings, when this one ended as its duplicate
     failure: Failure | None = None

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping, TypeVar
@@ -31,7 +32,7 @@ from .lines import line_views
 from .run_views import is_model_ref, is_run_id, model_entry, model_list
 from .runs import Run, State, iso
 from .scoring import chat_completion, chat_request, check_score_request, completion_events, completion_json
-from .upstream import Answer, EndpointGone, UpstreamClient
+from .upstream import ANSWERED_BY, DEPLOYMENT_HEADER, Answer, EndpointGone, UpstreamClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,9 +52,12 @@ class _Index:
     newest: Run | None
     runs: list[Run]
     by_ref: dict[str, Run]
+    lines: dict[str, Any] = dataclasses.field(default_factory=dict)  # line name -> shared.lines.LineView
 
     @classmethod
     def of(cls, runs: list[Run], ttl: float) -> "_Index":
+        """`runs`: the Deployed runs and the Deploying ones (whose canaries a line's answers may come from)."""
+        every, runs = runs, [r for r in runs if r.state == State.DEPLOYED]
         by_ref: dict[str, Run] = {}
         for run in reversed(runs):  # oldest first, so the newest run of a model name wins
             by_ref[run.run_id] = run
@@ -63,11 +67,12 @@ class _Index:
         # A model line answers to its name (its newest Deployed version: callers never change the model id when a
         # version ships) and to `line:version` (that version's run, pinned by its deployment header). Lines come
         # last, so a line's name wins over a model name or run id that happens to be spelled the same.
-        for line in line_views(runs).values():
+        lines = line_views(every)
+        for line in lines.values():
             by_ref[line.line] = line.current
             for version, run in line.by_version.items():
                 by_ref[f"{line.line}:{version}"] = run
-        return cls(time.monotonic() + ttl, runs[0] if runs else None, runs, by_ref)
+        return cls(time.monotonic() + ttl, runs[0] if runs else None, runs, by_ref, lines)
 
 
 class ScoringProxy:
@@ -137,6 +142,10 @@ class ScoringProxy:
 
     async def forward(self, model: str | None, body: bytes) -> Answer:
         """Send a checked scoring request to the endpoint serving `model`; ApiError says why it could not."""
+        if model is not None and is_model_ref(model):
+            line = (await self._deployed()).lines.get(model)
+            if line is not None and line.current is not None:
+                return await self._forward_line(line, body)
         run = await self.resolve(model)
         try:
             return await self._send(run, body)
@@ -154,6 +163,52 @@ class ScoringProxy:
             return await self._send(fresh, body)
         except EndpointGone as gone:
             raise gone.error from None
+
+    async def _forward_line(self, line, body: bytes) -> Answer:
+        """A call by model line: sent unpinned, so the line endpoint's traffic split decides (a canary takes its
+        share); the outcome counts on the run whose deployment answered (it names itself in
+        `azureml-model-deployment`). A deployment that fails (5xx, unreachable; not a timeout, not the caller's 4xx)
+        is not the caller's problem while another serves the line: the request is sent again, pinned to the serving
+        deployment (read again from the run store when that was the one failing: a rollback may have just moved the
+        line); the failure still counts against the deployment that failed. At most three sends."""
+        target, pin, tried = line.current, False, set()
+        error: ApiError | None = None
+        for _ in range(3):
+            started = time.monotonic()
+            try:
+                answer = await self.upstream.send(target, body, pin=pin)
+            except EndpointGone as gone:  # a stale address (locally, a deleted deployment's server): read it again
+                self._forget(target)
+                error, named = gone.error, (target.deployment_name if pin else "")
+            except ApiError as err:
+                upstream = err.headers.get("x-chatft-upstream-status", "")
+                if err.status == 504 or not (err.status >= 500 and not (upstream.isdigit() and int(upstream) < 500)):
+                    raise
+                error, named = err, err.headers.get(ANSWERED_BY) or (target.deployment_name if pin else "")
+            else:
+                named = answer.headers.get(DEPLOYMENT_HEADER) or target.deployment_name
+                who = line.by_deployment.get(named)
+                if who is None:
+                    self._index = None  # a deployment the cached index does not know: read the runs again
+                self._note_outcome(who or target, ok=True, latency_ms=(time.monotonic() - started) * 1000)
+                self._note_use(who or target)
+                return dataclasses.replace(answer, run=who or target)
+            failed = line.by_deployment.get(named) if named else None
+            if failed is not None:
+                self._note_outcome(failed, ok=False, latency_ms=(time.monotonic() - started) * 1000)
+            tried.add(named or "?")
+            if line.current.deployment_name not in tried:
+                target, pin = line.current, True
+            else:
+                self._index = None
+                fresh = (await self._deployed()).lines.get(line.line)
+                if fresh is None or fresh.current is None or fresh.current.deployment_name in tried:
+                    break
+                line, target, pin = fresh, fresh.current, True
+            log.warning("line %s: deployment %s failed (%s); sent again to %s", line.line, named or "(unnamed)",
+                        error.code, target.deployment_name)
+        assert error is not None
+        raise error
 
     async def resolve(self, model: str | None) -> Run:
         """The Deployed run serving `model` (None: the newest); 404, 410 or 503 when there is none."""
@@ -279,7 +334,8 @@ class ScoringProxy:
         return await asyncio.shield(self._index_task[1])
 
     async def _load_index(self) -> _Index:
-        self._index = _Index.of(await self._store(self.svc.runs.list, [State.DEPLOYED]), self._run_ttl)
+        self._index = _Index.of(await self._store(self.svc.runs.list, [State.DEPLOYED, State.DEPLOYING]),
+                                self._run_ttl)
         return self._index
 
     @staticmethod

@@ -78,10 +78,13 @@ class Move:
 
 @dataclass(frozen=True)
 class Edit:
-    """Set `changes` on the run without a history line (bookkeeping, not progress); `then` as for `Move`."""
+    """Set `changes` on the run without a move (bookkeeping, not progress; `note` adds a history line in the same
+    write); `then` as for `Move`."""
 
     changes: Mapping[str, Any]
     then: Callable[[Any, Run], None] | None = None
+    note: str = ""  # with it, a history line of kind `note_kind` (e.g. a traffic change), the state unchanged
+    note_kind: str = "traffic"
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,8 @@ def _write(svc, step: Step, read: Run, trigger: Trigger, outcome: Outcome) -> Ru
                                 step=step.name, **outcome.changes)
         else:
             changed = r.edit(**outcome.changes)
+            if outcome.note:
+                changed = changed.note(now, outcome.note, outcome.note_kind, step=step.name)
         written.append(changed is not None)
         return changed
 

@@ -17,6 +17,7 @@ from .runs import Run
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+ANSWERED_BY = "x-chatft-deployment"  # on an upstream error: the deployment that answered (Azure ML names it too)
 
 
 @dataclass(frozen=True)
@@ -55,20 +56,25 @@ class UpstreamClient:
         self._targets: dict[str, ScoringTarget] = {}
         self._state: _LoopState | None = None
 
-    async def send(self, run: Run, body: bytes) -> Answer:
-        """POST `body` to the run's endpoint; `EndpointGone` when it is not there, ApiError on other failures."""
+    async def send(self, run: Run, body: bytes, pin: bool = True) -> Answer:
+        """POST `body` to the run's endpoint, pinned to the run's deployment (`pin=False`: the endpoint's traffic
+        split decides, as for a call by model line); `EndpointGone` when it is not there, ApiError on other
+        failures (its headers name the deployment that answered, where the answer did: `x-chatft-deployment`)."""
         target = await self._target(run.endpoint_name)
-        status, data, headers = await self._post(run, target, body)
+        status, data, headers = await self._post(run, target, body, pin)
         if status == 401:  # the key was rotated: read it again, once
             if self._targets.get(run.endpoint_name) is target:
                 del self._targets[run.endpoint_name]
             target = await self._target(run.endpoint_name)
-            status, data, headers = await self._post(run, target, body)
+            status, data, headers = await self._post(run, target, body, pin)
         if 200 <= status < 300:
             return Answer(data, headers.get("Content-Type", JSON), headers, run)
         log.warning("scoring via endpoint %s: the deployment answered %d", run.endpoint_name, status)
+        said = {"x-chatft-upstream-status": str(status)}
+        if headers.get(DEPLOYMENT_HEADER):
+            said[ANSWERED_BY] = headers[DEPLOYMENT_HEADER]
         error = ApiError(502, "upstream_error", f"the deployment of run {run.run_id} answered HTTP {status}"
-                                                f"{_excerpt(data)}", {"x-chatft-upstream-status": str(status)})
+                                                f"{_excerpt(data)}", said)
         if status == 404:
             raise EndpointGone(error)
         raise error
@@ -77,10 +83,11 @@ class UpstreamClient:
         """Drop the endpoint's cached address and key."""
         self._targets.pop(endpoint_name, None)
 
-    async def _post(self, run: Run, target: ScoringTarget, body: bytes) -> tuple[int, bytes, Mapping[str, str]]:
+    async def _post(self, run: Run, target: ScoringTarget, body: bytes,
+                    pin: bool = True) -> tuple[int, bytes, Mapping[str, str]]:
         headers = {"Content-Type": JSON, "Authorization": f"Bearer {target.key}"}
         deployment = run.deployment_name or target.deployment_name
-        if deployment:
+        if deployment and pin:
             headers[DEPLOYMENT_HEADER] = deployment
         try:
             async with self._client().post(target.scoring_uri, data=body, headers=headers,

@@ -54,6 +54,8 @@ class StandInDeployment:
     def __init__(self) -> None:
         self.backend: FakeMLBackend | None = None
         self.seen: list[dict] = []  # every request: endpoint, headers, body, status answered
+        self.broken: set[str] = set()  # deployments that answer 500 (a broken model)
+        self._split = None
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -71,6 +73,18 @@ class StandInDeployment:
         if request.headers.get("Authorization") != f"Bearer {ep.key}":
             record["status"] = 401
             return web.json_response({"error": "unauthorized"}, status=401)
+        # Routed as an endpoint with several deployments: the pinning header, else the live traffic by weight; the
+        # answer names its deployment, as Azure ML's do.
+        from chatft_local.workspace.model_server import TrafficSplit
+
+        self._split = self._split or TrafficSplit()
+        shares = {k: v for k, v in ep.endpoint.traffic.items() if v > 0}
+        chosen = request.headers.get("azureml-model-deployment") or (self._split.pick(shares) if shares else "")
+        record["deployment"] = chosen
+        if chosen in self.broken:
+            record["status"] = 500
+            return web.json_response({"error": "model crashed"}, status=500,
+                                     headers={"azureml-model-deployment": chosen})
         doc = json.loads(body)
         text = [m for m in doc["input_data"]["input_string"] if isinstance(m, dict) and m["role"] == "user"]
         text = text[-1]["content"] if text else ""
@@ -84,6 +98,8 @@ class StandInDeployment:
         if "usage" in text:
             headers = {"x-chatft-prompt-tokens": "12", "x-chatft-completion-tokens": "5",
                        "x-chatft-finish-reason": "length"}
+        if chosen:
+            headers["azureml-model-deployment"] = chosen
         return web.json_response({"output": f"echo: {text}"}, headers=headers)
 
     def start(self) -> "StandInDeployment":
@@ -162,6 +178,7 @@ def api(host, deployment, settings):
     svc = bootstrap(settings.replace(score_timeout_seconds=SCORE_TIMEOUT), ml=backend, clock=clock,
                     runs=InMemoryRunStore())
     override_services(svc)
+    deployment.broken.clear()
     yield Api(host, svc, backend, clock, deployment)
     # Close the proxy's HTTP client on the host's loop, where it was made.
     asyncio.run_coroutine_threadsafe(close_proxy(), host._loop).result(10)
@@ -764,3 +781,76 @@ def test_no_key_scoring_uri_or_upstream_body_in_the_logs(api, caplog):
     assert "scoring via endpoint" in logged  # the failures were logged...
     for secret in (key, "rotated-secret", api.deployment.base_url, "model crashed"):
         assert secret not in logged  # ...without what must stay private
+
+
+# ------------------------------------------------------------------------------------------ model lines
+
+
+def line_endpoint(api, traffic: dict[str, int]) -> str:
+    """`ln-support-bot` in the backend with these deployments and live traffic."""
+    from shared.ml.port import TAG_APP, TAG_LINE, Deployment
+
+    name = "ln-support-bot"
+    api.backend.add_endpoint(name, tags={TAG_APP: api.svc.settings.app_id, TAG_LINE: "support-bot"})
+    for deployment in traffic:
+        api.backend.endpoints[name].deployments[deployment] = Deployment(name, deployment, "Succeeded")
+    api.backend.set_traffic(name, traffic)
+    return name
+
+
+def line_run(api, version: str, state: State = State.DEPLOYED, **fields) -> Run:
+    return api.run(state, name=f"week{version}", endpoint=False, line="support-bot", model_name="support-bot",
+                   model_version=version, endpoint_name="ln-support-bot", deployment_name=f"v{version:0>2}",
+                   **fields)
+
+
+def test_a_failing_canary_never_fails_a_caller_of_the_line_and_its_errors_count_against_it(api):
+    line_endpoint(api, {"v01": 90, "v02": 10})
+    stable = line_run(api, "1")
+    canary = line_run(api, "2", State.DEPLOYING)
+    api.deployment.broken.add("v02")
+    client = api.openai()
+    for _ in range(20):
+        completion = client.chat.completions.create(model="support-bot", messages=[{"role": "user",
+                                                                                  "content": "hi"}])
+        assert completion.choices[0].message.content == "echo: hi"
+    proxy().flush()
+    sent = [s for s in api.deployment.seen if s["endpoint"] == "ln-support-bot"]
+    assert [s["deployment"] for s in sent].count("v02") == 2, "10% of 20 reached the canary"
+    assert "azureml-model-deployment" not in sent[0]["headers"], "a call by line is not pinned"
+    assert api.svc.runs.get(canary.run_id).served["errors"] == 2
+    assert api.svc.runs.get(canary.run_id).served["requests"] == 2
+    assert api.svc.runs.get(stable.run_id).served == {**api.svc.runs.get(stable.run_id).served, "requests": 20,
+                                                      "errors": 0}
+    api.deployment.broken.clear()
+    answers = [api.post("/score/support-bot", chat("x")).headers["x-chatft-run"] for _ in range(10)]
+    assert answers.count(canary.run_id) == 1, "a healthy canary's answers name its run"
+
+
+def test_lines_api_and_rollback(api):
+    line_endpoint(api, {"v01": 0, "v02": 100})
+    kept = line_run(api, "1", standby_until=iso(utcnow() + timedelta(hours=24)))
+    serving = line_run(api, "2")
+    lines = api.get("/lines")
+    assert lines.status_code == 200, lines.text
+    assert [item["line"] for item in lines.json()["lines"]] == ["support-bot"]
+    one = api.get("/lines/support-bot").json()
+    assert one["endpoint"] == "ln-support-bot" and one["traffic"] == {"v01": 0, "v02": 100}
+    assert [(d["name"], d["run_id"], d["standby_until"] != "") for d in one["deployments"]] == [
+        ("v01", kept.run_id, True), ("v02", serving.run_id, False)]
+    assert api.openai().chat.completions.create(model="support-bot", messages=[
+        {"role": "user", "content": "hi"}]).choices[0].message.content == "echo: hi"
+    back = api.post("/lines/support-bot/rollback")
+    assert back.status_code == 200, back.text
+    assert back.json()["serving"] == "v01" and back.json()["traffic"] == {"v01": 100, "v02": 0}
+    assert api.svc.runs.get(serving.run_id).state == State.RETIRED
+    assert "rolled back by" in api.svc.runs.get(kept.run_id).history[-1].detail
+    again = api.post("/lines/support-bot/rollback")
+    assert again.status_code == 409 and error_of(again)["code"] == "no_previous_deployment"
+    assert "ROLLOUT_KEEP_PREVIOUS_HOURS" in error_of(again)["message"]
+    assert api.get("/lines/no-such-line").status_code == 404
+    assert api.post("/lines/Not_A_Line/rollback").status_code == 404
+    for method, path in [("get", "/lines"), ("get", "/lines/support-bot"), ("post", "/lines/support-bot/rollback")]:
+        assert getattr(requests, method)(api.url + path, timeout=30).status_code == 401, path
+    doc = api.get("/openapi.json").json()
+    assert {"/api/lines", "/api/lines/{line}", "/api/lines/{line}/rollback"} <= set(doc["paths"])

@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -199,6 +200,10 @@ class ModelServer:
         self._session: ClientSession | None = None
         self._split = TrafficSplit()
         self._mirrors: set[asyncio.Task] = set()
+        # LOCAL_FAULTS `score@<deployment>=error:N` (a testing aid): this server's first N answers are 500s.
+        from shared.ml.faults import scoring_faults
+
+        self._faults_left = scoring_faults(os.environ.get("LOCAL_FAULTS", ""), deployment)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_request_bytes)
@@ -254,6 +259,10 @@ class ModelServer:
         if self.model is None:
             return _error(503, f"deployment {self.deployment} is loading its model; retry shortly",
                           **{"Retry-After": "5"})
+        if self._faults_left > 0:
+            self._faults_left -= 1
+            log.warning("LOCAL_FAULTS: deployment %s answers request %s with 500", self.deployment, request_id)
+            return _error(500, f"deployment {self.deployment} failed to score the request (injected by LOCAL_FAULTS)")
         try:
             scoring = parse_scoring_request(json.loads(raw), self.max_new_tokens_limit)
         except ValueError as e:  # BadRequest, and JSON that does not parse
