@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -137,6 +138,18 @@ def test_three_uploads_to_a_line_roll_out_roll_back_and_never_fail_a_caller(azur
         assert store.get(second.run_id).state == State.RETIRED
         endpoints = [e for e in chatft_endpoints(env) if e.startswith("ln-")]
         assert endpoints == ["ln-support-bot"], "three versions, one endpoint"
+
+        # Two days on, nobody has called the line: the idle cleanup deletes its endpoint with its deployments and
+        # retires the run it served; `--dry-run` first says so and deletes nothing.
+        later = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        dry = chatft(env, "cleanup", "--dry-run", "--as-of", later, "--json")
+        assert dry.returncode == 0, dry.stderr
+        assert "ln-support-bot" in [d["endpoint"] for d in json.loads(dry.stdout)["deleted"]], dry.stdout
+        assert "ln-support-bot" in chatft_endpoints(env)
+        swept = chatft(env, "cleanup", "--as-of", later, "--json")
+        assert swept.returncode == 0, swept.stderr
+        assert "ln-support-bot" not in chatft_endpoints(env), swept.stdout
+        assert store.get(first.run_id).state == State.RETIRED
     finally:
         if caller is not None:
             caller.stop()
