@@ -177,14 +177,20 @@ def _dataset_dir(path: Path) -> Source:
 
 def _parquet(files: list[Path], name: str) -> Source:
     def rows() -> Iterator[tuple[int, Any, str]]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         number = 0
         for file in files:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=1024):  # a batch of rows in memory
-                for row in batch.to_pylist():
-                    number += 1
-                    yield number, row, ""
+            try:
+                batches = pq.ParquetFile(file).iter_batches(batch_size=1024)  # a batch of rows in memory
+                for batch in batches:
+                    for row in batch.to_pylist():
+                        number += 1
+                        yield number, row, ""
+            except pa.ArrowException as exc:  # e.g. "PAR1" and nothing after it: no footer
+                raise ConvertError(f"{file} starts like a Parquet file but cannot be read as one"
+                                   f"{f' (after row {number})' if number else ''}: {exc}") from None
 
     return Source(name, "row", rows())
 

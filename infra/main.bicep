@@ -275,6 +275,13 @@ var appSettings = {
   EVAL_MAX_RECORDS: '500'
   EVAL_SAMPLES: '50'
   EVAL_MAX_NEW_TOKENS: '128'
+  // Model lines: a new version takes ROLLOUT_CANARY_PERCENT of the line's traffic for ROLLOUT_CANARY_MINUTES (README
+  // "Model lines"); the previous deployment is kept at 0% for ROLLOUT_KEEP_PREVIOUS_HOURS for a rollback.
+  ROLLOUT_CANARY_PERCENT: '10'
+  ROLLOUT_CANARY_MINUTES: '30.0'
+  ROLLOUT_MAX_ERROR_RATE: '0.05'
+  ROLLOUT_MIN_REQUESTS: '20'
+  ROLLOUT_KEEP_PREVIOUS_HOURS: '24.0'
   // Run events: the topic always, webhooks when URLs are given (the secret as a Key Vault reference, never a value).
   EVENTGRID_TOPIC_ENDPOINT: notifications.outputs.topicEndpoint
   NOTIFY_WEBHOOK_URLS: notifyWebhookUrls

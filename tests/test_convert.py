@@ -227,3 +227,13 @@ def test_a_large_input_streams_in_flat_memory(tmp_path, shape):
         assert sum(1 for _ in open(tmp_path / "out.jsonl", "rb")) == n
         source.unlink()
     assert peaks[1] - peaks[0] < 10 and peaks[1] < 150, peaks  # 36 MB more input: not 36 MB more memory
+
+
+def test_a_file_that_only_starts_like_parquet_is_refused_with_the_reason(tmp_path):
+    """Found by the property-based test: "PAR1" and nothing after it made pyarrow raise through `chatft convert`."""
+    bogus = tmp_path / "bogus.jsonl"
+    bogus.write_bytes(b"PAR1")
+    done = chatft("convert", str(bogus), str(tmp_path / "out.jsonl"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "starts like a Parquet file but cannot be read as one" in done.stderr
+    assert not (tmp_path / "out.jsonl").exists()
