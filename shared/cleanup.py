@@ -169,13 +169,7 @@ def _delete(svc: Services, decision: Decision, at: datetime) -> Decision:
             if run.last_used_at != decision.last_used_at:
                 return _kept(decision, USED_DURING_CLEANUP, f"scored at {run.last_used_at} while cleanup ran")
             return _kept(decision, CHANGED_DURING_CLEANUP, f"run is now {run.state}")
-    try:
-        svc.ml.begin_delete_endpoint(decision.endpoint)
-    except MLBackendError as exc:
-        # The run stays Retired: the next cleanup finds the endpoint orphaned and deletes it then.
-        log.warning("cleanup: could not begin deleting endpoint %s: %s", decision.endpoint, type(exc).__name__)
-        return _kept(decision, DELETE_FAILED, f"deletion could not be begun ({type(exc).__name__}); retried next run")
-    return decision
+    return _begin_deleting(svc, decision)
 
 
 def _delete_line(svc: Services, decision: Decision, at: datetime) -> Decision:
@@ -200,10 +194,15 @@ def _delete_line(svc: Services, decision: Decision, at: datetime) -> Decision:
         if run.state != State.RETIRED:
             return _kept(decision, USED_DURING_CLEANUP if run.last_used_at != last_used_at
                          else CHANGED_DURING_CLEANUP, f"run {run_id} is now {run.state} (used or moved meanwhile)")
+    return _begin_deleting(svc, decision)
+
+
+def _begin_deleting(svc: Services, decision: Decision) -> Decision:
+    """Begin deleting the decision's endpoint, its run(s) already Retired. A refusal keeps them Retired: the next
+    cleanup finds the endpoint orphaned and deletes it then."""
     try:
         svc.ml.begin_delete_endpoint(decision.endpoint)
     except MLBackendError as exc:
-        # The runs stay Retired: the next cleanup finds the endpoint orphaned and deletes it then.
         log.warning("cleanup: could not begin deleting endpoint %s: %s", decision.endpoint, type(exc).__name__)
         return _kept(decision, DELETE_FAILED, f"deletion could not be begun ({type(exc).__name__}); retried next run")
     return decision
