@@ -704,9 +704,15 @@ def test_endpoint_deployment_traffic_key_and_delete_never_wait(backend, cloud):
     endpoint = backend.get_endpoint("ft-chats-01234567")
     assert endpoint.provisioning_state == "Creating" and endpoint.tags == {TAG_APP: "chatft", **tags}
     assert [e.name for e in backend.list_endpoints()] == ["ft-chats-01234567"]
-    # Azure refuses a deployment on an endpoint still Creating (shared/ml/checked.py): the app waits for Succeeded.
-    with pytest.raises(PermanentError, match="is Creating; a deployment can be created once it has Succeeded"):
+    # Azure refuses a deployment on an endpoint still Creating or Updating (shared/ml/checked.py): the step is tried
+    # again later; on a Failed or Deleting endpoint waiting does not help.
+    with pytest.raises(TransientError, match="is Creating; a deployment can be created once it has Succeeded"):
         backend.begin_create_deployment("ft-chats-01234567", "demo", model, "Standard_NC6s_v3", 1)
+    for state, error in (("Updating", TransientError), ("Deleting", PermanentError), ("Failed", PermanentError)):
+        cloud.endpoints["ft-chats-01234567"]._provisioning_state = state
+        with pytest.raises(error, match=f"is {state}; a deployment can be created"):
+            backend.begin_create_deployment("ft-chats-01234567", "demo", model, "Standard_NC6s_v3", 1)
+    assert cloud.count("online_deployments.begin_create_or_update") == 0
     cloud.endpoints["ft-chats-01234567"]._provisioning_state = "Succeeded"
 
     with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE Standard_DS3_v2"):

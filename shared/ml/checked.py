@@ -25,7 +25,7 @@ from typing import Any
 
 from . import naming
 from .port import (BaseModel, Compute, Deployment, Endpoint, EvaluationRequest, InvalidInput, JobRequest, JobStatus,
-                   MLBackend, NotFound, PermanentError, RegisteredModel, ScoringTarget)
+                   MLBackend, NotFound, PermanentError, RegisteredModel, ScoringTarget, TransientError)
 from .training_params import resolve_inference_instance_type
 
 
@@ -116,11 +116,15 @@ class CheckedBackend:
             raise NotFound(f"endpoint {endpoint_name} not found; a deployment is made on an existing endpoint")
         if self.backend.get_deployment(endpoint_name, deployment_name) is not None:
             return  # made already: a repeated begin is a no-op (Azure's create_or_update would update it instead)
-        if endpoint.provisioning_state != "Succeeded":
+        if endpoint.provisioning_state in ("Creating", "Updating"):
             # The service's own refusal: "Cannot create a deployment in endpoint <name> because it is in Updating
-            # provisioning state." (quoted in Azure/azure-sdk-for-net issue 36961).
-            raise PermanentError(f"endpoint {endpoint_name} is {endpoint.provisioning_state}; a deployment can be "
+            # provisioning state." (quoted in Azure/azure-sdk-for-net issue 36961). The endpoint gets there on its
+            # own (a traffic change of a line's rollout, its creation), so the step is tried again later.
+            raise TransientError(f"endpoint {endpoint_name} is {endpoint.provisioning_state}; a deployment can be "
                                  f"created once it has Succeeded")
+        if endpoint.provisioning_state != "Succeeded":  # Failed, Deleting: waiting does not help
+            raise PermanentError(f"endpoint {endpoint_name} is {endpoint.provisioning_state}; a deployment can be "
+                                 f"created only on an endpoint that has Succeeded")
         self.backend.begin_create_deployment(endpoint_name, deployment_name, model, instance_type, instance_count)
 
     def get_deployment(self, endpoint_name: str, deployment_name: str) -> Deployment | None:
