@@ -422,8 +422,8 @@ def test_an_upload_overwritten_while_validating_is_rejected_as_superseded_and_th
         assert second != first
         pause.release.set()
         old = sc.wait(first, timeout=120)
-        new = sc.wait(second)
         sc.record("upload overwritten while validating", 1, old, intended=State.REJECTED)
+        new = sc.wait(second)
         assert old.state == State.REJECTED, (old.state, old.history)
         assert old.history[-1].detail == f"superseded by a newer upload (etag {new.upload['etag']})"
         assert not old.job_name and old.failure is None
