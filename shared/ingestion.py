@@ -93,6 +93,13 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     try:
         report = _validate_and_split(svc, blob_client, etag, run_id, overrides, props.size, digest)
     except _IngestCrash as crash:
+        # Reading the version seen at the start fails once the blob is overwritten (412, the read is conditional
+        # on its ETag) or deleted (404): not a bug of ours, nor a fault of that version's data.
+        gone = upload_gone(blob_client, etag)
+        if gone:
+            log.info("ingest: run %s rejected: %s", run_id, gone)
+            return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, svc.clock(), gone,
+                                                               from_states=(State.VALIDATING,), step="ingest"))
         return _end_crashed(svc, run_id, crash)
     svc.blobs.write_json(svc.settings.runs_container, report_path, report.model_dump(mode="json"))
     if not report.ok:
@@ -112,6 +119,23 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     if run.state == State.QUEUED:
         _queue(svc, run)
     return run
+
+
+DELETED = "the upload was deleted before it was validated"
+
+
+def upload_gone(blob_client: Any, etag: str) -> str | None:
+    """Why the upload's version `etag` can no longer be validated, or None while it is still the blob's version:
+    `DELETED`, or "superseded by a newer upload (etag <the blob's ETag now>)". Storage faults other than a missing
+    blob (azure-core's ResourceNotFoundError) raise."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        props = blob_client.get_blob_properties()
+    except ResourceNotFoundError:
+        return DELETED
+    now = str(props.etag).strip('"')
+    return None if now == etag.strip('"') else f"superseded by a newer upload (etag {now})"
 
 
 def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str, overrides: dict[str, Any],

@@ -116,3 +116,43 @@ def test_reconciler_rejects_a_validating_run_whose_blob_was_deleted(svc, later):
     run = svc.runs.get(run_id)
     assert run.state == State.REJECTED
     assert run.history[-1].detail == "the upload was deleted before it was validated"
+
+
+# ------------------------------------------------------------------- overwritten or deleted while being read
+
+
+def _changed_before_the_read(monkeypatch, change):
+    """The upload is changed (`change(blob_client)`) after its run moved to Validating and before its bytes are read:
+    the read itself is the real one, conditional on the version seen, against Azurite."""
+    import shared.ingestion as ingestion
+
+    real = ingestion.read_chunks
+
+    def read_chunks(blob_client, *args, **kwargs):
+        change(blob_client)
+        yield from real(blob_client, *args, **kwargs)
+
+    monkeypatch.setattr(ingestion, "read_chunks", read_chunks)
+
+
+def test_an_upload_overwritten_while_it_is_validated_ends_its_run_rejected_as_superseded(svc, monkeypatch):
+    blob = upload(svc, "overwritten-midway.jsonl", valid_lines(30))
+    _changed_before_the_read(monkeypatch, lambda b: b.upload_blob(
+        ("\n".join(valid_lines(31)) + "\n").encode(), overwrite=True))
+    run = ingest(svc, blob)
+    new_etag = str(blob.get_blob_properties().etag).strip('"')
+    # Final state Rejected, reason the newer version: not Failed at ingest with the storage error (412).
+    assert run.state == State.REJECTED, (run.state, run.history[-1])
+    assert run.history[-1].detail == f"superseded by a newer upload (etag {new_etag})"
+    assert run.history[-1].step == "ingest" and run.failure is None
+    assert not run.train_path
+
+
+def test_an_upload_deleted_while_it_is_validated_ends_its_run_rejected_as_deleted(svc, monkeypatch):
+    blob = upload(svc, "deleted-midway.jsonl", valid_lines(30))
+    _changed_before_the_read(monkeypatch, lambda b: b.delete_blob())
+    run = ingest(svc, blob)
+    # Final state Rejected, reason the deletion: not Failed at ingest with the storage error (404).
+    assert run.state == State.REJECTED, (run.state, run.history[-1])
+    assert run.history[-1].detail == "the upload was deleted before it was validated"
+    assert run.history[-1].step == "ingest"
