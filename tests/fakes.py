@@ -98,6 +98,7 @@ class FakeMLBackend:
         self.created: Counter[str] = Counter()
         self.job_creations: Counter[str] = Counter()  # job name -> jobs created under it (1 when idempotent)
         self.calls: list[str] = []
+        self.tokenizers: dict[str, str] = {}  # base model name -> its tokenizer's folder (`set_tokenizer`)
         self._failures: dict[str, list[MLBackendError]] = {}
         self._lock = threading.RLock()
         self.add_base_model("Phi-3-mini-4k-instruct", tags=PHI3_MINI_TAGS)
@@ -113,6 +114,10 @@ class FakeMLBackend:
         self.base_models[name] = model
         self.base_model_stage[name] = stage
         return model
+
+    def set_tokenizer(self, name: str, directory: str) -> None:
+        """The folder holding base model `name`'s tokenizer files; without one its files hold no tokenizer."""
+        self.tokenizers[name] = directory
 
     def set_compute(self, name: str, vm_size: str, provisioning_state: str = "Succeeded") -> None:
         self.computes[name] = _Compute(vm_size, provisioning_state)
@@ -171,6 +176,14 @@ class FakeMLBackend:
         if reason:
             raise archived_model_error(name, REGISTRY, reason)
         return model
+
+    def base_model_tokenizer(self, name: str) -> str:
+        self._enter("base_model_tokenizer")
+        if name not in self.base_models:
+            raise NotFound(f"base model {name} not found in registry {REGISTRY}")
+        if name not in self.tokenizers:
+            raise NotFound(f"base model {name}'s files in registry {REGISTRY} hold no tokenizer.json")
+        return self.tokenizers[name]
 
     def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
         self._enter("check_compute")
