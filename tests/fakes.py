@@ -394,9 +394,24 @@ class FakeHarness:
     job_params: dict[str, Any] = {}
     timeout = 5.0
 
+    has_base_model_tokenizer = True
+
     def __init__(self) -> None:
         self.raw = FakeMLBackend()
         self.backend = checked(self.raw)  # as shared.bootstrap wraps every backend
+        self._tokenizer_dir: str | None = None
+
+    def give_base_model_a_tokenizer(self) -> None:
+        """Put a small word-level tokenizer.json in the base model's files (the contract's tokenizer test)."""
+        import tempfile
+
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        self._tokenizer_dir = tempfile.mkdtemp(prefix="fake-tokenizer-")
+        tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "alpha": 1}, unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tokenizer.save(f"{self._tokenizer_dir}/tokenizer.json")
+        self.raw.set_tokenizer(self.base_model_name, self._tokenizer_dir)
 
     def prepare_training_data(self, run_id: str) -> tuple[str, str]:
         return f"{run_id}/train.jsonl", f"{run_id}/test.jsonl"
@@ -417,7 +432,10 @@ class FakeHarness:
         return self.backend.job_creations[job_name]
 
     def close(self) -> None:
-        pass
+        if self._tokenizer_dir:
+            import shutil
+
+            shutil.rmtree(self._tokenizer_dir, ignore_errors=True)
 
 
 class RecordingSender:
