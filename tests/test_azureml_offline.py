@@ -1266,9 +1266,14 @@ def test_a_model_without_tokenizer_files_or_an_expired_sas_is_the_ports_error(re
                                      permission=ContainerSasPermissions(read=True, list=True),
                                      expiry=datetime.now(timezone.utc) - timedelta(minutes=5))
     registry_cloud.registry.models._registry_service_client.sas_url = f"{c.url}?{expired}"
-    with pytest.raises(PermanentError, match="403"):
+    with pytest.raises(PermanentError, match="403") as refused:
         checked_azure(AZ_SETTINGS(), registry_cloud).base_model_tokenizer(
             "Phi-3-mini-4k-instruct")
+    assert "sig=" not in str(refused.value) and expired.split("sig=")[1][:12] not in str(refused.value)
+    registry_cloud.registry.models._registry_service_client.sas_url = "not a url?sig=s3cr3t"
+    with pytest.raises(PermanentError) as refused:
+        checked_azure(AZ_SETTINGS(), registry_cloud).base_model_tokenizer("Phi-3-mini-4k-instruct")
+    assert "s3cr3t" not in str(refused.value)
 
 
 def test_the_tokenizer_folder_is_picked_by_the_mlflow_layouts_and_its_size():
@@ -1337,6 +1342,7 @@ def test_ingest_in_azure_says_estimate_and_why_when_the_registry_refuses_the_tok
     tokens = report["tokens"]
     assert tokens["method"].startswith("estimate")
     assert "403" in tokens["note"] and "datarefs" in tokens["note"] and "TOKENIZER_DIR" in tokens["note"]
+    assert "sig=" not in json.dumps(report)
     # Without the tokenizer, truncation is still checked: against the model's stated context window.
     assert tokens["max_seq_length"] == 4096 and "textContextWindow" in tokens["max_seq_length_source"]
     assert run.state.value == "Queued", run.failure

@@ -344,7 +344,10 @@ def fetch_tokenizer(container_url: str, model_path: str, target: Path, what: str
     `_artifacts/_blob_storage_helper.py` does for `models.download`) into `target`, written whole or not at all."""
     from azure.storage.blob import ContainerClient
 
-    container = ContainerClient.from_container_url(container_url)
+    try:
+        container = ContainerClient.from_container_url(container_url)
+    except ValueError:  # the URL holds the SAS: never in a message
+        raise PermanentError(f"{what}: the registry answered a storage URL that is not a container's") from None
     prefix = artifact_prefix(model_path, container.container_name)
     with azure_call(f"listing the files of {what}", not_found=f"{what}: its files are gone from the registry"):
         listed = [(b.name, b.size) for b in container.list_blobs(name_starts_with=f"{prefix}/" if prefix else None)]
