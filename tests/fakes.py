@@ -19,6 +19,8 @@ the job was called with).
 
 from __future__ import annotations
 
+import os
+
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -383,6 +385,17 @@ def _today():
     return datetime.now(timezone.utc).date()
 
 
+def write_word_tokenizer(directory: "str | os.PathLike", words: str = "alpha beta gamma delta") -> None:
+    """A tokenizer.json in `directory` whose tokens are whitespace-separated words (unknown words: one [UNK] each):
+    counts a test can compute by hand."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words.split())}},
+                                           unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+
+
 class FakeHarness:
     """The contract suite's harness over a FakeMLBackend (see tests/test_ml_contract.py)."""
 
@@ -405,12 +418,8 @@ class FakeHarness:
         """Put a small word-level tokenizer.json in the base model's files (the contract's tokenizer test)."""
         import tempfile
 
-        from tokenizers import Tokenizer, models, pre_tokenizers
-
         self._tokenizer_dir = tempfile.mkdtemp(prefix="fake-tokenizer-")
-        tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "alpha": 1}, unk_token="[UNK]"))
-        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tokenizer.save(f"{self._tokenizer_dir}/tokenizer.json")
+        write_word_tokenizer(self._tokenizer_dir)
         self.raw.set_tokenizer(self.base_model_name, self._tokenizer_dir)
 
     def prepare_training_data(self, run_id: str) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from shared.config import Settings
 from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, InvalidInput, JobRequest, NameTaken,
                             NotFound, PermanentError, RegisteredModel, TransientError)
 from tests.conftest import PROJECT_ROOT, REFERENCE
-from tests.fakes import PHI3_MINI_TAGS
+from tests.fakes import PHI3_MINI_TAGS, write_word_tokenizer
 
 SPEC = REFERENCE / "chat_completion_pipeline.spec.yaml"
 MODEL_ID = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
@@ -1165,15 +1165,6 @@ class RegistryDataPlane:
             "credential": {"credentialType": "SAS", "sasUri": self.sas_url}}})
 
 
-def word_level_tokenizer(directory: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate("alpha beta gamma delta".split())}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(directory / "tokenizer.json"))
-
-
 @pytest.fixture
 def registry_files(azurite, unique, tmp_path, monkeypatch):
     """The registry's storage on Azurite: Phi-3-mini's folder as azureml-assets lays it out (hftransformersv2: data/
@@ -1189,7 +1180,7 @@ def registry_files(azurite, unique, tmp_path, monkeypatch):
     container = service.create_container(f"{unique}-registry")
     source = tmp_path / "tokenizer"
     source.mkdir()
-    word_level_tokenizer(source)
+    write_word_tokenizer(source)
     files = {
         "MLmodel": b"flavors:\n  hftransformersv2:\n    model_data: data\n",
         "data/model/model-00001-of-00002.safetensors": b"\0" * 4096,  # the weights: never read

@@ -10,16 +10,12 @@ from shared.bootstrap import bootstrap
 from shared.ml.port import PermanentError, TransientError
 from shared.run_store import InMemoryRunStore
 from shared.tokens import ModelHints, budget
-from tests.fakes import FakeMLBackend, RecordingSender
+from tests.fakes import FakeMLBackend, RecordingSender, write_word_tokenizer
 
 
 @pytest.fixture
 def tokenizer_dir(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "alpha": 1}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    write_word_tokenizer(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text('{"model_max_length": 2048}')
     return str(tmp_path)
 
