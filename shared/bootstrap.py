@@ -11,10 +11,12 @@ from .config import SettingError, Settings, check_runtime, get_settings
 from .messaging import MessageSender, make_sender
 from .ml.checked import checked
 from .ml.port import MLBackend
+from .model_hints import ModelHintsSource
 from .notifications import EventPublisher, Notifier, destinations, make_publisher
 from .run_store import Runs, RunStore
 from .runs import utcnow
 from .storage import Blobs
+from .tokens import ModelHints
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Services:
     ml: MLBackend
     clock: Callable[[], datetime] = utcnow
     publisher: EventPublisher | None = None  # the Event Grid topic (shared.notifications); None: not published
+    # The token budget's facts about the base model (shared.model_hints), asked of `ml` once per process.
+    model_hints: Callable[[], ModelHints] | None = None
 
 
 _lock = threading.RLock()
@@ -77,6 +81,7 @@ def bootstrap(settings: Settings | None = None, *, ml: MLBackend | None = None,
         clock=clock or utcnow,
         publisher=publisher or make_publisher(settings),
     )
+    svc.model_hints = ModelHintsSource(settings, svc.ml)
     # Runs make events only where someone listens: with webhook URLs or an Event Grid topic configured.
     if destinations(settings):
         svc.runs.outbox = Notifier(settings, svc.messages, svc.runs)

@@ -135,8 +135,9 @@ class Settings(BaseSettings):
     validation_report_max_issues: int = _setting("VALIDATION_REPORT_MAX_ISSUES", 100,
         "Errors and warnings listed in a report; beyond it only counts per code are kept.")
     tokenizer_dir: str = _setting("TOKENIZER_DIR", "",
-        "Directory holding the base model's `tokenizer.json`, for token counts in validation reports; "
-        "empty means the local base model's tokenizer (local runtime), else a characters/4 estimate.")
+        "Directory holding the base model's `tokenizer.json` (and `tokenizer_config.json`), for token counts in "
+        "validation reports; empty means the base model's own tokenizer (the local model's, or in Azure the "
+        "registry model's tokenizer files, fetched without the weights), else a characters/4 estimate.")
     test_fraction: float = _setting("TEST_FRACTION", 0.1,
         "Fraction of valid records split into `test.jsonl` (stable hash of prompt_id, else the record).")
     max_delivery_count: int = _setting("MAX_DELIVERY_COUNT", 10,

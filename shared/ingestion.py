@@ -24,7 +24,7 @@ from .retry import is_transient
 from .runs import Run, State, new_run, run_id_for
 from .ml.training_params import NOTEBOOK_DEFAULTS
 from .storage import read_chunks
-from .tokens import budget
+from .tokens import ModelHints, budget
 from .uploads import starts_run
 from .validation import ValidationReport, Validator
 
@@ -227,14 +227,13 @@ def evaluation_tokens(settings: Any, overrides: dict[str, Any], scored: int, tes
             "eval_tokens_total": 2 * scored + generated}
 
 
-def _data_hints(svc: Services) -> tuple[str, dict[str, Any]] | None:
-    """The ML backend's hints for token counts: the tokenizer folder and the base model's defaults (the local
-    workspace's base model; in Azure TOKENIZER_DIR and the registry model's tags, asked once per process)."""
-    hints = getattr(svc.ml, "data_hints", None)
-    if hints is None:
+def _data_hints(svc: Services) -> ModelHints | None:
+    """The base model's tokenizer, defaults and context window for token counts (`shared.model_hints`, wired by
+    `shared.bootstrap`: the local base model's; in Azure the registry model's tags and its tokenizer files)."""
+    if svc.model_hints is None:
         return None
     try:
-        return hints()
+        return svc.model_hints()
     except Exception:  # hints only refine the report; a backend that cannot give them must not fail ingestion
         log.warning("ingest: the ML backend's data hints failed; token counts are estimated", exc_info=True)
         return None

@@ -38,7 +38,9 @@ SCOPE_PARENTS = {
 ADAPTERS = ("shared/ml/azureml.py", "shared/storage.py", "shared/messaging.py", "shared/run_store.py",
             "shared/ingestion.py")
 # SDK methods that make no request of their own (closing, building a client): the scan skips them.
-NO_REQUEST_METHODS = frozenset({"close", "from_connection_string"})
+NO_REQUEST_METHODS = frozenset({"close", "from_connection_string", "from_container_url"})
+# Functions of the SDKs (not client methods) that make requests: the scan finds calls of these names too.
+SDK_FUNCTIONS = ("azure.ai.ml._utils._registry_utils:get_storage_details_for_registry_assets",)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,21 @@ OPERATIONS: tuple[Operation, ...] = (
         _R + "/components/{componentName}/versions/{version}", scope="registry", granted_by=_PUBLIC),
     _ml("registry.models.get", f"{REG}/models/versions/read", "build_registry_model_versions_get_request",
         _R + "/models/{modelName}/versions/{version}", scope="registry", granted_by=_PUBLIC),
+    # The base model's tokenizer files (shared.ml.azureml.AzureMLBackend.base_model_tokenizer): the registry's data
+    # reference for the model's folder, the request azure-ai-ml's `models.download` makes (azure-ai-ml 1.35.2
+    # _utils/_registry_utils.py:get_storage_details_for_registry_assets, POST _R + /datarefs/{name}/versions/{version}
+    # on the registry's data plane, api-version 2021-10-01-dataplanepreview; not an ARM builder, so no `path`). The
+    # action Azure checks there is not published: a private registry grants it through AzureML Registry User
+    # (`registries/assets/*`); the public registry grants every user, like its model reads above.
+    Operation("shared/ml/azureml.py:get_storage_details_for_registry_assets", "app", (f"{REG}/assets/read",),
+              "registry", "azure/ai/ml/_utils/_registry_utils.py:get_storage_details_for_registry_assets",
+              granted_by=_PUBLIC),
+    # ... then the files are listed and read with the SAS that reference answers (a container SAS URI): the SAS is the
+    # authorization, no role is checked (Learn, storage/common/storage-sas-overview.md).
+    Operation("shared/ml/azureml.py:container.list_blobs", "app", (), "registry", "Learn: List Blobs",
+              data_actions=(f"{BLOB}/blobs/read",), granted_by="the registry's SAS (datarefs answer)"),
+    Operation("shared/ml/azureml.py:container.download_blob", "app", (), "registry", "Learn: Get Blob",
+              data_actions=(f"{BLOB}/blobs/read",), granted_by="the registry's SAS (datarefs answer)"),
     # --- Azure ML workspace control plane
     _ml("ws.compute.get", f"{ML}/computes/read", "build_compute_get_request", _W + "/computes/{computeName}"),
     # list_sizes first GETs the workspace for its location (operations/_compute_operations.py, list_sizes), then

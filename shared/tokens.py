@@ -149,18 +149,33 @@ class Budget(NamedTuple):
     note: str = ""
 
 
+class ModelHints(NamedTuple):
+    """What the ML backend tells the token budget about the base model: its tokenizer directory ("" when none is at
+    hand), its default training parameters (the `model_specific_defaults` tag), why its tokenizer is not at hand
+    ("" when it is, or none was asked for) and the context window its registry entry states (the `textContextWindow`
+    tag; None when unknown). A 2-tuple `(directory, defaults)` reads as the first two fields."""
+
+    tokenizer_dir: str = ""
+    defaults: Mapping[str, Any] = {}
+    note: str = ""
+    context_window: int | None = None
+
+
 def budget(tokenizer_dir: str, overrides: Mapping[str, Any] | None = None,
-           hints: tuple[str, Mapping[str, Any]] | None = None, default_epochs: float | None = None) -> Budget:
+           hints: ModelHints | tuple | None = None, default_epochs: float | None = None) -> Budget:
     """The token budget of a run.
 
     Tokenizer: `tokenizer_dir` (the TOKENIZER_DIR setting) when set, else the base model's tokenizer directory
-    from `hints` (the local runtime's base model, when it is at hand), else the estimate. `max_seq_length`: the
-    upload's override, else the base model's default (from `hints`), else None. Epochs: the override
-    (`num_train_epochs`), else the model's default, else `default_epochs` (the notebook's).
-    `hints` is `(tokenizer directory or "", the base model's default training parameters)`."""
+    from `hints` (the local base model's, or the registry model's tokenizer files fetched in Azure), else the
+    estimate, with `hints.note` saying why. `max_seq_length`: the upload's override, else the base model's default
+    (from `hints`), else the tokenizer's `model_max_length`, else the model's stated context window, else None.
+    Epochs: the override (`num_train_epochs`), else the model's default, else `default_epochs` (the notebook's)."""
     overrides = overrides or {}
-    hint_dir, defaults = hints or ("", {})
+    hints = ModelHints(*hints) if hints else ModelHints()
+    hint_dir, defaults = hints.tokenizer_dir, hints.defaults
     counter, note = token_counter(tokenizer_dir or hint_dir)
+    if not counter.exact and not note:
+        note = hints.note
     if overrides.get("max_seq_length"):
         limit, source = int(overrides["max_seq_length"]), "the upload's override"
     elif _positive(defaults.get("max_seq_length")):
@@ -169,6 +184,10 @@ def budget(tokenizer_dir: str, overrides: Mapping[str, Any] | None = None,
         # The component's max_seq_length defaults to -1, "the model's max length" (chat_completion_pipeline spec,
         # input max_seq_length): the tokenizer's model_max_length.
         limit, source = length, "the base model's max length (tokenizer_config.json)"
+    elif _positive(hints.context_window):
+        # Without the tokenizer, the registry's statement of the model's context (azureml-assets spec.yaml tag
+        # textContextWindow; Phi-3-mini-4k-instruct: 4096, equal to its tokenizer's model_max_length).
+        limit, source = int(hints.context_window), "the base model's context window (registry tag textContextWindow)"
     else:
         limit, source = None, ""
     epochs = overrides.get("num_train_epochs") or defaults.get("num_train_epochs") or default_epochs

@@ -19,6 +19,8 @@ the job was called with).
 
 from __future__ import annotations
 
+import os
+
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -98,6 +100,7 @@ class FakeMLBackend:
         self.created: Counter[str] = Counter()
         self.job_creations: Counter[str] = Counter()  # job name -> jobs created under it (1 when idempotent)
         self.calls: list[str] = []
+        self.tokenizers: dict[str, str] = {}  # base model name -> its tokenizer's folder (`set_tokenizer`)
         self._failures: dict[str, list[MLBackendError]] = {}
         self._lock = threading.RLock()
         self.add_base_model("Phi-3-mini-4k-instruct", tags=PHI3_MINI_TAGS)
@@ -113,6 +116,10 @@ class FakeMLBackend:
         self.base_models[name] = model
         self.base_model_stage[name] = stage
         return model
+
+    def set_tokenizer(self, name: str, directory: str) -> None:
+        """The folder holding base model `name`'s tokenizer files; without one its files hold no tokenizer."""
+        self.tokenizers[name] = directory
 
     def set_compute(self, name: str, vm_size: str, provisioning_state: str = "Succeeded") -> None:
         self.computes[name] = _Compute(vm_size, provisioning_state)
@@ -171,6 +178,14 @@ class FakeMLBackend:
         if reason:
             raise archived_model_error(name, REGISTRY, reason)
         return model
+
+    def base_model_tokenizer(self, name: str) -> str:
+        self._enter("base_model_tokenizer")
+        if name not in self.base_models:
+            raise NotFound(f"base model {name} not found in registry {REGISTRY}")
+        if name not in self.tokenizers:
+            raise NotFound(f"base model {name}'s files in registry {REGISTRY} hold no tokenizer.json")
+        return self.tokenizers[name]
 
     def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
         self._enter("check_compute")
@@ -370,6 +385,17 @@ def _today():
     return datetime.now(timezone.utc).date()
 
 
+def write_word_tokenizer(directory: "str | os.PathLike", words: str = "alpha beta gamma delta") -> None:
+    """A tokenizer.json in `directory` whose tokens are whitespace-separated words (unknown words: one [UNK] each):
+    counts a test can compute by hand."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words.split())}},
+                                           unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+
+
 class FakeHarness:
     """The contract suite's harness over a FakeMLBackend (see tests/test_ml_contract.py)."""
 
@@ -381,9 +407,20 @@ class FakeHarness:
     job_params: dict[str, Any] = {}
     timeout = 5.0
 
+    has_base_model_tokenizer = True
+
     def __init__(self) -> None:
         self.raw = FakeMLBackend()
         self.backend = checked(self.raw)  # as shared.bootstrap wraps every backend
+        self._tokenizer_dir: str | None = None
+
+    def give_base_model_a_tokenizer(self) -> None:
+        """Put a small word-level tokenizer.json in the base model's files (the contract's tokenizer test)."""
+        import tempfile
+
+        self._tokenizer_dir = tempfile.mkdtemp(prefix="fake-tokenizer-")
+        write_word_tokenizer(self._tokenizer_dir)
+        self.raw.set_tokenizer(self.base_model_name, self._tokenizer_dir)
 
     def prepare_training_data(self, run_id: str) -> tuple[str, str]:
         return f"{run_id}/train.jsonl", f"{run_id}/test.jsonl"
@@ -404,7 +441,10 @@ class FakeHarness:
         return self.backend.job_creations[job_name]
 
     def close(self) -> None:
-        pass
+        if self._tokenizer_dir:
+            import shutil
+
+            shutil.rmtree(self._tokenizer_dir, ignore_errors=True)
 
 
 class RecordingSender:

@@ -4,6 +4,8 @@ calls against an in-memory stand-in for MLClient's operations (the cloud boundar
 raises azure-core's errors."""
 
 import dataclasses
+import json
+import tempfile
 import subprocess
 import sys
 from datetime import date
@@ -15,7 +17,7 @@ from shared.config import Settings
 from shared.ml.port import (TAG_APP, TAG_CREATED, TAG_RUN, BaseModel, Compute, InvalidInput, JobRequest, NameTaken,
                             NotFound, PermanentError, RegisteredModel, TransientError)
 from tests.conftest import PROJECT_ROOT, REFERENCE
-from tests.fakes import PHI3_MINI_TAGS
+from tests.fakes import PHI3_MINI_TAGS, write_word_tokenizer
 
 SPEC = REFERENCE / "chat_completion_pipeline.spec.yaml"
 MODEL_ID = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15"
@@ -1105,3 +1107,248 @@ def test_a_line_endpoint_takes_a_second_deployment_a_canary_split_mirroring_and_
     assert [d.name for d in backend.list_deployments("ln-support-bot")] == ["v02"]
     with pytest.raises(NotFound):
         backend.list_deployments("ln-missing")
+
+
+# ------------------------------------------------------------------ the base model's tokenizer from the registry
+
+
+REGISTRY_DATAPLANE_API = "2021-10-01-dataplanepreview"
+MODEL_FOLDER = "huggingface/phi-3-mini-4k-instruct/mlflow_model_folder"  # azureml-assets model.yaml container_path
+
+
+class DataRefResponse:
+    """What azure-core's `send_request` returns: the status and body are looked at only through these two."""
+
+    def __init__(self, status: int, body: dict):
+        self.status_code, self._body = status, body
+
+    def raise_for_status(self):
+        if self.status_code >= 400:
+            from azure.core.exceptions import HttpResponseError
+
+            exc = HttpResponseError(message=f"({self._body.get('code')}) {self._body.get('message')}")
+            exc.status_code = self.status_code
+            raise exc
+
+    def json(self):
+        return self._body
+
+
+class RegistryDataPlane:
+    """The registry's data plane as azure-ai-ml's hybrid client reaches it (`send_request`), with the service's rules:
+    only `POST .../registries/{registry}/datarefs/{name}/versions/{version}?api-version=2021-10-01-dataplanepreview`
+    with `{"assetId": "azureml://registries/{registry}/models/{name}/versions/{version}", "blobUri": <the model's
+    path>}` is answered, with a container SAS URI that reads the model's files (blobReferenceForConsumption); an
+    unknown model is 404; `refuse` answers 403 as for an identity the registry does not admit."""
+
+    def __init__(self, cloud, sas_url):
+        self.cloud, self.sas_url, self.refuse = cloud, sas_url, False
+        self._config = type("Config", (), {"subscription_id": "reg-sub"})()
+
+    def send_request(self, request):
+        import re as _re
+        from urllib.parse import parse_qs, urlparse
+
+        self.cloud.calls.append(("datarefs", request.method, request.url))
+        url = urlparse(request.url)
+        match = _re.fullmatch(r"/subscriptions/reg-sub/resourceGroups/reg-rg/providers/Microsoft\.MachineLearning"
+                              r"Services/registries/azureml/datarefs/([^/]+)/versions/([^/]+)", url.path)
+        body = json.loads(request.content or b"{}")
+        if request.method != "POST" or not match or parse_qs(url.query).get("api-version") != [REGISTRY_DATAPLANE_API]:
+            return DataRefResponse(400, {"code": "BadRequest", "message": f"no such operation {request.url}"})
+        if self.refuse:
+            return DataRefResponse(403, {"code": "AuthorizationFailed", "message": "The client 'app' does not have "
+                                         "authorization to perform action over registry azureml"})
+        name, version = match.groups()
+        model = self.cloud.registry.models.items.get((name, version))
+        if model is None:
+            return DataRefResponse(404, {"code": "NotFound", "message": f"model {name}:{version} not found"})
+        expected = {"assetId": f"azureml://registries/azureml/models/{name}/versions/{version}", "blobUri": model.path}
+        if body != expected:
+            return DataRefResponse(400, {"code": "BadRequest", "message": f"body {body} is not {expected}"})
+        return DataRefResponse(200, {"blobReferenceForConsumption": {
+            "blobUri": model.path, "storageAccountArmId": None,
+            "credential": {"credentialType": "SAS", "sasUri": self.sas_url}}})
+
+
+@pytest.fixture
+def registry_files(azurite, unique, tmp_path, monkeypatch):
+    """The registry's storage on Azurite: Phi-3-mini's folder as azureml-assets lays it out (hftransformersv2: data/
+    model, data/tokenizer, MLmodel), a read+list container SAS that expires in an hour, and the blob names the adapter
+    downloads. The machine's temp folder (the tokenizer cache) is this test's."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    service = BlobServiceClient.from_connection_string(azurite)
+    container = service.create_container(f"{unique}-registry")
+    source = tmp_path / "tokenizer"
+    source.mkdir()
+    write_word_tokenizer(source)
+    files = {
+        "MLmodel": b"flavors:\n  hftransformersv2:\n    model_data: data\n",
+        "data/model/model-00001-of-00002.safetensors": b"\0" * 4096,  # the weights: never read
+        "data/config/config.json": b'{"max_position_embeddings": 4096}',
+        "data/tokenizer/tokenizer.json": (source / "tokenizer.json").read_bytes(),
+        "data/tokenizer/tokenizer_config.json": b'{"model_max_length": 4096, "chat_template": "..."}',
+    }
+    for name, data in files.items():
+        container.upload_blob(f"{MODEL_FOLDER}/{name}", data)
+    sas = generate_container_sas(service.account_name, container.container_name,
+                                 account_key=service.credential.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    downloads = []
+    real_download = type(container).download_blob
+
+    def recording_download(self, blob, *args, **kwargs):
+        downloads.append(getattr(blob, "name", blob))
+        return real_download(self, blob, *args, **kwargs)
+
+    monkeypatch.setattr(type(container), "download_blob", recording_download)
+    yield type("RegistryFiles", (), {"sas_url": f"{container.url}?{sas}", "path": f"{container.url}/{MODEL_FOLDER}",
+                                     "downloads": downloads, "container": container})()
+    container.delete_container()
+
+
+@pytest.fixture
+def registry_cloud(registry_files):
+    """The cloud stand-in whose registry model Phi-3-mini-4k-instruct has its files (and textContextWindow tag)."""
+    from azure.ai.ml.entities import Model
+
+    cloud = Cloud()
+    tags = {**PHI3_MINI_TAGS, "textContextWindow": "4096"}
+    cloud.registry.models.items[("Phi-3-mini-4k-instruct", "15")] = Model(
+        name="Phi-3-mini-4k-instruct", version="15", tags=tags, path=registry_files.path, type="mlflow_model",
+        id="azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15")
+    cloud.registry.models._registry_service_client = RegistryDataPlane(cloud, registry_files.sas_url)
+    cloud.registry.models._resource_group_name = "reg-rg"
+    return cloud
+
+
+def test_the_base_models_tokenizer_is_read_from_the_registry_without_its_weights(registry_cloud, registry_files):
+    from shared.tokens import TokenizerCounter
+
+    backend = checked_azure(AZ_SETTINGS(), registry_cloud)
+    directory = Path(backend.base_model_tokenizer("Phi-3-mini-4k-instruct"))
+    assert sorted(p.name for p in directory.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert sorted(registry_files.downloads) == [f"{MODEL_FOLDER}/data/tokenizer/tokenizer.json",
+                                                f"{MODEL_FOLDER}/data/tokenizer/tokenizer_config.json"]
+    assert TokenizerCounter(directory).count(["alpha beta gamma", "delta"]) == [3, 1]
+    assert registry_cloud.count("datarefs") == 1
+    # Asked again in this process: nothing is asked of Azure; in another process on this machine: the disk copy.
+    assert backend.base_model_tokenizer("Phi-3-mini-4k-instruct") == str(directory)
+    again = checked_azure(AZ_SETTINGS(), registry_cloud)
+    assert again.base_model_tokenizer("Phi-3-mini-4k-instruct") == str(directory)
+    assert registry_cloud.count("datarefs") == 1 and len(registry_files.downloads) == 2
+
+
+def test_a_model_without_tokenizer_files_or_an_expired_sas_is_the_ports_error(registry_cloud, registry_files):
+    backend = checked_azure(AZ_SETTINGS(), registry_cloud)
+    for name in ("data/tokenizer/tokenizer.json", "data/tokenizer/tokenizer_config.json"):
+        registry_files.container.delete_blob(f"{MODEL_FOLDER}/{name}")
+    with pytest.raises(NotFound, match="holds no tokenizer.json"):
+        backend.base_model_tokenizer("Phi-3-mini-4k-instruct")
+    with pytest.raises(NotFound, match="Phi-9"):
+        backend.base_model_tokenizer("Phi-9")
+    # Azure Storage refuses a SAS past its expiry (403 AuthenticationFailed): a PermanentError, not a crash.
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    c = registry_files.container
+    expired = generate_container_sas(c.account_name, c.container_name, account_key=c.credential.account_key,
+                                     permission=ContainerSasPermissions(read=True, list=True),
+                                     expiry=datetime.now(timezone.utc) - timedelta(minutes=5))
+    registry_cloud.registry.models._registry_service_client.sas_url = f"{c.url}?{expired}"
+    with pytest.raises(PermanentError, match="403") as refused:
+        checked_azure(AZ_SETTINGS(), registry_cloud).base_model_tokenizer(
+            "Phi-3-mini-4k-instruct")
+    assert "sig=" not in str(refused.value) and expired.split("sig=")[1][:12] not in str(refused.value)
+    registry_cloud.registry.models._registry_service_client.sas_url = "not a url?sig=s3cr3t"
+    with pytest.raises(PermanentError) as refused:
+        checked_azure(AZ_SETTINGS(), registry_cloud).base_model_tokenizer("Phi-3-mini-4k-instruct")
+    assert "s3cr3t" not in str(refused.value)
+
+
+def test_the_tokenizer_folder_is_picked_by_the_mlflow_layouts_and_its_size():
+    from shared.ml.azureml import MAX_TOKENIZER_BYTES, artifact_prefix, tokenizer_blobs
+
+    listed = [("mlflow_model_folder/data/tokenizer/tokenizer.json", 10),
+              ("mlflow_model_folder/components/tokenizer/tokenizer.json", 10),
+              ("mlflow_model_folder/components/tokenizer/tokenizer_config.json", 2),
+              ("mlflow_model_folder/components/tokenizer/vocab.txt", 2),
+              ("mlflow_model_folder/model/tokenizer.json", 10)]
+    assert tokenizer_blobs(listed, "m") == {
+        "tokenizer.json": "mlflow_model_folder/components/tokenizer/tokenizer.json",
+        "tokenizer_config.json": "mlflow_model_folder/components/tokenizer/tokenizer_config.json"}
+    assert tokenizer_blobs([("x/model/tokenizer.json", 1)], "m") == {"tokenizer.json": "x/model/tokenizer.json"}
+    with pytest.raises(PermanentError, match="more than"):
+        tokenizer_blobs([("data/tokenizer/tokenizer.json", MAX_TOKENIZER_BYTES + 1)], "m")
+    with pytest.raises(NotFound):
+        tokenizer_blobs([("data/model/model.safetensors", 10)], "m")
+    assert artifact_prefix("https://acct.blob.core.windows.net/models/huggingface/phi-3/mlflow_model_folder",
+                           "models") == "huggingface/phi-3/mlflow_model_folder"
+    assert artifact_prefix("http://127.0.0.1:10000/devstoreaccount1/reg/a%20b/f", "reg") == "a b/f"
+    with pytest.raises(PermanentError, match="not in the container"):
+        artifact_prefix("https://acct.blob.core.windows.net/other/x", "models")
+
+
+def registry_ingest(settings, cloud, name, lines, metadata=None):
+    """An upload ingested by the app wired as in Azure (the Azure ML adapter over the cloud stand-in)."""
+    from shared.ingestion import ingest_upload
+    from shared.ml.azureml import AzureMLBackend
+
+    settings = settings.replace(ml_backend="azureml", base_model="Phi-3-mini-4k-instruct", azure_subscription_id="sub",
+                                azure_resource_group="rg", aml_workspace="ws")
+    backend = AzureMLBackend(settings, credential=object(), ml_client=cloud.workspace, registry_client=cloud.registry)
+    svc = bootstrap_for(settings, backend)
+    blob = svc.blobs.blob(settings.training_container, name)
+    blob.upload_blob(("\n".join(lines) + "\n").encode(), overwrite=True, metadata=metadata)
+    run = ingest_upload(svc, blob.container_name, blob.blob_name, blob)
+    return svc, run, svc.blobs.read_json(settings.runs_container, f"{run.run_id}/validation.json")
+
+
+def bootstrap_for(settings, backend):
+    from shared.bootstrap import bootstrap
+    from shared.run_store import InMemoryRunStore
+    from tests.fakes import RecordingSender
+
+    return bootstrap(settings, ml=backend, messages=RecordingSender(), runs=InMemoryRunStore())
+
+
+CHAT_LINES = [json.dumps({"messages": [{"role": "user", "content": "alpha " * (i + 1)},
+                                       {"role": "assistant", "content": "beta gamma " * (i + 1)}]}) for i in range(30)]
+
+
+def test_ingest_in_azure_counts_with_the_registry_models_tokenizer_and_its_max_length(settings, registry_cloud):
+    svc, run, report = registry_ingest(settings, registry_cloud, "tok.jsonl", CHAT_LINES)
+    tokens = report["tokens"]
+    assert tokens["method"].startswith("tokenizer:") and "Phi-3-mini-4k-instruct" in tokens["method"]
+    assert tokens["max_seq_length"] == 4096 and "tokenizer_config.json" in tokens["max_seq_length_source"]
+    assert not tokens["note"]
+    # Exact: user i+1 words, assistant 2(i+1) words, plus the chat format's 4 tokens per message.
+    assert tokens["max"] == 3 * 30 + 8 and tokens["min"] == 3 + 8
+
+
+def test_ingest_in_azure_says_estimate_and_why_when_the_registry_refuses_the_tokenizer(settings, registry_cloud):
+    registry_cloud.registry.models._registry_service_client.refuse = True
+    svc, run, report = registry_ingest(settings, registry_cloud, "refused.jsonl", CHAT_LINES)
+    tokens = report["tokens"]
+    assert tokens["method"].startswith("estimate")
+    assert "403" in tokens["note"] and "datarefs" in tokens["note"] and "TOKENIZER_DIR" in tokens["note"]
+    assert "sig=" not in json.dumps(report)
+    # Without the tokenizer, truncation is still checked: against the model's stated context window.
+    assert tokens["max_seq_length"] == 4096 and "textContextWindow" in tokens["max_seq_length_source"]
+    assert run.state.value == "Queued", run.failure
+    # The refusal is kept for the process: the next upload does not ask the registry again.
+    calls = registry_cloud.count("datarefs")
+    svc.model_hints()
+    assert registry_cloud.count("datarefs") == calls == 1
+
+
+def AZ_SETTINGS():  # noqa: N802 (reads as the constant it stands for)
+    return Settings.from_env(env={}, ml_backend="azureml", azure_subscription_id="sub", azure_resource_group="rg",
+                             aml_workspace="ws")

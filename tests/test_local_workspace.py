@@ -389,3 +389,21 @@ def test_the_host_services_publish_the_events_url_and_supervise(local_settings, 
         services.stop()
     assert not LocalWorkspace(Settings.from_env(env={}, chatft_state_dir=str(host_state))).events_url_file.exists()
     services.stop()  # stopped: a no-op
+
+
+def test_the_base_models_tokenizer_is_the_local_models_own_and_nothing_is_built_for_it(local_settings, tmp_path):
+    ws = checked(LocalWorkspace(local_settings))
+    with pytest.raises(NotFound, match="not built yet"):
+        ws.base_model_tokenizer(local_settings.base_model)
+    assert not (Path(local_settings.chatft_state_dir) / "workspace" / "base-models").exists()
+    with pytest.raises(NotFound):
+        ws.base_model_tokenizer("Phi-9")
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["Phi3ForCausalLM"]}')
+    own = LocalWorkspace(Settings.from_env(env={}, chatft_state_dir=local_settings.chatft_state_dir,
+                                           local_base_model=str(folder)))
+    with pytest.raises(NotFound, match="has no tokenizer.json"):
+        own.base_model_tokenizer("my-model")
+    (folder / "tokenizer.json").write_text("{}")
+    assert own.base_model_tokenizer("my-model") == own.base_model_tokenizer(local_settings.base_model) == str(folder)

@@ -25,6 +25,8 @@ as `settings` or `tmp_path` through `request.getfixturevalue`). A harness has:
 - optional `count_jobs(job_name) -> int`: how many jobs the backend created under that name.
 - optional `read_report(path) -> dict`: the evaluation report at `path` in RUNS_CONTAINER (backends that really
   evaluate; the fake writes none).
+- optional `has_base_model_tokenizer`: True where the base model's files hold a tokenizer (with optional
+  `give_base_model_a_tokenizer()` to put one there first), False where they hold none; absent: either.
 - optional `close()`: called after the test.
 """
 
@@ -168,6 +170,25 @@ def test_an_unknown_compute_is_not_found(harness):
     backend = harness.backend
     with pytest.raises(NotFound):
         backend.check_compute(unknown("compute"), backend.resolve_base_model(harness.base_model_name))
+
+
+def test_the_base_models_tokenizer_is_a_folder_of_its_files_or_the_ports_error_saying_why(harness):
+    from shared.tokens import TokenizerCounter
+
+    backend, expected = harness.backend, getattr(harness, "has_base_model_tokenizer", None)
+    if expected and hasattr(harness, "give_base_model_a_tokenizer"):
+        harness.give_base_model_a_tokenizer()
+    try:
+        directory = backend.base_model_tokenizer(harness.base_model_name)
+    except (NotFound, PermanentError, TransientError) as exc:
+        assert expected is not True, f"the base model's tokenizer was expected: {exc}"
+        assert str(exc), "the error says why (the report repeats it)"
+    else:
+        assert expected is not False
+        assert TokenizerCounter(directory).count(["alpha"])[0] >= 1, "loadable by the validator's counter"
+        assert backend.base_model_tokenizer(harness.base_model_name) == directory, "the same folder every call"
+    with pytest.raises(NotFound):
+        backend.base_model_tokenizer(unknown("model"))
 
 
 def test_unknown_job_is_not_found(harness):

@@ -48,7 +48,10 @@ def sdk_calls(source: str, module: str, methods: set[str]) -> set[str]:
     also have (get, update) counts only on an Azure ML operations group (`ws.compute.get`)."""
     found = set()
     methods = methods - permissions.NO_REQUEST_METHODS
+    functions = {spec.split(":")[1] for spec in permissions.SDK_FUNCTIONS}
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
+            found.add(f"{module}:{node.func.id}")
         if isinstance(node, ast.Call):  # a bound method handed to a thread pool is a call too
             for arg in node.args:
                 if isinstance(arg, ast.Attribute) and arg.attr in methods - PLAIN:
@@ -87,6 +90,14 @@ def test_a_call_added_without_an_entry_is_caught(methods):
     declared = {op.call for op in OPERATIONS if op.call}
     new = sdk_calls(source, "shared/ml/azureml.py", methods) - declared
     assert new == {"shared/ml/azureml.py:ws.online_endpoints.begin_regenerate_keys"}
+
+
+def test_the_sdk_functions_exist_and_a_function_call_without_an_entry_is_caught(methods):
+    for spec in permissions.SDK_FUNCTIONS:
+        module, name = spec.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), spec
+    source = "def extra(c):\n    get_storage_details_for_registry_assets(service_client=c)\n"
+    assert sdk_calls(source, "shared/x.py", methods) == {"shared/x.py:get_storage_details_for_registry_assets"}
 
 
 def test_every_module_that_imports_an_azure_sdk_client_is_scanned():

@@ -121,6 +121,23 @@ class LocalWorkspace:
 
         return base_model_hints(self.state_dir, self.settings.local_base_model)
 
+    def base_model_tokenizer(self, name: str) -> str:
+        """See the port: the local base model's own folder (LOCAL_BASE_MODEL's, or the stand-in's once built; the
+        local workspace has one base model, whatever the name). Nothing is built here: NotFound says why."""
+        from .base_model import TINY_NAME, base_model_hints
+
+        own = Path(self.settings.local_base_model).expanduser().name if self.settings.local_base_model else TINY_NAME
+        if name not in (self.settings.base_model, own):
+            raise NotFound(f"base model {name} not found in the local workspace: it fine-tunes {own} under the name "
+                           f"BASE_MODEL gives it ({self.settings.base_model})")
+        directory, _ = base_model_hints(self.state_dir, self.settings.local_base_model)
+        if directory:
+            return directory
+        if self.settings.local_base_model:
+            raise NotFound(f"LOCAL_BASE_MODEL {self.settings.local_base_model} has no tokenizer.json")
+        raise NotFound("the local stand-in base model is not built yet (the first local fine-tuning or `chatft demo` "
+                       "builds it)")
+
     def archived_base_models(self) -> set[str]:
         """Names the local workspace treats as archived (one per line in `<workspace>/archived-base-models`)."""
         try:

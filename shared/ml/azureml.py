@@ -31,6 +31,7 @@ from . import naming
 from .port import (JOB_DONE, TAG_APP, TAG_JOB, TAG_RUN, BaseModel, Compute, Deployment, Endpoint, EvaluationRequest,
                    JobRequest, JobStatus, MLBackendError, NameTaken, NotFound, PermanentError, RegisteredModel, ScoringTarget,
                    TransientError)
+from ..tokens import ModelHints
 from .training_params import (InputSpec, archive_reason, archived_model_error, check_finetune_compute,
                               display_name, finetune_parameters, gpus_per_node, known_gpus_per_node,
                               resolve_inference_instance_type, unknown_gpus_error)
@@ -272,6 +273,103 @@ def with_traffic(endpoint: Any, *, traffic: Mapping[str, int] | None = None,
     return endpoint
 
 
+# The tokenizer inside a registry model's files. A registry model's `path` is the blob URI of its folder; the catalog's
+# models hold an MLflow model there: `mlflow_model_folder/components/tokenizer/` for MLflow's transformers flavor
+# (mlflow/transformers/model_io.py: _COMPONENTS_BINARY_DIR_NAME = "components"), `mlflow_model_folder/data/tokenizer/`
+# for azureml's hftransformersv2 flavor (azureml-assets models/system/phi-3-mini-4k-instruct/MLmodel: `model_data:
+# data`); the serving image looks in both (azureml-assets foundation-model-inference/context/score.py,
+# DEFAULT_TOKENIZER_PATH and DEPRECATED_MLFLOW_TOKENIZER_PATH).
+TOKENIZER_DIRS = ("components/tokenizer", "data/tokenizer")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# More than any tokenizer's files (Phi-3's tokenizer.json: 1.9 MB; large-vocabulary ones about 35 MB): a folder
+# over it is not a tokenizer, and the app never reads a model's weights by mistake.
+MAX_TOKENIZER_BYTES = 64 << 20
+# Registry tag stating the model's context length (azureml-assets spec.yaml tags; Phi-3-mini-4k-instruct: 4096).
+CONTEXT_WINDOW_TAG = "textContextWindow"
+
+
+def artifact_prefix(model_path: str, container_name: str) -> str:
+    """The blob name prefix of a registry model's folder: its `path` (a blob URI, `https://<account>.blob.core.
+    windows.net/<container>/<folder>`, or an emulator's `http://host/<account>/<container>/<folder>`) after the
+    container the data reference grants. PermanentError when the path is not in that container."""
+    from urllib.parse import unquote, urlparse
+
+    path = unquote(urlparse(model_path).path)
+    marker = f"/{container_name}/"
+    at = path.find(marker)
+    if at < 0:
+        if path.rstrip("/").endswith(f"/{container_name}"):
+            return ""
+        raise PermanentError(f"the model's path {model_path} is not in the container {container_name} the registry "
+                             f"granted")
+    return path[at + len(marker):].strip("/")
+
+
+def tokenizer_blobs(blobs: Iterable[tuple[str, int | None]], what: str) -> dict[str, str]:
+    """The tokenizer's files among a model's blobs (`(name, size)`): file name -> blob name, from the folder holding a
+    `tokenizer.json`, preferring TOKENIZER_DIRS, then the shallowest. NotFound when none holds one; PermanentError
+    when the files exceed MAX_TOKENIZER_BYTES."""
+    listed = {name: size or 0 for name, size in blobs}
+    folders = {name.rsplit("/", 1)[0] if "/" in name else "" for name in listed
+               if name.rsplit("/", 1)[-1] == "tokenizer.json"}
+    if not folders:
+        raise NotFound(f"{what} holds no tokenizer.json (looked in every folder, {' and '.join(TOKENIZER_DIRS)} "
+                       f"first)")
+
+    def rank(folder: str) -> tuple[int, int, str]:
+        preferred = next((i for i, d in enumerate(TOKENIZER_DIRS) if folder == d or folder.endswith("/" + d)),
+                         len(TOKENIZER_DIRS))
+        return preferred, folder.count("/"), folder
+
+    folder = min(folders, key=rank)
+    chosen = {f: f"{folder}/{f}" if folder else f for f in TOKENIZER_FILES if (f"{folder}/{f}" if folder else f)
+              in listed}
+    total = sum(listed[b] for b in chosen.values())
+    if total > MAX_TOKENIZER_BYTES:
+        raise PermanentError(f"{what}: the tokenizer files in {folder} are {total} bytes, more than the "
+                             f"{MAX_TOKENIZER_BYTES} a tokenizer takes")
+    return chosen
+
+
+def tokenizer_cache_dir(registry: str, name: str, version: str) -> Path:
+    """Where a registry model version's tokenizer files are kept on this machine (its temp folder: Azure Functions
+    gives each instance one; the files are a few MB and never change for a version)."""
+    safe = [re.sub(r"[^A-Za-z0-9._-]", "_", part) for part in (registry, name, version)]
+    return Path(tempfile.gettempdir(), "chatft-tokenizers", *safe)
+
+
+def fetch_tokenizer(container_url: str, model_path: str, target: Path, what: str) -> Path:
+    """Read only the tokenizer's files of the model folder at `model_path` from the container `container_url` (a
+    container URL with its SAS: azure-storage-blob `ContainerClient.from_container_url`, as azure-ai-ml's
+    `_artifacts/_blob_storage_helper.py` does for `models.download`) into `target`, written whole or not at all."""
+    from azure.storage.blob import ContainerClient
+
+    try:
+        container = ContainerClient.from_container_url(container_url)
+    except ValueError:  # the URL holds the SAS: never in a message
+        raise PermanentError(f"{what}: the registry answered a storage URL that is not a container's") from None
+    prefix = artifact_prefix(model_path, container.container_name)
+    with azure_call(f"listing the files of {what}", not_found=f"{what}: its files are gone from the registry"):
+        listed = [(b.name, b.size) for b in container.list_blobs(name_starts_with=f"{prefix}/" if prefix else None)]
+    chosen = tokenizer_blobs([(n[len(prefix):].lstrip("/"), size) for n, size in listed], what)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".fetching-", dir=target.parent))
+    try:
+        for file_name, blob_name in chosen.items():
+            full = f"{prefix}/{blob_name}" if prefix else blob_name
+            with azure_call(f"reading {blob_name} of {what}"):
+                data = container.download_blob(full).readall()
+            (scratch / file_name).write_bytes(data)
+        try:
+            os.replace(scratch, target)  # whole or not at all; another worker's copy is as good
+        except OSError:
+            if not (target / "tokenizer.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
 # ------------------------------------------------------------------------------------- error mapping
 
 
@@ -350,7 +448,9 @@ class AzureMLBackend:
         self._workspace = ml_client
         self._registry = registry_client
         self._component: Any = None
-        self._hints: tuple[str, dict] | None = None
+        self._hints: ModelHints | None = None
+        self._latest: dict[str, Any] = {}  # base model name -> the registry's latest version entity
+        self._tokenizers: dict[str, str] = {}  # base model name -> its tokenizer's directory
         self._lock = threading.Lock()
 
     # --- clients
@@ -417,17 +517,62 @@ class AzureMLBackend:
             model = self.registry.models.get(name, label="latest")
         return base_model_from_entity(model, registry)
 
-    def data_hints(self) -> tuple[str, dict]:
-        """(TOKENIZER_DIR, the base model's `model_specific_defaults`) for token counts at ingestion: one registry
-        call per process (cached). The tokenizer files are not downloaded here (a registry model's artifacts are
-        the whole model); TOKENIZER_DIR names a mounted folder holding its tokenizer.json and
-        tokenizer_config.json (whose model_max_length is the component's default max_seq_length)."""
+    def _latest_model(self, name: str) -> Any:
+        """The registry's entity of the base model's latest version, asked once per process (token counts only)."""
+        if name not in self._latest:
+            with azure_call(f"getting base model {name}",
+                            not_found=f"base model {name} not found in registry {self.settings.aml_registry}"):
+                self._latest[name] = self.registry.models.get(name, label="latest")
+        return self._latest[name]
+
+    def data_hints(self) -> ModelHints:
+        """The base model's `model_specific_defaults` and stated context window, for token counts at ingestion (one
+        registry call per process). Its tokenizer is `base_model_tokenizer`'s, which `shared.model_hints` asks."""
         if self._hints is None:
             from .training_params import MODEL_DEFAULTS_TAG, tag_literal
 
-            defaults = tag_literal(self.resolve_base_model(self.settings.base_model).tags, MODEL_DEFAULTS_TAG)
-            self._hints = (self.settings.tokenizer_dir, defaults if isinstance(defaults, dict) else {})
+            tags = dict(self._latest_model(self.settings.base_model).tags or {})
+            defaults = tag_literal(tags, MODEL_DEFAULTS_TAG)
+            window = str(tags.get(CONTEXT_WINDOW_TAG, "")).strip()
+            self._hints = ModelHints("", defaults if isinstance(defaults, dict) else {}, "",
+                                     int(window) if window.isdigit() else None)
         return self._hints
+
+    def base_model_tokenizer(self, name: str) -> str:
+        """See the port. Only the tokenizer's files are read, never the weights: the registry grants read access to
+        the model's folder through a data reference, the request azure-ai-ml's `models.download` makes
+        (`_utils/_registry_utils.get_storage_details_for_registry_assets`: POST .../registries/{registry}/datarefs/
+        {name}/versions/{version}, api-version 2021-10-01-dataplanepreview, answered with a container SAS URI), and
+        the files are read with that SAS. Kept per version in the machine's temp folder, and per process here."""
+        if name in self._tokenizers:
+            return self._tokenizers[name]
+        model = self._latest_model(name)
+        registry, version = self.settings.aml_registry, str(model.version)
+        what = f"base model {name} version {version} of registry {registry}"
+        target = tokenizer_cache_dir(registry, name, version)
+        if not (target / "tokenizer.json").is_file():
+            fetch_tokenizer(self._model_files_url(model, registry), str(model.path or ""), target, what)
+        self._tokenizers[name] = str(target)
+        return self._tokenizers[name]
+
+    def _model_files_url(self, model: Any, registry: str) -> str:
+        """A container URL with a SAS that reads the registry model's files (the data reference's
+        `blobReferenceForConsumption.credential.sasUri`)."""
+        from azure.ai.ml._utils._registry_utils import get_storage_details_for_registry_assets
+
+        what = f"model {model.name} version {model.version}"
+        # The registry's data-plane client and resource group, as ModelOperations.download hands them on
+        # (azure-ai-ml 1.35.2 operations/_model_operations.py, download): no public call reads them.
+        ops = self.registry.models
+        client, group = getattr(ops, "_registry_service_client", None), getattr(ops, "_resource_group_name", None)
+        if client is None or not group or not model.path:
+            raise PermanentError(f"reading the files of {what}: this azure-ai-ml offers no registry data reference")
+        with azure_call(f"asking registry {registry} for read access to the files of {what} (datarefs)",
+                        not_found=f"registry {registry} has no files for {what}"):
+            url, _kind = get_storage_details_for_registry_assets(
+                service_client=client, asset_type="models", asset_name=model.name, asset_version=str(model.version),
+                rg_name=group, reg_name=registry, uri=model.path)
+        return url
 
     def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
         ws = self.workspace

@@ -62,6 +62,9 @@ class CheckedBackend:
     def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
         return self.backend.check_compute(compute_name, base_model)
 
+    def base_model_tokenizer(self, name: str) -> str:
+        return self.backend.base_model_tokenizer(name)
+
     # --- jobs
 
     def submit_job(self, request: JobRequest) -> str:

@@ -193,6 +193,12 @@ class MLBackend(Protocol):
     def check_compute(self, compute_name: str, base_model: BaseModel) -> Compute:
         """The training compute, checked as the notebook does; PermanentError says what is wrong."""
 
+    def base_model_tokenizer(self, name: str) -> str:
+        """A local directory holding the named base model's tokenizer files (`tokenizer.json`, and
+        `tokenizer_config.json` where the model has one), without its weights; the same directory on every call of
+        the process. Raises NotFound (no such model, or its files hold no tokenizer), PermanentError (its files
+        cannot be read, e.g. a 403) or TransientError: the caller then estimates token counts, saying why."""
+
     def submit_job(self, request: JobRequest) -> str:
         """Submit (or find, when a job of that name exists) the fine-tuning job; returns its name."""
 
