@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import orjson
@@ -29,6 +30,12 @@ MIN_RECORDS = 10  # Azure ML's fine-tuning step refuses fewer training rows
 SAMPLE_BYTES = 1 << 20  # bytes of records counted for the distribution when the upload is larger (~150 records of
 # 6 KB: the tokenizer runs at 4-12 MB/s on two cores, so this keeps its share of a 200 MB pass under a third)
 _NEVER = 1 << 62
+BATCH_BYTES = 256 << 10  # a tokenizer batch's line bytes at most: its encodings (ids, tokens, masks: ~100 bytes a
+# token) stay near 10 MB, so two batches in flight keep validation's peak RSS under 100 MB
+
+
+def _contents(pending: list[tuple[int, bytes, dict[str, Any], Tally]]) -> list[str]:
+    return [m["content"] for _, _, record, _ in pending for m in record["messages"]]
 
 
 class ValidRecord(NamedTuple):
@@ -251,7 +258,12 @@ class Validator:
                    ) -> Iterator[tuple[int, bytes, dict[str, Any], Tally]]:
         """The examined records with their content tokens counted by the tokenizer, a batch of records' contents
         in one call: each record that may be longer than max_seq_length, and a uniform sample of the others,
-        whose content tokens are -1 (not counted) but for the sample."""
+        whose content tokens are -1 (not counted) but for the sample.
+
+        The tokenizer counts a batch in a worker thread while this thread parses and checks the next one (the
+        Rust tokenizer releases the GIL while it encodes), so on two cores its time mostly hides behind the
+        checks'; at most two batches (`BATCH_BYTES` or `batch_records` each, whichever comes first) are held,
+        which bounds the memory of the records waiting and of the tokenizer's encodings."""
         counter = self.counter
         batch = max(1, counter.batch_records)
         limit = self.max_seq_length
@@ -259,32 +271,42 @@ class Validator:
         rate = self.sample_rate
         draw = random.Random(0).random  # the same file gives the same report
         pending: list[tuple[int, bytes, dict[str, Any], Tally]] = []
+        pending_bytes = 0
         sampled: set[int] = set()
+        in_flight: tuple[Future, list, set[int]] | None = None
         message_tokens = MESSAGE_TOKENS
-        for item in examined:
-            _, raw, _, tally = item
-            if bound_ok:
-                # Content bytes: the characters when the line is ASCII, else at most the line's bytes (escapes
-                # only lengthen a content) and 4 bytes a character.
-                chars = tally[4] + tally[5] + tally[6]
-                bound = (chars if raw.isascii() else min(len(raw), 4 * chars)) + message_tokens * tally[0]
-                if limit is None or bound <= limit:  # cannot be truncated: counted only when sampled
-                    self._bounded += 1
-                    if rate < 1.0 and draw() >= rate:
-                        yield item[0], raw, item[2], (*tally[:7], -1, -1, *tally[9:])
-                        continue
-                    sampled.add(item[0])
-            pending.append(item)
-            if len(pending) >= batch:
-                yield from self._counted_batch(pending, sampled)
-                pending = []
-                sampled = set()
-        if pending:
-            yield from self._counted_batch(pending, sampled)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatft-tokens") as pool:
+            for item in examined:
+                _, raw, _, tally = item
+                if bound_ok:
+                    # Content bytes: the characters when the line is ASCII, else at most the line's bytes
+                    # (escapes only lengthen a content) and 4 bytes a character.
+                    chars = tally[4] + tally[5] + tally[6]
+                    bound = (chars if raw.isascii() else min(len(raw), 4 * chars)) + message_tokens * tally[0]
+                    if limit is None or bound <= limit:  # cannot be truncated: counted only when sampled
+                        self._bounded += 1
+                        if rate < 1.0 and draw() >= rate:
+                            yield item[0], raw, item[2], (*tally[:7], -1, -1, *tally[9:])
+                            continue
+                        sampled.add(item[0])
+                pending.append(item)
+                pending_bytes += len(raw)
+                if len(pending) >= batch or pending_bytes >= BATCH_BYTES:
+                    job = (pool.submit(counter.count, _contents(pending)), pending, sampled)
+                    if in_flight is not None:  # counted while this batch was read
+                        yield from self._counted_batch(*in_flight)
+                    in_flight, pending, pending_bytes, sampled = job, [], 0, set()
+            if pending:
+                job = (pool.submit(counter.count, _contents(pending)), pending, sampled)
+                if in_flight is not None:
+                    yield from self._counted_batch(*in_flight)
+                in_flight = job
+            if in_flight is not None:
+                yield from self._counted_batch(*in_flight)
 
-    def _counted_batch(self, pending: list[tuple[int, bytes, dict[str, Any], Tally]], sampled: set[int]
-                       ) -> Iterator[tuple[int, bytes, dict[str, Any], Tally]]:
-        counts = self.counter.count([m["content"] for _, _, record, _ in pending for m in record["messages"]])
+    def _counted_batch(self, counting: Future, pending: list[tuple[int, bytes, dict[str, Any], Tally]],
+                       sampled: set[int]) -> Iterator[tuple[int, bytes, dict[str, Any], Tally]]:
+        counts = counting.result()
         at = 0
         for line_no, raw, record, tally in pending:
             n, first = tally[0], tally[9]
