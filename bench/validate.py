@@ -179,20 +179,38 @@ def _child(name: str, path: Path) -> tuple[int, bytes, bytes, float]:
         return child.returncode, out.read(), err.read(), usage.ru_maxrss / 1024
 
 
-def measure(name: str, path: Path, size_bytes: int, repeat: int) -> dict:
-    """Median throughput and largest peak RSS of `repeat` runs of a contender (or why it failed)."""
-    seconds, peak = [], 0.0
+def measure(names: list[str], path: Path, size_bytes: int, repeat: int) -> dict:
+    """Median throughput and largest peak RSS of `repeat` runs of each contender (or why it failed). The runs
+    take turns (one run of each contender, then the next round), so a load that comes and goes on the shared
+    machine falls on every contender alike and the ratios stay comparable."""
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    peak = dict.fromkeys(names, 0.0)
+    failed: dict[str, str] = {}
+    last: dict[str, dict] = {}
     for _ in range(repeat):
-        status, out, err, rss = _child(name, path)
-        if status != 0:
-            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {status}"]
-            return {"peak_rss_mb": round(max(peak, rss), 1), "failed": tail[0][:200]}
-        result = json.loads(out.decode().strip().splitlines()[-1])
-        seconds.append(result["seconds"])
-        peak = max(peak, result.get("vm_hwm_mb") or rss)  # the child's own figure when it has one
-    median = statistics.median(seconds)
-    return {"peak_rss_mb": round(peak, 1), "seconds": round(median, 3), "runs_s": [round(x, 3) for x in seconds],
-            "records": result["records"], "mb_per_s": round(size_bytes / 1e6 / median, 1)}
+        for name in names:
+            if name in failed:
+                continue
+            status, out, err, rss = _child(name, path)
+            if status != 0:
+                tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {status}"]
+                peak[name] = max(peak[name], rss)
+                failed[name] = tail[0][:200]
+                continue
+            last[name] = json.loads(out.decode().strip().splitlines()[-1])
+            seconds[name].append(last[name]["seconds"])
+            peak[name] = max(peak[name], last[name].get("vm_hwm_mb") or rss)  # the child's own figure if any
+    results = {}
+    for name in names:
+        if name in failed:
+            results[name] = {"peak_rss_mb": round(peak[name], 1), "failed": failed[name]}
+            continue
+        median = statistics.median(seconds[name])
+        extra = {k: v for k, v in last[name].items() if k not in ("seconds", "records", "vm_hwm_mb")}
+        results[name] = {"peak_rss_mb": round(peak[name], 1), "seconds": round(median, 3),
+                         "runs_s": [round(x, 3) for x in seconds[name]], "records": last[name]["records"],
+                         "mb_per_s": round(size_bytes / 1e6 / median, 1), **extra}
+    return results
 
 
 def main() -> int:
@@ -228,9 +246,9 @@ def main() -> int:
             print(f"{profile} {size_mb} MB: generated {records} records ({size_bytes // records} bytes each on "
                   f"average), {size_bytes} bytes in {time.perf_counter() - started:.1f} s", flush=True)
             row: dict = {"bytes": size_bytes, "records": records}
+            row.update(measure(contenders, path, size_bytes, args.repeat))
             for name in contenders:
-                row[name] = measure(name, path, size_bytes, args.repeat)
-                print(f"  {name:<19} {json.dumps(row[name])}", flush=True)
+                print(f"  {name:<25} {json.dumps(row[name])}", flush=True)
             v, p, c = (row.get(n, {}) for n in ("validator", "pandas", "parse_only"))
             t = row.get("validator_tokenizer", {})
             if "mb_per_s" in v and "mb_per_s" in c:
@@ -254,8 +272,23 @@ def main() -> int:
             path.unlink()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    _print_table(results["sizes"], contenders)
     print(json.dumps(results))
     return 0
+
+
+def _print_table(rows: dict, contenders: list[str]) -> None:
+    """Each upload's contenders as MB/s, ratio to parse-only and peak RSS, one line each."""
+    print(f"{'upload':<18} {'contender':<26} {'MB/s':>7} {'x parse-only':>12} {'peak RSS MB':>11}")
+    for upload, row in rows.items():
+        ceiling = row.get("parse_only", {}).get("mb_per_s")
+        for name in contenders:
+            r = row.get(name, {})
+            if "mb_per_s" not in r:
+                print(f"{upload:<18} {name:<26} failed: {r.get('failed', '?')}")
+                continue
+            ratio = f"{r['mb_per_s'] / ceiling:.2f}" if ceiling else "-"
+            print(f"{upload:<18} {name:<26} {r['mb_per_s']:>7} {ratio:>12} {r['peak_rss_mb']:>11}")
 
 
 def _stand_in_tokenizer(workdir: Path) -> str:

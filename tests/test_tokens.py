@@ -142,3 +142,20 @@ def test_without_an_override_max_seq_length_is_the_tokenizers_model_max_length(b
     plan = budget(str(byte_bpe))
     assert plan.max_seq_length == 4096 and "tokenizer_config.json" in plan.max_seq_length_source
     assert budget(str(byte_bpe), {"max_seq_length": 100}).max_seq_length == 100
+
+
+def test_counts_do_not_depend_on_how_the_records_are_batched(byte_bpe, monkeypatch):
+    """The tokenizer counts batches in a worker thread while the next batch is read: batches of one record
+    (many in flight, one after another) give the same report as one batch of everything."""
+    import shared.validation.validator as validator
+
+    data = b"\n".join(rec(i % 40 + 1, i % 7 + 1) for i in range(400)) + b"\n"
+    reports = []
+    for batch_bytes in (1, 1 << 30):
+        monkeypatch.setattr(validator, "BATCH_BYTES", batch_bytes)
+        v = Validator(counter=TokenizerCounter(byte_bpe), max_seq_length=60, max_invalid_fraction=1.0)
+        lines = sorted(r.line for r in v.records([data]))
+        reports.append((lines, v.report()))
+    (lines_1, one), (lines_all, everything) = reports
+    assert lines_1 == lines_all and one == everything
+    assert one.tokens.records_counted == one.valid_records > 0 and one.tokens.truncated_records > 0 and one.errors
