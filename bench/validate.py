@@ -18,18 +18,21 @@ max_seq_length, the distribution from a ~1 MiB uniform sample; `validator_tokeni
 every record whose bytes could reach it counted exactly, the rest sampled) >= 0.5x parse-only and peak RSS
 < 100 MB. A summary table, then a JSON object, are printed last.
 
-Why `validator_tokenizer_limit` cannot reach 0.5x on the ultrachat profile (figures of this 2-core machine, shared,
-2026-12-07): 0.5x of parse-only (~410 MB/s) leaves ~0.98 s for 200 MB; the checks alone take ~0.57 s of it, so
-~0.4 s is left for the tokenizer, which counts 2-3 MB/s a core (~5 MB/s with its worker thread and Rust's pool on
-both cores): about 2 MB, 1% of the upload, can be counted exactly. But the stand-in makes one token per 3.38 bytes
-of this text, so the byte bound (tokens <= bytes) proves "under 4096" only for records under ~4 KB: 17% of the
-bytes; the other 83% (records of 4-30 KB) must be counted, ~33 s. A provable lower bound does not close the gap:
-for GPT-2's ByteLevel pre-tokenizer every space followed by a non-space starts its own pre-token (>= 1 token
-each), but that is only 0.60x the true count here, so it proves "over 4096" for 0.00% of the bytes, counting a
-record's messages only until exact + bound pass the limit saves 3% of the bytes, and computing the bound (~120
-MB/s in Python) costs more than it saves; it is not built. Reaching 0.5x would need the uncertain share near 1%,
-i.e. a limit far from the records' lengths (as in the alpaca profile, where every record is under 4096 by its
-bytes and only the sample is counted) or a counter ~30x faster.
+Why `validator_tokenizer_limit` cannot reach 0.5x on the ultrachat profile (this 2-core machine, shared, on
+2026-12-07; `--sizes 200 --repeat 3`): parse-only ran at 590 MB/s, so 0.5x leaves 0.68 s for 200 MB; the checks
+alone took 0.52 s of it, leaving ~0.16 s for the tokenizer, which counts 2-3 MB/s a core under load and ~9 MB/s
+on both cores when the machine is quiet (its worker thread plus Rust's pool): ~1.5 MB, under 1% of the upload,
+can be counted exactly. But the stand-in makes one token per 3.38 bytes of this text, so the byte bound (tokens <=
+bytes) proves "under 4096" only for records under ~4 KB, 17% of the bytes; the other 83% (records of 4-30 KB, whose
+counts run from ~1,200 to ~9,000 tokens) must be counted exactly: ~19 s, 0.02x. A provable lower bound does not
+close the gap (measured on 1,500 records): for GPT-2's ByteLevel pre-tokenizer every space followed by a non-space
+starts its own pre-token (>= 1 token each), but that is only 0.60x the true count here, so it proves "over 4096"
+for 0.00% of the bytes; counting a record's messages only until exact + bound pass the limit would save 3% of the
+bytes, and computing the bound (~120 MB/s in Python) costs more than that saves; it is not built. Reaching 0.5x
+needs the uncertain share near 1%: a limit far from the records' lengths (the alpaca profile: every record is
+under 4096 by its bytes, only the sample is counted, and the tokenizer costs ~0.4 s over the checks) or a
+counter ~20x faster. On the alpaca profile the checks alone are ~0.4x parse-only (Python's per-record cost, ~4 us
+against orjson's ~1.7 us), so the real tokenizer's ratio stays under 0.5x there too, bounded by the checks.
 """
 
 from __future__ import annotations
