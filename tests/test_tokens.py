@@ -159,3 +159,42 @@ def test_counts_do_not_depend_on_how_the_records_are_batched(byte_bpe, monkeypat
     (lines_1, one), (lines_all, everything) = reports
     assert lines_1 == lines_all and one == everything
     assert one.tokens.records_counted == one.valid_records > 0 and one.tokens.truncated_records > 0 and one.errors
+
+
+def _sentencepiece_bpe(directory, normalizer=None):
+    """A small BPE in Llama 2's and Phi-3's tokenizer.json scheme: Prepend("▁") and Replace(" ", "▁"), no
+    pre-tokenizer, byte_fallback."""
+    from tokenizers import Tokenizer, models, normalizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizer or normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trainer = trainers.BpeTrainer(vocab_size=400, show_progress=False, initial_alphabet=["▁"],
+                                  special_tokens=["<unk>", "<|end|>", *(f"<0x{b:02X}>" for b in range(256))])
+    bpe.train_from_iterator(["alpha beta gamma delta"] * 50, trainer=trainer)
+    bpe.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def test_a_sentencepiece_style_bpe_is_bounded_by_its_bytes_plus_one_and_nfkc_is_not(tmp_path):
+    from tokenizers import normalizers
+
+    counter = TokenizerCounter(_sentencepiece_bpe(tmp_path))
+    assert counter.bytes_bound and counter.bound_extra == 1
+    # the proof's worst cases hold: characters outside the vocabulary fall back to their bytes
+    texts = ["x", " ", "ﬁ東京 €", "\U0001F600 a", "alpha beta", "q" * 30]
+    assert all(n <= len(t.encode()) + 1 for n, t in zip(counter.count(texts), texts))
+    (tmp_path / "nfkc").mkdir()
+    nfkc = normalizers.Sequence([normalizers.NFKC(), normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    assert not TokenizerCounter(_sentencepiece_bpe(tmp_path / "nfkc", nfkc)).bytes_bound  # "ﬁ" -> "fi" lengthens
+
+
+def test_with_a_sentencepiece_style_bpe_truncation_verdicts_match_counting_every_record(tmp_path):
+    counter = TokenizerCounter(_sentencepiece_bpe(tmp_path))
+    data = b"\n".join(rec(i % 300 + 1, 3) for i in range(3000)) + b"\n"
+    exact = Validator(counter=counter, max_seq_length=200, max_invalid_fraction=1.0)
+    sampled = Validator(counter=counter, max_seq_length=200, max_invalid_fraction=1.0, expected_bytes=len(data) * 40)
+    for v in (exact, sampled):
+        list(v.records([data]))
+    e, s = exact.report(), sampled.report()
+    assert s.errors == e.errors and s.warnings == e.warnings and s.tokens.tokens_cut == e.tokens.tokens_cut
+    assert e.tokens.truncated_records > 0 and 0 < s.tokens.records_bounded < 3000 and s.tokens.sample is not None

@@ -274,7 +274,7 @@ class Validator:
         pending_bytes = 0
         sampled: set[int] = set()
         in_flight: tuple[Future, list, set[int]] | None = None
-        message_tokens = MESSAGE_TOKENS
+        message_tokens = MESSAGE_TOKENS + counter.bound_extra  # a message's bound: its bytes + these
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatft-tokens") as pool:
             for item in examined:
                 _, raw, _, tally = item
