@@ -198,3 +198,20 @@ def test_with_a_sentencepiece_style_bpe_truncation_verdicts_match_counting_every
     e, s = exact.report(), sampled.report()
     assert s.errors == e.errors and s.warnings == e.warnings and s.tokens.tokens_cut == e.tokens.tokens_cut
     assert e.tokens.truncated_records > 0 and 0 < s.tokens.records_bounded < 3000 and s.tokens.sample is not None
+
+
+def test_the_sampled_total_follows_the_records_characters_within_its_stated_error(byte_bpe):
+    """Records of very different lengths: the total of the records not counted is the sample's tokens per
+    character times their characters (plus their chat-format tokens), so its stated error stays a small fraction
+    of the total where a mean per record would be off by the spread of the lengths."""
+    data = b"\n".join(rec((i * 7919) % 150 + 1, (i * 104729) % 90 + 1) for i in range(4000)) + b"\n"
+    counter = TokenizerCounter(byte_bpe)
+    exact, sampled = (Validator(counter=counter, max_invalid_fraction=1.0, expected_bytes=e)
+                      for e in (None, len(data) * 20))
+    for v in (exact, sampled):
+        list(v.records([data]))
+    e, s = exact.report().tokens, sampled.report().tokens
+    assert e.sample is None and s.sample is not None and s.sample.records < 400
+    assert abs(s.record_tokens - e.record_tokens) <= 3 * s.sample.record_tokens_error_95
+    assert s.sample.record_tokens_error_95 < 0.02 * e.record_tokens
+    assert abs(s.trained_tokens_per_epoch - e.trained_tokens_per_epoch) <= 3 * s.sample.record_tokens_error_95

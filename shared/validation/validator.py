@@ -105,7 +105,11 @@ class Validator:
         self._splits = {"train": 0, "test": 0}
         # The bounded records (not counted one by one): how many, how many of them train, and the sample's
         # running sums and buckets.
-        self._bounded = self._bounded_train = self._sampled = self._sample_sum = self._sample_sq = 0
+        self._bounded = self._bounded_train = self._sampled = 0
+        # The ratio estimate of the records not counted (see `_token_report`): the characters and messages of those
+        # records (all; of the train split), and the sample's sums of content tokens y and characters x.
+        self._unsampled_chars = self._unsampled_messages = self._train_chars = self._train_messages = 0
+        self._sample_y = self._sample_x = self._sample_yy = self._sample_xx = self._sample_xy = 0
         self._sample_buckets: dict[int, int] = {}
 
     def records(self, chunks: Iterable[bytes]) -> Iterator[ValidRecord]:
@@ -136,6 +140,7 @@ class Validator:
         split, splits = self.split, self._splits
         buckets = self._token_buckets
         msg_min = msg_max = msg_sum = valid = counted = bounded_train = 0
+        u_chars = u_msgs = tr_chars = tr_msgs = 0
         t_min = _NEVER
         t_max = t_total = t_trained = t_cut = truncated = 0
         n_sys = n_user = n_asst = c_sys = c_user = c_asst = 0
@@ -188,12 +193,19 @@ class Validator:
                         t_max = tokens
                     bucket = tokens if tokens < 1024 else tokens >> (shift := tokens.bit_length() - 10) << shift
                     buckets[bucket] = buckets.get(bucket, 0) + 1
-                elif part != "test":
-                    bounded_train += 1
+                else:  # not counted: its characters carry the sample's tokens-per-character ratio
+                    u_chars += cs + cu + ca
+                    u_msgs += n
+                    if part != "test":
+                        bounded_train += 1
+                        tr_chars += cs + cu + ca
+                        tr_msgs += n
                 # tuple.__new__ skips NamedTuple's Python-level constructor (a third of a microsecond a record).
                 yield new(ValidRecord, (line_no, raw, record, tokens, part))
         finally:
             self._valid, self._counted, self._bounded_train = valid, counted, bounded_train
+            self._unsampled_chars, self._unsampled_messages = u_chars, u_msgs
+            self._train_chars, self._train_messages = tr_chars, tr_msgs
             if valid:
                 self._msg_min, self._msg_max, self._msg_sum = msg_min, msg_max, msg_sum
             if counted:
@@ -316,8 +328,12 @@ class Validator:
             if line_no in sampled:  # a bounded record of the sample: it also stands for the ones not drawn
                 tokens = content + MESSAGE_TOKENS * n
                 self._sampled += 1
-                self._sample_sum += tokens
-                self._sample_sq += tokens * tokens
+                chars = tally[4] + tally[5] + tally[6]
+                self._sample_y += content
+                self._sample_x += chars
+                self._sample_yy += content * content
+                self._sample_xx += chars * chars
+                self._sample_xy += content * chars
                 bucket = tokens if tokens < 1024 else tokens >> (shift := tokens.bit_length() - 10) << shift
                 self._sample_buckets[bucket] = self._sample_buckets.get(bucket, 0) + 1
             yield line_no, raw, record, (*tally[:7], content, sum(mine[:first]), first, tally[10])
@@ -389,18 +405,23 @@ class Validator:
     def _token_report(self) -> TokenReport:
         """Token counts of the valid records: how each was counted, their distribution, what truncation cuts, and
         the tokens trained on per epoch and in all (what GPU time scales with). The records not counted stand in
-        the totals and the distribution as the sample's mean and buckets (a stratified estimate)."""
+        the distribution as the sample's buckets, and in the totals by a ratio estimate: their chat-format tokens
+        exactly (a fixed count a message) plus their content characters times the sample's content tokens per
+        character (Cochran, Sampling Techniques, 3rd ed., ch. 6: tokens follow characters closely, so its error
+        is a fraction of the sample mean's), with the 95% interval from the sample's residuals."""
         buckets = dict(self._token_buckets)
         total, trained = self._tokens_total, self._tokens_trained
         unsampled = self._valid - self._counted  # bounded records outside the sample
         sample = None
         if unsampled and self._sampled:
             m, drawn_from = self._sampled, self._bounded
-            mean = self._sample_sum / m
-            variance = max(0.0, self._sample_sq / m - mean * mean) * m / max(1, m - 1)
+            ratio = self._sample_y / self._sample_x  # content tokens per content character
+            # residuals d = y - ratio * x: their variance is the ratio estimate's
+            residual_sq = max(0.0, self._sample_yy - 2 * ratio * self._sample_xy + ratio * ratio * self._sample_xx)
+            variance = residual_sq / max(1, m - 1)
             error = 1.96 * drawn_from * math.sqrt(variance / m * max(0.0, 1 - m / drawn_from))
-            total += round(unsampled * mean)
-            trained += round(self._bounded_train * mean)
+            total += round(ratio * self._unsampled_chars) + MESSAGE_TOKENS * self._unsampled_messages
+            trained += round(ratio * self._train_chars) + MESSAGE_TOKENS * self._train_messages
             weight = unsampled / m
             for value, count in self._sample_buckets.items():
                 buckets[value] = buckets.get(value, 0) + count * weight
