@@ -7,8 +7,9 @@ once, at line 0. Every rule about a record lives in `records.examine_record`. Pu
 
 Token counts: with the estimate, every record is counted. With a tokenizer, every record whose byte length does
 not bound its token count below max_seq_length is counted exactly (so truncation is checked exactly), and of the
-others a uniform random sample (about SAMPLE_BYTES of them) gives the distribution and the totals, with their
-95% error in the report (`TokenReport.sample`). A tokenizer that is not verified byte-level counts every record.
+others a uniform random sample (about SAMPLE_BYTES of them) gives the distribution and, as tokens per character,
+the totals, with their 95% error in the report (`TokenReport.sample`). A tokenizer whose kind has no proven bound
+(`shared.tokens`) counts every record. The tokenizer runs in a worker thread, a batch behind the checks.
 """
 
 from __future__ import annotations
