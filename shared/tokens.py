@@ -45,7 +45,8 @@ class TokenCounter(Protocol):
     method: str
     batch_records: int  # how many records the validator collects before calling `count`
     exact: bool  # a tokenizer's count (True) or the estimate (False)
-    bytes_bound: bool  # verified: never more content tokens than UTF-8 bytes
+    bytes_bound: bool  # verified: never more content tokens than UTF-8 bytes (+ `bound_extra` a content)
+    bound_extra: int  # tokens a content may have beyond its UTF-8 bytes, where `bytes_bound`
 
     def count(self, contents: Sequence[str]) -> list[int]: ...
 
@@ -57,6 +58,7 @@ class Estimate:
     batch_records = 1
     exact = False
     bytes_bound = False
+    bound_extra = 0
 
     def count(self, contents: Sequence[str]) -> list[int]:
         return [estimate_tokens(c) for c in contents]
@@ -69,6 +71,7 @@ class TokenizerCounter:
 
     exact = True
     bytes_bound = False
+    bound_extra = 0
     batch_records = 256  # enough contents per call for the Rust tokenizer to spread them over its threads
 
     def __init__(self, directory: str | os.PathLike):
@@ -86,7 +89,8 @@ class TokenizerCounter:
         # encode_batch_fast (tokenizers >= 0.20) skips computing character offsets, which a count does not need.
         self._encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
         self.method = f"tokenizer: {path}"
-        self.bytes_bound = _bytes_bound(self._tokenizer)
+        extra = _bound_extra(self._tokenizer)
+        self.bytes_bound, self.bound_extra = extra is not None, extra or 0
 
     def count(self, contents: Sequence[str]) -> list[int]:
         return [len(e) for e in self._encode(list(contents), add_special_tokens=False)]
@@ -98,22 +102,59 @@ _PROBES = ("".join(map(chr, range(256))), "\x00" * 64, " " * 64, "\n" * 64, "ﬁ
            "\U0001F600" * 8, "ab" * 64, "<|end|><|user|>")
 
 
-def _bytes_bound(tokenizer: Any) -> bool:
-    """Whether content tokens never outnumber the content's UTF-8 bytes for this tokenizer: a byte-level BPE
-    (GPT-2's scheme: each token is one or more bytes) with no normalizer that could lengthen the text, checked
-    on probe strings too. False (count every record) for anything else, e.g. SentencePiece's normalizers."""
+def _bound_extra(tokenizer: Any) -> int | None:
+    """How many tokens a content may have beyond its UTF-8 bytes, proven from the tokenizer's kind; None (count
+    every record) for a kind with no proof here. Then checked on probe strings too.
+
+    - Byte-level BPE (GPT-2's scheme, Llama 3's, Qwen's: a `ByteLevel` pre-tokenizer, no normalizer): each BPE
+      symbol starts as one byte and merges only join symbols, so tokens <= bytes: 0.
+    - SentencePiece-style BPE (Llama 2's and Phi-3's tokenizer.json: normalizer Prepend("▁") and Replace(" ",
+      "▁"), no pre-tokenizer, BPE with byte_fallback, "▁" a token): symbols start as the normalized characters,
+      a character outside the vocabulary as its UTF-8 bytes (byte_fallback) or one unknown token, so each costs
+      at most its bytes; "▁" replaces a 1-byte space at 1 token, and the prepended "▁" costs 1: 1. (Text between
+      added tokens is normalized piece by piece, so each piece gets its own "▁"; an added token of 2 or more
+      bytes pays for it, which is checked.)
+    Normalizers that can lengthen text (NFKC: "ﬁ" -> "fi") and other models are not proven, so return None."""
     import json
 
     try:
         spec = json.loads(tokenizer.to_str())
     except Exception:  # an unreadable spec: assume nothing
-        return False
-    pre = json.dumps(spec.get("pre_tokenizer"))
+        return None
     model = spec.get("model") or {}
-    if spec.get("normalizer") is not None or model.get("type") != "BPE" or '"ByteLevel"' not in pre:
-        return False
+    if model.get("type") != "BPE" or model.get("dropout") or model.get("continuing_subword_prefix") \
+            or model.get("end_of_word_suffix"):
+        return None
+    normalizer, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
+    if normalizer is None and '"ByteLevel"' in json.dumps(pre):
+        extra = 0
+    elif (pre is None and model.get("byte_fallback") and "\u2581" in (model.get("vocab") or {})
+          and _normalizers(normalizer) in ([("Prepend", "\u2581"), ("Replace", " ")],
+                                           [("Replace", " "), ("Prepend", "\u2581")])
+          and all(len(t.get("content", "").encode()) >= 2 for t in spec.get("added_tokens") or [])):
+        extra = 1
+    else:
+        return None
     encoded = tokenizer.encode_batch(list(_PROBES), add_special_tokens=False)
-    return all(len(e) <= len(p.encode()) for e, p in zip(encoded, _PROBES))
+    return extra if all(len(e) <= len(p.encode()) + extra for e, p in zip(encoded, _PROBES)) else None
+
+
+def _normalizers(spec: Any) -> list[tuple[str, str]] | None:
+    """A normalizer spec as (type, what it prepends or replaces) pairs, when it is only Prepend and
+    Replace-of-a-string steps whose replacement is "▁" (one character for one); else None."""
+    steps = spec.get("normalizers") if isinstance(spec, dict) and spec.get("type") == "Sequence" else [spec]
+    out = []
+    for step in steps or []:
+        if not isinstance(step, dict):
+            return None
+        if step.get("type") == "Prepend":
+            out.append(("Prepend", step.get("prepend")))
+        elif step.get("type") == "Replace" and step.get("content") == "\u2581" \
+                and set(step.get("pattern") or {}) == {"String"}:
+            out.append(("Replace", step["pattern"]["String"]))
+        else:
+            return None
+    return out
 
 
 class TokenizerUnavailable(Exception):

@@ -142,3 +142,76 @@ def test_without_an_override_max_seq_length_is_the_tokenizers_model_max_length(b
     plan = budget(str(byte_bpe))
     assert plan.max_seq_length == 4096 and "tokenizer_config.json" in plan.max_seq_length_source
     assert budget(str(byte_bpe), {"max_seq_length": 100}).max_seq_length == 100
+
+
+def test_counts_do_not_depend_on_how_the_records_are_batched(byte_bpe, monkeypatch):
+    """The tokenizer counts batches in a worker thread while the next batch is read: batches of one record
+    (many in flight, one after another) give the same report as one batch of everything."""
+    import shared.validation.validator as validator
+
+    data = b"\n".join(rec(i % 40 + 1, i % 7 + 1) for i in range(400)) + b"\n"
+    reports = []
+    for batch_bytes in (1, 1 << 30):
+        monkeypatch.setattr(validator, "BATCH_BYTES", batch_bytes)
+        v = Validator(counter=TokenizerCounter(byte_bpe), max_seq_length=60, max_invalid_fraction=1.0)
+        lines = sorted(r.line for r in v.records([data]))
+        reports.append((lines, v.report()))
+    (lines_1, one), (lines_all, everything) = reports
+    assert lines_1 == lines_all and one == everything
+    assert one.tokens.records_counted == one.valid_records > 0 and one.tokens.truncated_records > 0 and one.errors
+
+
+def _sentencepiece_bpe(directory, normalizer=None):
+    """A small BPE in Llama 2's and Phi-3's tokenizer.json scheme: Prepend("▁") and Replace(" ", "▁"), no
+    pre-tokenizer, byte_fallback."""
+    from tokenizers import Tokenizer, models, normalizers, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizer or normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trainer = trainers.BpeTrainer(vocab_size=400, show_progress=False, initial_alphabet=["▁"],
+                                  special_tokens=["<unk>", "<|end|>", *(f"<0x{b:02X}>" for b in range(256))])
+    bpe.train_from_iterator(["alpha beta gamma delta"] * 50, trainer=trainer)
+    bpe.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def test_a_sentencepiece_style_bpe_is_bounded_by_its_bytes_plus_one_and_nfkc_is_not(tmp_path):
+    from tokenizers import normalizers
+
+    counter = TokenizerCounter(_sentencepiece_bpe(tmp_path))
+    assert counter.bytes_bound and counter.bound_extra == 1
+    # the proof's worst cases hold: characters outside the vocabulary fall back to their bytes
+    texts = ["x", " ", "ﬁ東京 €", "\U0001F600 a", "alpha beta", "q" * 30]
+    assert all(n <= len(t.encode()) + 1 for n, t in zip(counter.count(texts), texts))
+    (tmp_path / "nfkc").mkdir()
+    nfkc = normalizers.Sequence([normalizers.NFKC(), normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    assert not TokenizerCounter(_sentencepiece_bpe(tmp_path / "nfkc", nfkc)).bytes_bound  # "ﬁ" -> "fi" lengthens
+
+
+def test_with_a_sentencepiece_style_bpe_truncation_verdicts_match_counting_every_record(tmp_path):
+    counter = TokenizerCounter(_sentencepiece_bpe(tmp_path))
+    data = b"\n".join(rec(i % 300 + 1, 3) for i in range(3000)) + b"\n"
+    exact = Validator(counter=counter, max_seq_length=200, max_invalid_fraction=1.0)
+    sampled = Validator(counter=counter, max_seq_length=200, max_invalid_fraction=1.0, expected_bytes=len(data) * 40)
+    for v in (exact, sampled):
+        list(v.records([data]))
+    e, s = exact.report(), sampled.report()
+    assert s.errors == e.errors and s.warnings == e.warnings and s.tokens.tokens_cut == e.tokens.tokens_cut
+    assert e.tokens.truncated_records > 0 and 0 < s.tokens.records_bounded < 3000 and s.tokens.sample is not None
+
+
+def test_the_sampled_total_follows_the_records_characters_within_its_stated_error(byte_bpe):
+    """Records of very different lengths: the total of the records not counted is the sample's tokens per
+    character times their characters (plus their chat-format tokens), so its stated error stays a small fraction
+    of the total where a mean per record would be off by the spread of the lengths."""
+    data = b"\n".join(rec((i * 7919) % 150 + 1, (i * 104729) % 90 + 1) for i in range(4000)) + b"\n"
+    counter = TokenizerCounter(byte_bpe)
+    exact, sampled = (Validator(counter=counter, max_invalid_fraction=1.0, expected_bytes=e)
+                      for e in (None, len(data) * 20))
+    for v in (exact, sampled):
+        list(v.records([data]))
+    e, s = exact.report().tokens, sampled.report().tokens
+    assert e.sample is None and s.sample is not None and s.sample.records < 400
+    assert abs(s.record_tokens - e.record_tokens) <= 3 * s.sample.record_tokens_error_95
+    assert s.sample.record_tokens_error_95 < 0.02 * e.record_tokens
+    assert abs(s.trained_tokens_per_epoch - e.trained_tokens_per_epoch) <= 3 * s.sample.record_tokens_error_95

@@ -64,7 +64,9 @@ class TokenReport(_Shape):
     records_counted: int = Field(description="Records counted one by one by `method` (outside the sample).")
     records_bounded: int = Field(0, description="Records whose byte length bounds their token count below "
                                                 "max_seq_length (a byte-level BPE never makes more tokens than "
-                                                "bytes): estimated from `sample`, which is drawn from them.")
+                                                "bytes, a SentencePiece-style BPE one more a message): estimated "
+                                                "from `sample`, which is drawn from them, as its tokens per "
+                                                "character times theirs.")
     sample: TokenSample | None = None
     record_tokens: int = Field(description="Tokens of every valid record, before truncation.")
     min: int | None = Field(description="Of the records counted.")

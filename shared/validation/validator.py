@@ -7,14 +7,16 @@ once, at line 0. Every rule about a record lives in `records.examine_record`. Pu
 
 Token counts: with the estimate, every record is counted. With a tokenizer, every record whose byte length does
 not bound its token count below max_seq_length is counted exactly (so truncation is checked exactly), and of the
-others a uniform random sample (about SAMPLE_BYTES of them) gives the distribution and the totals, with their
-95% error in the report (`TokenReport.sample`). A tokenizer that is not verified byte-level counts every record.
+others a uniform random sample (about SAMPLE_BYTES of them) gives the distribution and, as tokens per character,
+the totals, with their 95% error in the report (`TokenReport.sample`). A tokenizer whose kind has no proven bound
+(`shared.tokens`) counts every record. The tokenizer runs in a worker thread, a batch behind the checks.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import orjson
@@ -29,6 +31,12 @@ MIN_RECORDS = 10  # Azure ML's fine-tuning step refuses fewer training rows
 SAMPLE_BYTES = 1 << 20  # bytes of records counted for the distribution when the upload is larger (~150 records of
 # 6 KB: the tokenizer runs at 4-12 MB/s on two cores, so this keeps its share of a 200 MB pass under a third)
 _NEVER = 1 << 62
+BATCH_BYTES = 256 << 10  # a tokenizer batch's line bytes at most: its encodings (ids, tokens, masks: ~100 bytes a
+# token) stay near 10 MB, so two batches in flight keep validation's peak RSS under 100 MB
+
+
+def _contents(pending: list[tuple[int, bytes, dict[str, Any], Tally]]) -> list[str]:
+    return [m["content"] for _, _, record, _ in pending for m in record["messages"]]
 
 
 class ValidRecord(NamedTuple):
@@ -98,7 +106,11 @@ class Validator:
         self._splits = {"train": 0, "test": 0}
         # The bounded records (not counted one by one): how many, how many of them train, and the sample's
         # running sums and buckets.
-        self._bounded = self._bounded_train = self._sampled = self._sample_sum = self._sample_sq = 0
+        self._bounded = self._bounded_train = self._sampled = 0
+        # The ratio estimate of the records not counted (see `_token_report`): the characters and messages of those
+        # records (all; of the train split), and the sample's sums of content tokens y and characters x.
+        self._unsampled_chars = self._unsampled_messages = self._train_chars = self._train_messages = 0
+        self._sample_y = self._sample_x = self._sample_yy = self._sample_xx = self._sample_xy = 0
         self._sample_buckets: dict[int, int] = {}
 
     def records(self, chunks: Iterable[bytes]) -> Iterator[ValidRecord]:
@@ -129,6 +141,7 @@ class Validator:
         split, splits = self.split, self._splits
         buckets = self._token_buckets
         msg_min = msg_max = msg_sum = valid = counted = bounded_train = 0
+        u_chars = u_msgs = tr_chars = tr_msgs = 0
         t_min = _NEVER
         t_max = t_total = t_trained = t_cut = truncated = 0
         n_sys = n_user = n_asst = c_sys = c_user = c_asst = 0
@@ -181,12 +194,19 @@ class Validator:
                         t_max = tokens
                     bucket = tokens if tokens < 1024 else tokens >> (shift := tokens.bit_length() - 10) << shift
                     buckets[bucket] = buckets.get(bucket, 0) + 1
-                elif part != "test":
-                    bounded_train += 1
+                else:  # not counted: its characters carry the sample's tokens-per-character ratio
+                    u_chars += cs + cu + ca
+                    u_msgs += n
+                    if part != "test":
+                        bounded_train += 1
+                        tr_chars += cs + cu + ca
+                        tr_msgs += n
                 # tuple.__new__ skips NamedTuple's Python-level constructor (a third of a microsecond a record).
                 yield new(ValidRecord, (line_no, raw, record, tokens, part))
         finally:
             self._valid, self._counted, self._bounded_train = valid, counted, bounded_train
+            self._unsampled_chars, self._unsampled_messages = u_chars, u_msgs
+            self._train_chars, self._train_messages = tr_chars, tr_msgs
             if valid:
                 self._msg_min, self._msg_max, self._msg_sum = msg_min, msg_max, msg_sum
             if counted:
@@ -251,7 +271,12 @@ class Validator:
                    ) -> Iterator[tuple[int, bytes, dict[str, Any], Tally]]:
         """The examined records with their content tokens counted by the tokenizer, a batch of records' contents
         in one call: each record that may be longer than max_seq_length, and a uniform sample of the others,
-        whose content tokens are -1 (not counted) but for the sample."""
+        whose content tokens are -1 (not counted) but for the sample.
+
+        The tokenizer counts a batch in a worker thread while this thread parses and checks the next one (the
+        Rust tokenizer releases the GIL while it encodes), so on two cores its time mostly hides behind the
+        checks'; at most two batches (`BATCH_BYTES` or `batch_records` each, whichever comes first) are held,
+        which bounds the memory of the records waiting and of the tokenizer's encodings."""
         counter = self.counter
         batch = max(1, counter.batch_records)
         limit = self.max_seq_length
@@ -259,32 +284,42 @@ class Validator:
         rate = self.sample_rate
         draw = random.Random(0).random  # the same file gives the same report
         pending: list[tuple[int, bytes, dict[str, Any], Tally]] = []
+        pending_bytes = 0
         sampled: set[int] = set()
-        message_tokens = MESSAGE_TOKENS
-        for item in examined:
-            _, raw, _, tally = item
-            if bound_ok:
-                # Content bytes: the characters when the line is ASCII, else at most the line's bytes (escapes
-                # only lengthen a content) and 4 bytes a character.
-                chars = tally[4] + tally[5] + tally[6]
-                bound = (chars if raw.isascii() else min(len(raw), 4 * chars)) + message_tokens * tally[0]
-                if limit is None or bound <= limit:  # cannot be truncated: counted only when sampled
-                    self._bounded += 1
-                    if rate < 1.0 and draw() >= rate:
-                        yield item[0], raw, item[2], (*tally[:7], -1, -1, *tally[9:])
-                        continue
-                    sampled.add(item[0])
-            pending.append(item)
-            if len(pending) >= batch:
-                yield from self._counted_batch(pending, sampled)
-                pending = []
-                sampled = set()
-        if pending:
-            yield from self._counted_batch(pending, sampled)
+        in_flight: tuple[Future, list, set[int]] | None = None
+        message_tokens = MESSAGE_TOKENS + counter.bound_extra  # a message's bound: its bytes + these
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatft-tokens") as pool:
+            for item in examined:
+                _, raw, _, tally = item
+                if bound_ok:
+                    # Content bytes: the characters when the line is ASCII, else at most the line's bytes
+                    # (escapes only lengthen a content) and 4 bytes a character.
+                    chars = tally[4] + tally[5] + tally[6]
+                    bound = (chars if raw.isascii() else min(len(raw), 4 * chars)) + message_tokens * tally[0]
+                    if limit is None or bound <= limit:  # cannot be truncated: counted only when sampled
+                        self._bounded += 1
+                        if rate < 1.0 and draw() >= rate:
+                            yield item[0], raw, item[2], (*tally[:7], -1, -1, *tally[9:])
+                            continue
+                        sampled.add(item[0])
+                pending.append(item)
+                pending_bytes += len(raw)
+                if len(pending) >= batch or pending_bytes >= BATCH_BYTES:
+                    job = (pool.submit(counter.count, _contents(pending)), pending, sampled)
+                    if in_flight is not None:  # counted while this batch was read
+                        yield from self._counted_batch(*in_flight)
+                    in_flight, pending, pending_bytes, sampled = job, [], 0, set()
+            if pending:
+                job = (pool.submit(counter.count, _contents(pending)), pending, sampled)
+                if in_flight is not None:
+                    yield from self._counted_batch(*in_flight)
+                in_flight = job
+            if in_flight is not None:
+                yield from self._counted_batch(*in_flight)
 
-    def _counted_batch(self, pending: list[tuple[int, bytes, dict[str, Any], Tally]], sampled: set[int]
-                       ) -> Iterator[tuple[int, bytes, dict[str, Any], Tally]]:
-        counts = self.counter.count([m["content"] for _, _, record, _ in pending for m in record["messages"]])
+    def _counted_batch(self, counting: Future, pending: list[tuple[int, bytes, dict[str, Any], Tally]],
+                       sampled: set[int]) -> Iterator[tuple[int, bytes, dict[str, Any], Tally]]:
+        counts = counting.result()
         at = 0
         for line_no, raw, record, tally in pending:
             n, first = tally[0], tally[9]
@@ -294,8 +329,12 @@ class Validator:
             if line_no in sampled:  # a bounded record of the sample: it also stands for the ones not drawn
                 tokens = content + MESSAGE_TOKENS * n
                 self._sampled += 1
-                self._sample_sum += tokens
-                self._sample_sq += tokens * tokens
+                chars = tally[4] + tally[5] + tally[6]
+                self._sample_y += content
+                self._sample_x += chars
+                self._sample_yy += content * content
+                self._sample_xx += chars * chars
+                self._sample_xy += content * chars
                 bucket = tokens if tokens < 1024 else tokens >> (shift := tokens.bit_length() - 10) << shift
                 self._sample_buckets[bucket] = self._sample_buckets.get(bucket, 0) + 1
             yield line_no, raw, record, (*tally[:7], content, sum(mine[:first]), first, tally[10])
@@ -367,18 +406,23 @@ class Validator:
     def _token_report(self) -> TokenReport:
         """Token counts of the valid records: how each was counted, their distribution, what truncation cuts, and
         the tokens trained on per epoch and in all (what GPU time scales with). The records not counted stand in
-        the totals and the distribution as the sample's mean and buckets (a stratified estimate)."""
+        the distribution as the sample's buckets, and in the totals by a ratio estimate: their chat-format tokens
+        exactly (a fixed count a message) plus their content characters times the sample's content tokens per
+        character (Cochran, Sampling Techniques, 3rd ed., ch. 6: tokens follow characters closely, so its error
+        is a fraction of the sample mean's), with the 95% interval from the sample's residuals."""
         buckets = dict(self._token_buckets)
         total, trained = self._tokens_total, self._tokens_trained
         unsampled = self._valid - self._counted  # bounded records outside the sample
         sample = None
         if unsampled and self._sampled:
             m, drawn_from = self._sampled, self._bounded
-            mean = self._sample_sum / m
-            variance = max(0.0, self._sample_sq / m - mean * mean) * m / max(1, m - 1)
+            ratio = self._sample_y / self._sample_x  # content tokens per content character
+            # residuals d = y - ratio * x: their variance is the ratio estimate's
+            residual_sq = max(0.0, self._sample_yy - 2 * ratio * self._sample_xy + ratio * ratio * self._sample_xx)
+            variance = residual_sq / max(1, m - 1)
             error = 1.96 * drawn_from * math.sqrt(variance / m * max(0.0, 1 - m / drawn_from))
-            total += round(unsampled * mean)
-            trained += round(self._bounded_train * mean)
+            total += round(ratio * self._unsampled_chars) + MESSAGE_TOKENS * self._unsampled_messages
+            trained += round(ratio * self._train_chars) + MESSAGE_TOKENS * self._train_messages
             weight = unsampled / m
             for value, count in self._sample_buckets.items():
                 buckets[value] = buckets.get(value, 0) + count * weight
