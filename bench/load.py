@@ -16,7 +16,9 @@ reconciler window and reads the ledger again, so a late duplicate would still sh
 Invariants (the exit status is 1 when any fails, and the ledger says which):
   - every run is Deployed, Rejected or Failed, each Rejected or Failed run with a reason;
   - exactly one fine-tuning job per accepted blob version (a run that was ever Queued), none for others;
-  - one model version per registered run, one owned endpoint per Deployed run, nothing else;
+  - one model version per registered run, one owned endpoint per Deployed run, nothing else (each Deployed run's
+    endpoint is deleted once noted, to keep 55 model servers off this machine's memory; one made again after
+    that counts as a duplicate);
   - every upload has its run (a first version overwritten before the host saw it excepted), and nothing changed
     during the last reconciler window.
 
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chatft_local.host import LocalHost  # noqa: E402
+from chatft_local.sample_data import sample_records  # noqa: E402
 from chatft_local.uploads import upload_training_file  # noqa: E402
 from shared.ml.port import TAG_APP  # noqa: E402
 from shared.runs import Run, State  # noqa: E402
@@ -53,9 +56,22 @@ from tests.test_ingest_holes import deep_line  # noqa: E402
 from tests.test_ingestion import valid_lines  # noqa: E402
 
 RECONCILE = {"RECONCILE_SCHEDULE": "*/2 * * * * *", "RECONCILE_AFTER_MINUTES": "0.5"}
-SETTINGS = {**RECONCILE, "EVAL_GATE": "off"}
+# Three fine-tunes at a time (an Azure ML cluster's max_instances): each job process holds ~400 MB once torch is in.
+SETTINGS = {**RECONCILE, "EVAL_GATE": "off", "LOCAL_MAX_JOBS": "3"}
 VALID_RECORDS = 20  # per valid upload: the smallest real fine-tune (5 steps of 4 at 1 epoch)
-LARGE_RECORDS = 6000  # the first version of an overwritten upload: big enough that validating it takes a while
+# The first version of an overwritten upload: ~18 MB (5 of ingest's 4 MiB ranged reads), in few records that are
+# each longer than max_seq_length (a warning; they are tokenized exactly, so validating takes seconds), so that
+# if validation wins the race the fine-tune is still short.
+LARGE_RECORDS, LARGE_RECORD_BYTES = 300, 60_000
+
+
+def write_large(path: Path, seed: int) -> Path:
+    records = sample_records(LARGE_RECORDS, seed=seed)
+    for n, record in enumerate(records):
+        filler = " ".join(f"w{seed}x{n}x{k}" for k in range(LARGE_RECORD_BYTES // 12))
+        record["messages"][-1]["content"] += " " + filler
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
 
 
 def _parse(t: str) -> float:
@@ -70,6 +86,10 @@ class Load:
         self.uploaded: dict[str, dict] = {}  # run id -> {"kind", "blob", "at" (epoch seconds, upload finished)}
         self.notes: list[str] = []
         self._lock = threading.Lock()
+        self.ws = self.sc.workspace()
+        self.endpoints_seen: set[str] = set()  # every owned endpoint any poll listed
+        self.retired: set[str] = set()  # endpoints of Deployed runs this script deleted (see `retire`)
+        self.recreated: set[str] = set()
 
     # -- uploads ---------------------------------------------------------------------------------------------
 
@@ -108,10 +128,10 @@ class Load:
 
     def upload_all(self) -> float:
         """Every upload; returns the seconds from the first to the last upload's end."""
+        large = [write_large(self.workdir / f"first-{i}.jsonl", seed=3000 + i) for i in range(self.args.overwrites)]
         start = time.time()
         firsts = {}
-        for i in range(self.args.overwrites):
-            path = write_sample(self.workdir / f"first-{i}.jsonl", count=LARGE_RECORDS, seed=3000 + i)
+        for i, path in enumerate(large):
             firsts[i] = self._put("overwrite, first version", f"load-overwrite-{i:02d}.jsonl", path)
         with ThreadPoolExecutor(8) as pool:
             waits = [pool.submit(self._overwrite, i, first) for i, first in firsts.items()]
@@ -126,11 +146,24 @@ class Load:
     def runs(self) -> list[Run]:
         return [r for r in self.sc.store.list() if r.upload.get("blob", "").startswith("load-")]
 
+    def retire(self, runs: list[Run]) -> None:
+        """Note every owned endpoint, then delete those of Deployed runs: 55 model servers, each ~400 MB once torch
+        is in, would not fit this machine (a user done with a model does the same). An endpoint listed again after
+        its deletion would be the app making it twice."""
+        listed = {e.name for e in self.ws.list_endpoints() if e.tags.get(TAG_APP) == self.sc.settings.app_id}
+        self.recreated |= listed & self.retired
+        self.endpoints_seen |= listed
+        for r in runs:
+            if r.state == State.DEPLOYED and r.endpoint_name in listed and r.endpoint_name not in self.retired:
+                self.ws.begin_delete_endpoint(r.endpoint_name)
+                self.retired.add(r.endpoint_name)
+
     def wait_terminal(self, timeout: float) -> list[Run]:
         deadline = time.monotonic() + timeout
         last_print = 0.0
         while True:
             runs = self.runs()
+            self.retire(runs)
             open_runs = [r for r in runs if r.state not in TERMINAL]
             missing = self._missing(runs)
             if (not open_runs and not missing) or time.monotonic() > deadline:
@@ -152,7 +185,8 @@ class Load:
     # -- the ledger ------------------------------------------------------------------------------------------
 
     def ledger(self, runs: list[Run]) -> dict:
-        ws = self.sc.workspace()
+        ws = self.ws
+        self.retire(runs)
         jobs_by_run: dict[str, list[str]] = collections.defaultdict(list)
         for spec in (ws.root / "jobs").glob("*/job.json"):
             job = json.loads(spec.read_text())
@@ -161,7 +195,7 @@ class Load:
         versions = collections.Counter()
         for model in mlflow.search_registered_models(max_results=1000):
             versions[model.name] = len(mlflow.search_model_versions(f"name = '{model.name}'"))
-        owned = collections.Counter(e.name for e in ws.list_endpoints() if e.tags.get(TAG_APP) == self.sc.settings.app_id)
+        owned = self.endpoints_seen
 
         by_state = collections.Counter(r.state.value for r in runs)
         reasons: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -202,8 +236,10 @@ class Load:
             problems.append(f"models of no run: {sorted(extra_models)}")
         deployed = [r for r in runs if r.state == State.DEPLOYED]
         for r in deployed:
-            if owned.get(r.endpoint_name, 0) != 1:
-                problems.append(f"deployed run {r.run_id}: endpoint {r.endpoint_name} not there")
+            if r.endpoint_name not in owned:
+                problems.append(f"deployed run {r.run_id}: endpoint {r.endpoint_name} never seen")
+        if self.recreated:
+            problems.append(f"endpoints made again after their deletion: {sorted(self.recreated)}")
         extra_endpoints = set(owned) - {r.endpoint_name for r in deployed}
         if extra_endpoints:
             problems.append(f"endpoints of no Deployed run: {sorted(extra_endpoints)}")
@@ -213,7 +249,7 @@ class Load:
             "accepted_versions": len(accepted), "jobs": sum(len(v) for v in jobs_by_run.values()),
             "runs_with_a_job": len(jobs_by_run),
             "model_versions": sum(versions.values()), "registered_runs": len(registered),
-            "endpoints": sum(owned.values()), "deployed_runs": len(deployed),
+            "endpoints": len(owned), "deployed_runs": len(deployed),
             "non_terminal": sum(1 for r in runs if r.state not in TERMINAL),
             "slowest_upload_to_terminal_s": round(slowest, 1), "slowest_run": slowest_run,
             "problems": problems,

@@ -93,6 +93,11 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     try:
         report = _validate_and_split(svc, blob_client, etag, run_id, overrides, props.size, digest)
     except _IngestCrash as crash:
+        gone = version_gone(blob_client, etag) if _blob_changed(crash.error) else None
+        if gone:  # overwritten or deleted while it was read: the user's doing, and the newer version has its run
+            log.warning("ingest: run %s rejected: %s", run_id, gone)
+            return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, svc.clock(), gone,
+                                                               from_states=(State.VALIDATING,), step="ingest"))
         return _end_crashed(svc, run_id, crash)
     svc.blobs.write_json(svc.settings.runs_container, report_path, report.model_dump(mode="json"))
     if not report.ok:
@@ -157,6 +162,25 @@ def _validate_and_split(svc: Services, blob_client: Any, etag: str, run_id: str,
     for writer in writers.values():
         writer.close() if report.ok else writer.abort()
     return report
+
+
+def version_gone(blob_client: Any, etag: str) -> str | None:
+    """Why the upload's version `etag` can no longer be read ("superseded by a newer upload (etag ...)", "the
+    upload was deleted before it was validated"), or None while it is still the blob's current version."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        props = blob_client.get_blob_properties()
+    except ResourceNotFoundError:
+        return "the upload was deleted before it was validated"
+    now = str(props.etag).strip('"')
+    return None if now == str(etag).strip('"') else f"superseded by a newer upload (etag {now})"
+
+
+def _blob_changed(exc: BaseException) -> bool:
+    """The read's If-Match failed (HTTP 412, the blob was overwritten) or the blob is gone (404), by azure-core's
+    exception names, as `shared.retry` classifies (no SDK import for a check)."""
+    return any(cls.__name__ in ("ResourceModifiedError", "ResourceNotFoundError") for cls in type(exc).__mro__)
 
 
 class _IngestCrash(Exception):

@@ -31,19 +31,13 @@ IN_PROGRESS = (State.RECEIVED, State.VALIDATING, State.QUEUED, State.SUBMITTED, 
 def _revalidate(svc: Services, run: Run, trigger: Trigger) -> Move | None:
     """An upload whose validation stopped (the host died, the trigger gave up): look at its blob. The same version
     still there -> ingest it again (idempotent by run id); overwritten or deleted -> Rejected, saying so."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    from .ingestion import ingest_upload
+    from .ingestion import ingest_upload, version_gone
 
     container, name = run.upload.get("container", ""), run.upload.get("blob", "")
     blob = svc.blobs.blob(container, name)
-    try:
-        props = blob.get_blob_properties()
-    except ResourceNotFoundError:
-        return Move(State.REJECTED, "the upload was deleted before it was validated")
-    etag = str(props.etag).strip('"')
-    if etag != run.upload.get("etag"):
-        return Move(State.REJECTED, f"superseded by a newer upload (etag {etag})")
+    gone = version_gone(blob, run.upload.get("etag", ""))
+    if gone:
+        return Move(State.REJECTED, gone)
     ingest_upload(svc, container, name, blob)  # writes the run itself, as the blob trigger does
     return None
 
