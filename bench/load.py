@@ -90,6 +90,7 @@ class Load:
         self.endpoints_seen: set[str] = set()  # every owned endpoint any poll listed
         self.retired: set[str] = set()  # endpoints of Deployed runs this script deleted (see `retire`)
         self.recreated: set[str] = set()
+        self.valid_window = 0.0  # seconds from the first valid upload's end to the last one's
 
     # -- uploads ---------------------------------------------------------------------------------------------
 
@@ -139,6 +140,8 @@ class Load:
             jobs += [pool.submit(self._deep, i) for i in range(self.args.deep)]
             for f in jobs + waits:
                 f.result()
+        valid = [u["at"] for u in self.uploaded.values() if u["kind"] == "valid"]
+        self.valid_window = max(valid) - min(valid) if valid else 0.0
         return max(u["at"] for u in self.uploaded.values()) - start
 
     # -- waiting ---------------------------------------------------------------------------------------------
@@ -290,7 +293,7 @@ def main() -> int:
         for key in ("jobs", "model_versions", "endpoints", "by_state"):
             if first[key] != ledger[key]:
                 ledger["problems"].append(f"{key} changed in the reconciler's window: {first[key]} -> {ledger[key]}")
-        ledger.update(upload_window_s=round(upload_s, 1), all_terminal_after_s=round(ended_s, 1),
+        ledger.update(upload_window_s=round(upload_s, 1), valid_upload_window_s=round(load.valid_window, 1), all_terminal_after_s=round(ended_s, 1),
                       wall_s=round(time.monotonic() - t0, 1), notes=load.notes)
     finally:
         host.stop()
@@ -301,7 +304,8 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print("\nload ledger:")
-    print(f"  uploads {ledger['uploads']} in {ledger['upload_window_s']} s -> runs {ledger['runs']}: "
+    print(f"  {args.valid} valid uploads in {ledger['valid_upload_window_s']} s; "
+          f"uploads {ledger['uploads']} in {ledger['upload_window_s']} s -> runs {ledger['runs']}: "
           f"{ledger['by_state']}")
     for group, counts in ledger["reasons"].items():
         for reason, n in counts.items():
