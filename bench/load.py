@@ -60,8 +60,8 @@ RECONCILE = {"RECONCILE_SCHEDULE": "*/2 * * * * *", "RECONCILE_AFTER_MINUTES": "
 SETTINGS = {**RECONCILE, "EVAL_GATE": "off", "LOCAL_MAX_JOBS": "3"}
 VALID_RECORDS = 20  # per valid upload: the smallest real fine-tune (5 steps of 4 at 1 epoch)
 # The first version of an overwritten upload: ~18 MB (5 of ingest's 4 MiB ranged reads), in few records that are
-# each longer than max_seq_length (a warning; they are tokenized exactly, so validating takes seconds), so that
-# if validation wins the race the fine-tune is still short.
+# each longer than max_seq_length (a warning; they are tokenized exactly, so validating takes seconds); uploaded
+# with max_seq_length 16, so that if validation wins the race the fine-tune is still short.
 LARGE_RECORDS, LARGE_RECORD_BYTES = 300, 60_000
 
 
@@ -94,8 +94,8 @@ class Load:
 
     # -- uploads ---------------------------------------------------------------------------------------------
 
-    def _put(self, kind: str, name: str, path: Path, epochs: str = "1") -> str:
-        run_id = upload_training_file(self.sc.settings, path, {"epochs": epochs}, blob_name=name)[1]
+    def _put(self, kind: str, name: str, path: Path, **overrides: str) -> str:
+        run_id = upload_training_file(self.sc.settings, path, {"epochs": "1", **overrides}, blob_name=name)[1]
         with self._lock:
             self.uploaded[run_id] = {"kind": kind, "blob": name, "at": time.time()}
         return run_id
@@ -133,7 +133,9 @@ class Load:
         start = time.time()
         firsts = {}
         for i, path in enumerate(large):
-            firsts[i] = self._put("overwrite, first version", f"load-overwrite-{i:02d}.jsonl", path)
+            # max_seq_length 16: should validation win the race, the fine-tune of its 300 long records is short.
+            firsts[i] = self._put("overwrite, first version", f"load-overwrite-{i:02d}.jsonl", path,
+                                  max_seq_length="16")
         with ThreadPoolExecutor(8) as pool:
             waits = [pool.submit(self._overwrite, i, first) for i, first in firsts.items()]
             jobs = [pool.submit(self._valid, i) for i in range(self.args.valid)]
