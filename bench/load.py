@@ -22,7 +22,7 @@ Invariants (the exit status is 1 when any fails, and the ledger says which):
   - every upload has its run (a first version overwritten before the host saw it excepted), and nothing changed
     during the last reconciler window.
 
-    .venv/bin/python bench/load.py [--valid 50] [--overwrites 5] [--deep 5] [--timeout 1800] [--keep]
+    .venv/bin/python bench/load.py [--valid 50] [--overwrites 5] [--deep 5] [--timeout 3600] [--keep]
 
 The ledger is printed as text and, on the last line, as JSON. Endpoints and job processes are stopped at the end;
 `--keep` leaves the state folder (its path is printed) for a look at the jobs' logs.
@@ -275,7 +275,7 @@ def main() -> int:
     p.add_argument("--valid", type=int, default=50)
     p.add_argument("--overwrites", type=int, default=5)
     p.add_argument("--deep", type=int, default=5)
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds for every run to end")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds for every run to end (the full load took ~25 min on 2 shared cores)")
     p.add_argument("--keep", action="store_true", help="leave the state folder")
     args = p.parse_args()
 
