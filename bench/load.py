@@ -233,9 +233,16 @@ class Load:
             if rid not in accepted_ids:
                 problems.append(f"jobs {names} belong to no accepted run ({rid})")
         registered = [r for r in runs if r.model_name]
-        for r in registered:
-            if versions.get(r.model_name, 0) != 1:
-                problems.append(f"run {r.run_id}: model {r.model_name} has {versions.get(r.model_name, 0)} versions")
+        # A model is named after its blob, so an overwritten blob's two accepted versions are versions 1 and 2 of
+        # one model: a duplicate is a version no run holds, or two runs holding one version.
+        holders = collections.Counter((r.model_name, r.model_version) for r in registered)
+        for (name, version), n in holders.items():
+            if n != 1:
+                problems.append(f"model {name} version {version} is held by {n} runs")
+        for name in {r.model_name for r in registered}:
+            held = sum(1 for (m, _v) in holders if m == name)
+            if versions.get(name, 0) != held:
+                problems.append(f"model {name} has {versions.get(name, 0)} versions, runs hold {held}")
         extra_models = set(versions) - {r.model_name for r in registered}
         if extra_models:
             problems.append(f"models of no run: {sorted(extra_models)}")
