@@ -224,6 +224,9 @@ class Settings(BaseSettings):
         "Port of the local Functions host on 127.0.0.1.")
     local_base_model: str = _setting("LOCAL_BASE_MODEL", "",
         "Local Hugging Face causal-LM directory to fine-tune; empty builds the small stand-in model.")
+    local_max_jobs: int = _setting("LOCAL_MAX_JOBS", 0,
+        "Fine-tuning jobs the local workspace runs at once (an Azure ML cluster's `max_instances`); more wait "
+        "Queued. 0: no limit.")
     local_events_url: str = _setting("LOCAL_EVENTS_URL", "",
         "Where the local workspace posts job events; empty means the local host's Event Grid webhook.")
     local_faults: str = _setting("LOCAL_FAULTS", "",
@@ -266,6 +269,8 @@ class Settings(BaseSettings):
                 raise SettingError(f"setting {name.upper()} must be positive")
         if self.eval_samples < 0:
             raise SettingError("setting EVAL_SAMPLES must be at least 0")
+        if self.local_max_jobs < 0:
+            raise SettingError("setting LOCAL_MAX_JOBS must be at least 0")
         for name in ("retry_window_minutes", "retry_base_seconds", "reconcile_after_minutes"):
             if getattr(self, name) <= 0:
                 raise SettingError(f"setting {name.upper()} must be positive")

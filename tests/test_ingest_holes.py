@@ -156,3 +156,37 @@ def test_an_upload_deleted_while_it_is_validated_ends_its_run_rejected_as_delete
     assert run.state == State.REJECTED, (run.state, run.history[-1])
     assert run.history[-1].detail == "the upload was deleted before it was validated"
     assert run.history[-1].step == "ingest"
+
+
+@pytest.mark.parametrize("change", ["overwritten", "deleted"])
+def test_an_upload_overwritten_or_deleted_while_it_is_read_ends_its_run_rejected_saying_so(svc, monkeypatch, change):
+    """Ingest reads an upload in ranges, each conditional on the version it started with; the blob changes
+    after the first range (the load test's overwrite during validation, bench/load.py). The run ends Rejected
+    "superseded by a newer upload (etag <new>)" or "the upload was deleted before it was validated" (it used to
+    end Failed at ingest with ResourceModifiedError: "our fault"), and a redelivery changes nothing."""
+    import shared.ingestion
+    from shared.storage import read_chunks
+
+    name = f"changed-while-read-{change}.jsonl"
+    blob = upload(svc, name, [record(i, note="x" * 2000) for i in range(300)])  # ~600 KB: ten 64 KiB ranges
+
+    def reading_then_changed(client, **kwargs):
+        # 64 KiB ranges (two fetched ahead), so the ranges after the change are read from the server.
+        for n, chunk in enumerate(read_chunks(client, **kwargs, chunk_size=64 * 1024)):
+            yield chunk
+            if n == 0:
+                if change == "overwritten":
+                    upload(svc, name, valid_lines(30))
+                else:
+                    blob.delete_blob()
+
+    monkeypatch.setattr(shared.ingestion, "read_chunks", reading_then_changed)
+    run = ingest(svc, blob)
+    assert run.state == State.REJECTED, (run.state, run.history[-1])
+    if change == "overwritten":
+        new_etag = str(blob.get_blob_properties().etag).strip('"')
+        assert run.history[-1].detail == f"superseded by a newer upload (etag {new_etag})"
+    else:
+        assert run.history[-1].detail == "the upload was deleted before it was validated"
+    assert run.history[-1].step == "ingest" and not run.job_name
+    assert svc.runs.get(run.run_id).state == State.REJECTED

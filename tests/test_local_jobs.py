@@ -200,6 +200,27 @@ def test_cancel_stops_the_process_and_posts_canceled(state, receiver):
 
 
 @pytest.mark.slow
+def test_a_job_beyond_max_running_waits_queued_until_a_slot_is_free(state):
+    """LOCAL_MAX_JOBS=1 (the spec's `max_running`): the second job's process waits Queued, alive and not taken
+    for dead, while the first trains; once the first ends, the second takes the slot and runs."""
+    first = make_spec(state, "job-slot-first", num_train_epochs=200)
+    second = make_spec(state, "job-slot-second", num_train_epochs=200)
+    first["max_running"] = second["max_running"] = 1
+    jobs.submit(state, first)
+    assert running(wait_status(state, "job-slot-first", running))
+    jobs.submit(state, second)
+    time.sleep(3)  # long enough for an unlimited job to have started (it is Running within a second or two)
+    waiting = jobs.read_status(state, "job-slot-second")
+    assert waiting["status"] == "Queued" and waiting["started_at"] is None, waiting
+    assert processes_of(jobs.job_dir(state, "job-slot-second")) == [waiting["pid"]], "alive, holding no slot"
+    jobs.cancel(state, "job-slot-first")
+    status = wait_status(state, "job-slot-second", lambda s: s["status"] != "Queued")
+    assert status["status"] == "Running", status
+    jobs.cancel(state, "job-slot-second")
+    assert jobs.read_status(state, "job-slot-second")["status"] == "Canceled"
+
+
+@pytest.mark.slow
 def test_a_job_whose_process_died_is_failed_and_stays_failed(state):
     jobs.submit(state, make_spec(state, "job-killed", num_train_epochs=200))
     status = wait_status(state, "job-killed", running)

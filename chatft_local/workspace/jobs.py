@@ -15,11 +15,17 @@ Events its receiver has not taken a few seconds after the job ends are handed to
 same pid, `... jobs deliver <job_dir>`, events in `events.pending.json`), which keeps trying for the rest of
 their 24 hours without the training libraries' memory. A finished status is final: a late writer cannot turn
 Canceled back into Running.
+
+A workspace may run at most `max_running` jobs at once (the spec's key; LOCAL_MAX_JOBS), as an Azure ML compute
+cluster runs at most `max_instances` nodes: a job beyond it waits Queued, its process holding nothing heavy yet,
+until it takes one of the slots `<state>/workspace/job-slots/<n>.lock` (an exclusive flock, let go when the
+process ends, however it ends, or becomes the delivery process: no slot outlives its job).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -52,6 +58,8 @@ UNSTARTED_GRACE_SECONDS = 60.0
 PROGRESS_WRITE_SECONDS = 1.0
 # How long a finished job waits for its last events before handing them to the delivery process.
 HANDOFF_SECONDS = 10.0
+SLOT_POLL_SECONDS = 0.5
+SLOTS = "job-slots"  # beside jobs/, so listing jobs/ lists only jobs
 PENDING_EVENTS = "events.pending.json"
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -236,6 +244,7 @@ def run(directory: Path) -> int:
     outbox = EventOutbox(target) if target else None
     result: dict[str, Any] = {}
     try:
+        slot = _take_slot(directory, int(spec.get("max_running") or 0))  # noqa: F841 (held for the process's life)
         started = update_status(directory, status=RUNNING, pid=os.getpid(), started_at=_now())
         if started["status"] == RUNNING:  # else it was canceled before it began
             if outbox:
@@ -263,6 +272,24 @@ def run(directory: Path) -> int:
         if undelivered:
             _hand_off(directory, undelivered)
     return 0 if final["status"] == COMPLETED else 1
+
+
+def _take_slot(directory: Path, max_running: int) -> Any:
+    """Wait Queued until one of the workspace's `max_running` job slots is free and return it (an open file
+    holding its flock); None when there is no limit (0). SIGTERM (cancel) ends the wait as it ends training."""
+    if max_running <= 0:
+        return None
+    slots = directory.parent.parent / SLOTS
+    slots.mkdir(exist_ok=True)
+    while True:
+        for n in range(max_running):
+            handle = open(slots / f"{n}.lock", "a")  # close-on-exec (PEP 446): the delivery process holds no slot
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                handle.close()
+        time.sleep(SLOT_POLL_SECONDS)
 
 
 def _hand_off(directory: Path, events: list[dict[str, Any]]) -> None:

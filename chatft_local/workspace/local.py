@@ -191,6 +191,7 @@ class LocalWorkspace:
         spec = {"job_name": name, "run_id": request.run_id, "experiment_name": request.experiment_name,
                 "base_model": request.base_model.id, "base_model_name": request.base_model.name,
                 "train_file": str(train), "test_file": str(test) if test else "", "params": params,
+                "max_running": self.settings.local_max_jobs,
                 "events_url": self.events_url(),
                 # A job outlives its host: before each delivery it reads where the host now listens.
                 "events_url_file": "" if self.settings.local_events_url else str(self.events_url_file)}
@@ -218,6 +219,7 @@ class LocalWorkspace:
                              "model_id": request.champion.id if request.champion else ""},
                 "limits": {"max_records": request.max_records, "samples": request.samples,
                            "max_new_tokens": request.max_new_tokens},
+                "max_running": self.settings.local_max_jobs,  # the same slots as fine-tuning jobs
                 # job.json is owner-only: the connection (Azurite's well-known key locally) stays private.
                 "report": {"connection": self.settings.storage_connection,
                            "container": self.settings.runs_container, "blob": request.report_path},
