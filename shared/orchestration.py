@@ -320,9 +320,9 @@ def _line_traffic(svc: Services, run: Run, endpoint) -> Move | Edit | Fail | Non
         if not previous or s.rollout_canary_percent == 0:
             traffic = rollout.set_traffic(svc, run.endpoint_name, {mine: 100})
             why = ("ROLLOUT_CANARY_PERCENT=0: switched at once" if previous else "the line's first version")
+            _keep_previous(svc, previous_run, run, f"traffic {rollout.shares_text(traffic)}")
             return Move(State.DEPLOYED, f"traffic {rollout.shares_text(traffic)} ({why})",
-                        {"scoring_uri": endpoint.scoring_uri, "rollout": {**state, "canary_percent": 0}},
-                        then=_keep_previous(previous_run, f"traffic {rollout.shares_text(traffic)}"))
+                        {"scoring_uri": endpoint.scoring_uri, "rollout": {**state, "canary_percent": 0}})
         percent = s.rollout_canary_percent
         traffic = rollout.set_traffic(svc, run.endpoint_name, {mine: percent, previous: 100 - percent})
         state.update(canary_percent=percent, canary_started_at=iso(now), served_at_start=dict(run.served))
@@ -340,17 +340,19 @@ def _line_traffic(svc: Services, run: Run, endpoint) -> Move | Edit | Fail | Non
     if now - rollout.parse_iso(state["canary_started_at"]) < timedelta(minutes=s.rollout_canary_minutes):
         return None
     traffic = rollout.set_traffic(svc, run.endpoint_name, {mine: 100})
+    _keep_previous(svc, previous_run, run, f"traffic {rollout.shares_text(traffic)}")
     return Move(State.DEPLOYED, f"canary healthy after {s.rollout_canary_minutes:g} minutes: {said}; traffic "
                                 f"{rollout.shares_text(traffic)}",
-                {"scoring_uri": endpoint.scoring_uri, "rollout": {**state, "verdict": {**verdict, "healthy": True}}},
-                then=_keep_previous(previous_run, f"traffic {rollout.shares_text(traffic)}"))
+                {"scoring_uri": endpoint.scoring_uri, "rollout": {**state, "verdict": {**verdict, "healthy": True}}})
 
 
-def _keep_previous(previous_run: Run | None, detail: str):
-    def then(svc: Services, run: Run) -> None:
-        if previous_run is not None:
-            rollout.keep_as_standby(svc, previous_run.run_id, run, detail)
-    return then
+def _keep_previous(svc: Services, previous_run: Run | None, run: Run, detail: str) -> None:
+    """The previous version, now at 0%, is marked kept before the new one is recorded Deployed: once a run is
+    Deployed its predecessor is already kept (with its deletion scheduled), and a host that dies in between leaves
+    the new run Deploying, whose next check sets the same traffic and marks it again (`keep_as_standby` is
+    idempotent)."""
+    if previous_run is not None:
+        rollout.keep_as_standby(svc, previous_run.run_id, run, detail)
 
 
 def _cleanup(svc: Services, run: Run) -> str:

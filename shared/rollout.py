@@ -146,12 +146,12 @@ def schedule_standby_deletion(svc, run: Run) -> None:
 
 def keep_as_standby(svc, previous_run_id: str, replaced_by: Run, detail: str) -> Run | None:
     """Mark the previous version's run as kept (0% traffic) until now + ROLLOUT_KEEP_PREVIOUS_HOURS, with a history
-    line, and schedule the deletion of its deployment then."""
+    line, and schedule the deletion of its deployment then. Idempotent: a run kept already is left as it is."""
     now = svc.clock()
     until = iso(now + timedelta(hours=svc.settings.rollout_keep_previous_hours))
 
     def mark(r: Run) -> Run | None:
-        if r.state != State.DEPLOYED:
+        if r.state != State.DEPLOYED or r.standby_until:  # kept already: its deletion is scheduled
             return None
         return r.edit(standby_until=until).note(now, f"{detail}; {r.deployment_name} kept at 0% until {until} for "
                                                      f"a rollback (run {replaced_by.run_id} serves the line)",

@@ -94,7 +94,7 @@ def make_spec(state: Path, name: str, events_url: str = "", **params) -> dict:
             "events_url": events_url}
 
 
-def wait_status(state: Path, name: str, until, timeout: float = 180.0) -> dict:
+def wait_status(state: Path, name: str, until, timeout: float = 600.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         status = jobs.read_status(state, name)

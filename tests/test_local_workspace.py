@@ -17,7 +17,7 @@ from chatft_local.workspace.local import ARCHIVED_LIST, ARCHIVED_MARKER, LocalWo
 from shared.config import Settings
 from shared.ml.checked import checked
 from shared.ml.port import (PROVISIONING_DONE, TAG_APP, TAG_RUN, InvalidInput, JobRequest, MLBackend, NameTaken,
-                            NotFound, PermanentError, RegisteredModel)
+                            NotFound, PermanentError, RegisteredModel, TransientError)
 from shared.runs import job_name_for
 from tests.harness_local import LocalHarness, build_chat_model, notebook_request, poll
 
@@ -165,7 +165,7 @@ def test_an_endpoint_is_creating_until_provisioned(local_settings, model_dir):
     ws = checked(LocalWorkspace(local_settings, provision_seconds=3600))
     ws.begin_create_endpoint("ep-slow", tags={})
     assert ws.get_endpoint("ep-slow").provisioning_state == "Creating"
-    with pytest.raises(PermanentError, match="Creating"):
+    with pytest.raises(TransientError, match="Creating"):
         ws.begin_create_deployment("ep-slow", "demo", register(ws, model_dir), "Standard_NC6s_v3", 1)
     assert ws.get_deployment("ep-slow", "demo") is None
 

@@ -563,7 +563,7 @@ def test_fake_endpoint_and_deployment_states_are_the_tests_to_set(fake):
     model = backend.register_model(request.job_name, "m", "1")
     backend.begin_create_endpoint("ep-1", tags={TAG_APP: "chatft"})
     assert backend.get_endpoint("ep-1").provisioning_state == "Creating"
-    with pytest.raises(PermanentError, match="Creating"):
+    with pytest.raises(TransientError, match="Creating"):
         backend.begin_create_deployment("ep-1", "demo", model, "Standard_NC6s_v3", 1)
     backend.set_endpoint_state("ep-1", "Succeeded")
     with pytest.raises(PermanentError, match="INFERENCE_INSTANCE_TYPE"):
