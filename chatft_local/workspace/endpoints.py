@@ -426,8 +426,11 @@ class EndpointStore:
     def reconcile(self) -> None:
         """One supervisor pass: settle every deployment, (re)start servers that are due, finish deletions."""
         for endpoint in self._endpoint_names():
-            folder = self.root / endpoint / "deployments"
-            for deployment in sorted(folder.iterdir()) if folder.is_dir() else []:
+            try:
+                deployments = sorted((self.root / endpoint / "deployments").iterdir())
+            except FileNotFoundError:  # no deployment yet, or the endpoint deleted since it was listed
+                continue
+            for deployment in deployments:
                 try:
                     self._observe(deployment, restart=True)
                 except Exception:
