@@ -91,5 +91,4 @@ def end_if_duplicate(svc: Services, run_id: str, content_sha256: str, overrides:
         detail += f", or POST {run_link(earlier.run_id)}/deploy to deploy its model again"
     log.info("ingest: run %s is a duplicate of run %s", run_id, earlier.run_id)
     return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, svc.clock(), detail, report=report,
-                                                        duplicate_of=earlier.run_id)
-                           if r.state == State.VALIDATING else None)
+                                                        duplicate_of=earlier.run_id, from_states=(State.VALIDATING,)))

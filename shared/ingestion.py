@@ -66,8 +66,8 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     if run.state not in (State.RECEIVED, State.VALIDATING):
         return run
     if run.state == State.RECEIVED:
-        run = svc.runs.update(run_id, lambda r: r.advance(State.VALIDATING, svc.clock())
-                              if r.state == State.RECEIVED else None)
+        run = svc.runs.update(run_id, lambda r: r.advance(State.VALIDATING, svc.clock(),
+                                                          from_states=(State.RECEIVED,)))
 
     report_path = f"{run_id}/validation.json"
     try:
@@ -115,7 +115,7 @@ def ingest_upload(svc: Services, container: str, blob_name: str, blob_client: An
     run = svc.runs.update(run_id, lambda r: r.advance(
         State.QUEUED, svc.clock(), f"{counts.train} train / {counts.test} test records",
         report=summary, overrides=overrides, train_path=train_path, test_path=test_path,
-        keep=bool(overrides.get("keep", False)), line=line) if r.state == State.VALIDATING else None)
+        keep=bool(overrides.get("keep", False)), line=line, from_states=(State.VALIDATING,)))
     if run.state == State.QUEUED:
         _queue(svc, run)
     return run
@@ -212,8 +212,8 @@ def _end_crashed(svc: Services, run_id: str, crash: _IngestCrash) -> Run:
                                                            from_states=(State.VALIDATING,), step="ingest"))
     log.error("ingest: run %s failed (%s): %s", run_id, where, error, exc_info=crash.error)
     reason = f"ingesting the upload failed {where}: {error}; see the function's log"
-    return svc.runs.update(run_id, lambda r: r.fail("ingest", reason, now, step="ingest")
-                           if r.state == State.VALIDATING else None)
+    return svc.runs.update(run_id, lambda r: r.fail("ingest", reason, now, step="ingest",
+                                                    from_states=(State.VALIDATING,)))
 
 
 def evaluation_tokens(settings: Any, overrides: dict[str, Any], scored: int, test_records: int) -> dict[str, int]:
@@ -252,8 +252,8 @@ def _reject(svc: Services, run_id: str, report: ValidationReport, report_path: s
     reason = report.reason
     detail = f"{reason}; first error {first_error}" if reason and first.get("line") else reason or first_error
     log.info("ingest: run %s rejected (%s)", run_id, detail)
-    return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, svc.clock(), detail, report=summary)
-                           if r.state == State.VALIDATING else None)
+    return svc.runs.update(run_id, lambda r: r.advance(State.REJECTED, svc.clock(), detail, report=summary,
+                                                       from_states=(State.VALIDATING,)))
 
 
 def _queue(svc: Services, run: Run) -> None:

@@ -204,12 +204,10 @@ def rollback_line(svc, line: str, by: str = "POST /api/lines/{line}/rollback") -
     text = (f"rolled back by {by}: traffic {shares_text(traffic)}; {current.deployment_name} (run "
             f"{current.run_id}) deleted, {previous.deployment_name} (run {previous.run_id}) serves the line again")
 
-    def retire(r: Run) -> Run | None:
-        if r.state == State.DEPLOYING:
-            return r.fail("rollout", text, now, step="rollback")
-        if r.state != State.DEPLOYED:
-            return None
-        return r.advance(State.RETIRED, now, text, step="rollback", standby_until="")
+    def retire(r: Run) -> Run | None:  # a canary still Deploying fails; the version in service is Retired
+        return (r.fail("rollout", text, now, step="rollback", from_states=(State.DEPLOYING,))
+                or r.advance(State.RETIRED, now, text, step="rollback", standby_until="",
+                             from_states=(State.DEPLOYED,)))
 
     def restore(r: Run) -> Run | None:
         if r.state != State.DEPLOYED:

@@ -223,10 +223,12 @@ class Run:
         """How many times the run moved into `state` (notes made while in it do not count)."""
         return sum(1 for t in self.history if t.state == state and not t.kind)
 
-    def fail(self, stage: str, reason: str, at: datetime, step: str = "", **changes: Any) -> "Run":
-        """Move to Failed with the stage and a reason a user can act on (`step`: the step that failed it)."""
-        return self.advance(State.FAILED, at, detail=reason, step=step, failure=Failure(stage=stage, reason=reason),
-                            **changes)
+    def fail(self, stage: str, reason: str, at: datetime, step: str = "", *,
+             from_states: "tuple[State, ...] | frozenset[State] | None" = None, **changes: Any) -> "Run | None":
+        """Move to Failed with the stage and a reason a user can act on (`step`: the step that failed it); with
+        `from_states`, None for a run in any other state (as `advance`)."""
+        return self.advance(State.FAILED, at, detail=reason, step=step, from_states=from_states,
+                            failure=Failure(stage=stage, reason=reason), **changes)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
