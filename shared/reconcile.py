@@ -100,5 +100,5 @@ def reconcile_run(svc: Services, run_id: str) -> Run | None:
     nothing (a transient fault raises: the next tick tries again); records `reconciled_at` on the run."""
     now = svc.clock()
     # Not a history line: looking is not progress.
-    run = svc.runs.update(run_id, lambda r: r.edit(reconciled_at=iso(now)) if r.state in IN_PROGRESS else None)
+    run = svc.runs.update(run_id, lambda r: r.edit(reconciled_at=iso(now), from_states=IN_PROGRESS))
     return run_steps(svc, RECONCILE_ROUTES.get(run.state, ()), run_id, Trigger(reconciling=True)) or run

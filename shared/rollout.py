@@ -151,11 +151,11 @@ def keep_as_standby(svc, previous_run_id: str, replaced_by: Run, detail: str) ->
     until = iso(now + timedelta(hours=svc.settings.rollout_keep_previous_hours))
 
     def mark(r: Run) -> Run | None:
-        if r.state != State.DEPLOYED or r.standby_until:  # kept already: its deletion is scheduled
+        if r.standby_until:  # kept already: its deletion is scheduled
             return None
-        return r.edit(standby_until=until).note(now, f"{detail}; {r.deployment_name} kept at 0% until {until} for "
-                                                     f"a rollback (run {replaced_by.run_id} serves the line)",
-                                                "traffic", step="rollout")
+        return r.note(now, f"{detail}; {r.deployment_name} kept at 0% until {until} for a rollback (run "
+                           f"{replaced_by.run_id} serves the line)", "traffic", step="rollout",
+                      from_states=(State.DEPLOYED,), standby_until=until)
 
     previous = svc.runs.update(previous_run_id, mark)
     if previous is not None and previous.standby_until == until:
@@ -210,9 +210,7 @@ def rollback_line(svc, line: str, by: str = "POST /api/lines/{line}/rollback") -
                              from_states=(State.DEPLOYED,)))
 
     def restore(r: Run) -> Run | None:
-        if r.state != State.DEPLOYED:
-            return None
-        return r.edit(standby_until="").note(now, text, "traffic", step="rollback")
+        return r.note(now, text, "traffic", step="rollback", from_states=(State.DEPLOYED,), standby_until="")
 
     svc.runs.update(current.run_id, retire)
     svc.runs.update(previous.run_id, restore)

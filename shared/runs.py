@@ -208,16 +208,25 @@ class Run:
         return dataclasses.replace(self, state=target, **changes,
                                    history=[*self.history, Transition(target, iso(at), detail, step=step)])
 
-    def edit(self, **changes: Any) -> "Run":
-        """The run with `changes` set and no history line (bookkeeping that is not progress, e.g. a check count)."""
+    def edit(self, *, from_states: "tuple[State, ...] | frozenset[State] | None" = None,
+             **changes: Any) -> "Run | None":
+        """The run with `changes` set and no history line (bookkeeping that is not progress, e.g. a check count);
+        with `from_states`, None ("no change") for a run in any other state (as `advance`)."""
+        if from_states is not None and self.state not in from_states:
+            return None
         _check_settable(changes)
         return dataclasses.replace(self, **changes)
 
     def note(self, at: datetime, detail: str, kind: str, delay_seconds: float | None = None, *, step: str = "",
-             message_id: str = "") -> "Run":
-        """Record in the history something that happened without a move (a retry scheduled): the state stays."""
+             message_id: str = "", from_states: "tuple[State, ...] | frozenset[State] | None" = None,
+             **changes: Any) -> "Run | None":
+        """Record in the history something that happened without a move (a retry scheduled, traffic changed): the
+        state stays, `changes` are set; with `from_states`, None ("no change") for a run in any other state."""
+        if from_states is not None and self.state not in from_states:
+            return None
+        _check_settable(changes)
         line = Transition(self.state, iso(at), detail, kind, delay_seconds, step, message_id)
-        return dataclasses.replace(self, history=[*self.history, line])
+        return dataclasses.replace(self, **changes, history=[*self.history, line])
 
     def moves_into(self, state: State) -> int:
         """How many times the run moved into `state` (notes made while in it do not count)."""

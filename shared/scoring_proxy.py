@@ -364,9 +364,9 @@ class ScoringProxy:
 
     def _write_last_use(self, run_id: str, endpoint_name: str, at: str) -> None:
         def touch(r: Run) -> Run | None:
-            if r.state != State.DEPLOYED or r.endpoint_name != endpoint_name or r.last_used_at >= at:
+            if r.endpoint_name != endpoint_name or r.last_used_at >= at:
                 return None
-            return r.edit(last_used_at=at)
+            return r.edit(last_used_at=at, from_states=(State.DEPLOYED,))
 
         try:
             self.svc.runs.update(run_id, touch)

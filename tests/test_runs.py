@@ -39,6 +39,30 @@ def test_fail_records_stage_and_reason():
     assert run.failure.stage == "submit" and "not allowed" in run.failure.reason
 
 
+@pytest.mark.parametrize("state", list(State))
+def test_edit_and_note_with_from_states_leave_a_run_in_another_state_alone(state):
+    """The guard of a bookkeeping write (reconciled_at, a kept deployment's standby_until, last use) is its
+    `from_states`: outside them the answer is None, which RunStore.update takes for "nothing to write"."""
+    run = run_in(state)
+    allowed = (State.DEPLOYED, State.DEPLOYING)
+    edited = run.edit(last_used_at="2026-01-01T00:00:00.000Z", from_states=allowed)
+    noted = run.note(T0, "traffic moved", "traffic", step="rollout", from_states=allowed, standby_until="x")
+    if state in allowed:
+        assert edited.last_used_at == "2026-01-01T00:00:00.000Z" and edited.history == run.history
+        assert noted.standby_until == "x" and noted.state == state
+        assert noted.history[-1].kind == "traffic" and noted.history[-1].step == "rollout"
+    else:
+        assert edited is None and noted is None
+    assert run.last_used_at == "" and run.standby_until == "", "the run itself is left alone"
+
+
+def test_edit_and_note_refuse_fields_that_are_not_settable():
+    with pytest.raises(AttributeError, match="'state'"):
+        run_in(State.DEPLOYED).edit(state=State.FAILED)
+    with pytest.raises(AttributeError, match="'history'"):
+        run_in(State.DEPLOYED).note(T0, "x", "traffic", history=[])
+
+
 def test_rejected_is_terminal():
     assert TRANSITIONS[State.REJECTED] == frozenset()
 
