@@ -65,6 +65,33 @@ def wait_for_run(store: RunStore, run_id: str, states: tuple[State, ...], timeou
                          f"{run.history if run else ''}")
 
 
+def wait_until(ok, what: str, timeout: float = 120) -> None:
+    """Poll `ok()` until it holds; `what` says what was awaited when it never does."""
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.3)
+
+
+def _wait_drained(settings: Settings, queues: tuple[str, ...], timeout: float = 300) -> None:
+    """Wait until `queues` hold no message, scheduled ones included: every delivery sent so far was handled and
+    deleted. (A Storage queue's approximate count includes invisible messages; Azurite's is exact.)"""
+    from azure.storage.queue import QueueClient
+
+    clients = [QueueClient.from_connection_string(settings.storage_connection, name) for name in queues]
+    counts: list[int] = []
+
+    def drained() -> bool:
+        counts[:] = [q.get_queue_properties().approximate_message_count for q in clients]
+        return not any(counts)
+
+    try:
+        wait_until(drained, f"queues {list(queues)} drained", timeout)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; they still hold {counts} messages") from None
+
+
 def notebook_request(content: str) -> dict:
     return {"input_data": {"input_string": [{"role": "user", "content": content}], "parameters": NOTEBOOK_PARAMETERS},
             "params": {}}
@@ -74,8 +101,9 @@ class Deployed:
     """The module's host, settings and the two deployed runs."""
 
     def __init__(self, host: LocalHost, settings: Settings, store: RunStore, runs: list[Run],
-                 gated: dict[str, Run]):
+                 gated: dict[str, Run], env: dict[str, str]):
         self.host, self.settings, self.store, self.runs, self.gated = host, settings, store, runs, gated
+        self.env = env  # the host's settings: a second host instance gets the same
 
     def store_blobs(self):
         from shared.storage import Blobs
@@ -116,7 +144,7 @@ def deployed(azurite, tmp_path_factory):
         for run in runs:
             assert run.state == State.DEPLOYED, (run.state, run.failure, run.history)
         gated = {name: wait_for_run(store, r, done, timeout=2 * RUN_TIMEOUT) for name, r in gated_ids.items()}
-        yield Deployed(host, settings, store, runs, gated)
+        yield Deployed(host, settings, store, runs, gated, env)
     finally:
         host.stop()
 
@@ -224,12 +252,22 @@ def test_duplicate_triggers_make_no_second_job_model_or_endpoint(deployed):
     url = f"{deployed.host.eventgrid_url}&functionName=job_events"
     for e in events:
         assert requests.post(url, json=[e], timeout=60).status_code in (200, 202)
-    # The same blob version again: drop the receipt so the host sees the blob as new.
-    service = BlobServiceClient.from_connection_string(s.storage_connection)
-    for receipt in service.get_container_client("azure-webjobs-hosts").list_blobs(name_starts_with="blobreceipts/"):
-        if receipt.name.endswith(f"{s.training_container}/alpha.jsonl"):
-            service.get_container_client("azure-webjobs-hosts").delete_blob(receipt.name)
-    time.sleep(6)
+    # The same blob version again: drop its receipt and start a second host instance (a scale-out in Azure),
+    # which has not seen the blob, so its blob trigger delivers that version to ingest once more. The local ML
+    # workspace stays the first host's (services=False): it stands for the cloud, which instances share.
+    hosts = BlobServiceClient.from_connection_string(s.storage_connection).get_container_client("azure-webjobs-hosts")
+    receipts = [b.name for b in hosts.list_blobs(name_starts_with="blobreceipts/")
+                if b.name.endswith(f"{s.training_container}/alpha.jsonl")]
+    assert receipts, "the first delivery left a receipt"
+    for name in receipts:
+        hosts.delete_blob(name)
+    second = LocalHost(port=0, env=deployed.env, services=False).start()
+    try:
+        # Written when the second delivery's invocation ends: the duplicate was handled.
+        wait_until(lambda: all(hosts.get_blob_client(n).exists() for n in receipts), "the second delivery's receipt")
+        _wait_drained(s, (s.runs_queue,))  # the submit message again was handled too
+    finally:
+        second.stop()
     after = deployed.store.get(run.run_id)
     assert after.state == State.DEPLOYED and after.history == deployed.store.get(run.run_id).history
     assert after.endpoint_name == run.endpoint_name and after.model_version == run.model_version
@@ -350,7 +388,6 @@ def test_host_killed_during_training_still_reaches_deployed(azurite, tmp_path):
         _, run_id = upload_training_file(settings, data, {"epochs": "3"}, blob_name="restart.jsonl")
         wait_for_run(store, run_id, (State.SUBMITTED, State.TRAINING), timeout=60)
         host.kill()
-        time.sleep(2)
         host = HostProcess(state_dir=tmp_path / "state", env=env, port=port).start()
         run = wait_for_run(store, run_id, (State.DEPLOYED, State.FAILED))
         assert run.state == State.DEPLOYED, (run.failure, run.history)

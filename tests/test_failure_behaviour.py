@@ -30,7 +30,7 @@ from shared.ml.port import TAG_APP
 from shared.run_store import RunStore
 from shared.runs import Run, State
 from tests.fakes import RawMessage
-from tests.test_end_to_end import _run_event, names_env, wait_for_run, write_sample
+from tests.test_end_to_end import _run_event, _wait_drained, names_env, wait_for_run, write_sample
 
 pytestmark = pytest.mark.slow
 
@@ -91,21 +91,8 @@ class Scenario:
         return wait_for_run(self.store, run_id, states, timeout=timeout)
 
     def wait_drained(self, timeout: float = 300) -> None:
-        """Wait until the runs and deploy queues hold no message, scheduled ones included: every delivery sent so
-        far was handled and deleted. (A Storage queue's approximate count includes invisible messages; Azurite's
-        is exact.)"""
-        from azure.storage.queue import QueueClient
-
-        queues = [QueueClient.from_connection_string(self.settings.storage_connection, name)
-                  for name in (self.settings.runs_queue, self.settings.deploy_queue)]
-        deadline, counts = time.monotonic() + timeout, []
-        while time.monotonic() < deadline:
-            counts = [q.get_queue_properties().approximate_message_count for q in queues]
-            if not any(counts):
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"queues {[q.queue_name for q in queues]} still hold {counts} messages after "
-                             f"{timeout:.0f}s")
+        """Wait until the runs and deploy queues hold no message: every delivery sent so far was handled."""
+        _wait_drained(self.settings, (self.settings.runs_queue, self.settings.deploy_queue), timeout)
 
     def workspace(self):
         from chatft_local.workspace.local import LocalWorkspace
