@@ -111,6 +111,10 @@ class Transition:
                    data.get("delay_seconds"), data.get("step", ""), data.get("message_id", ""))
 
 
+# The states a guarded write applies from (`Run.advance`, `fail`, `edit`, `note`); None: any state.
+FromStates = tuple[State, ...] | frozenset[State] | None
+
+
 @dataclass
 class Failure:
     stage: str  # the state the run was in when it failed, or a named step ("submit", "deploy", ...)
@@ -193,14 +197,18 @@ class Run:
     def can_move_to(self, target: State) -> bool:
         return target in TRANSITIONS[self.state]
 
+    def _in(self, from_states: FromStates) -> bool:
+        """Whether a write guarded by `from_states` applies to this run (None: it applies in any state)."""
+        return from_states is None or self.state in from_states
+
     def advance(self, target: State, at: datetime, detail: str = "", *,
-                from_states: "tuple[State, ...] | frozenset[State] | None" = None, step: str = "",
+                from_states: FromStates = None, step: str = "",
                 **changes: Any) -> "Run | None":
         """Move to `target`, record it (with the `step` that moved it), and set `changes` on the run.
 
         With `from_states`, a run in any other state is left alone: None ("no change"), what `RunStore.update`
         takes for "nothing to write". A move `TRANSITIONS` does not allow raises `IllegalTransition`."""
-        if from_states is not None and self.state not in from_states:
+        if not self._in(from_states):
             return None
         if not self.can_move_to(target):
             raise IllegalTransition(self.run_id, self.state, target)
@@ -208,21 +216,21 @@ class Run:
         return dataclasses.replace(self, state=target, **changes,
                                    history=[*self.history, Transition(target, iso(at), detail, step=step)])
 
-    def edit(self, *, from_states: "tuple[State, ...] | frozenset[State] | None" = None,
+    def edit(self, *, from_states: FromStates = None,
              **changes: Any) -> "Run | None":
         """The run with `changes` set and no history line (bookkeeping that is not progress, e.g. a check count);
         with `from_states`, None ("no change") for a run in any other state (as `advance`)."""
-        if from_states is not None and self.state not in from_states:
+        if not self._in(from_states):
             return None
         _check_settable(changes)
         return dataclasses.replace(self, **changes)
 
     def note(self, at: datetime, detail: str, kind: str, delay_seconds: float | None = None, *, step: str = "",
-             message_id: str = "", from_states: "tuple[State, ...] | frozenset[State] | None" = None,
+             message_id: str = "", from_states: FromStates = None,
              **changes: Any) -> "Run | None":
         """Record in the history something that happened without a move (a retry scheduled, traffic changed): the
         state stays, `changes` are set; with `from_states`, None ("no change") for a run in any other state."""
-        if from_states is not None and self.state not in from_states:
+        if not self._in(from_states):
             return None
         _check_settable(changes)
         line = Transition(self.state, iso(at), detail, kind, delay_seconds, step, message_id)
@@ -233,7 +241,7 @@ class Run:
         return sum(1 for t in self.history if t.state == state and not t.kind)
 
     def fail(self, stage: str, reason: str, at: datetime, step: str = "", *,
-             from_states: "tuple[State, ...] | frozenset[State] | None" = None, **changes: Any) -> "Run | None":
+             from_states: FromStates = None, **changes: Any) -> "Run | None":
         """Move to Failed with the stage and a reason a user can act on (`step`: the step that failed it); with
         `from_states`, None for a run in any other state (as `advance`)."""
         return self.advance(State.FAILED, at, detail=reason, step=step, from_states=from_states,
